@@ -1,0 +1,387 @@
+//! The hypervisor traits, in domain terms, implemented by the KVM backend and
+//! by the model. Static dispatch: code is written `fn f<H: Hypervisor>(..)`.
+//!
+//! Calls keep the kernel's raw argument space where conformance needs it (a
+//! size of 0, an unaligned offset, a bogus fd must reach the backend so the
+//! errno can be compared), and typed handles everywhere else.
+
+use std::os::fd::BorrowedFd;
+
+use crate::error::{BackendError, Result};
+use crate::exit::{DecodeError, Exit};
+use crate::types::{Gpa, GuestMemfd, GmemFlags, VmType};
+
+/// Capabilities privmem probes (`KVM_CHECK_EXTENSION`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Cap {
+    /// `KVM_CAP_READONLY_MEM` (81).
+    ReadonlyMem,
+    /// `KVM_CAP_EXIT_HYPERCALL` (201).
+    ExitHypercall,
+    /// `KVM_CAP_USER_MEMORY2` (231).
+    UserMemory2,
+    /// `KVM_CAP_MEMORY_FAULT_INFO` (232).
+    MemoryFaultInfo,
+    /// `KVM_CAP_MEMORY_ATTRIBUTES` (233).
+    MemoryAttributes,
+    /// `KVM_CAP_GUEST_MEMFD` (234).
+    GuestMemfd,
+    /// `KVM_CAP_VM_TYPES` (235).
+    VmTypes,
+    /// `KVM_CAP_PRE_FAULT_MEMORY` (236).
+    PreFaultMemory,
+    /// `KVM_CAP_GUEST_MEMFD_FLAGS` (244).
+    GuestMemfdFlags,
+    /// `KVM_CAP_NR_MEMSLOTS` (10).
+    NrMemslots,
+}
+
+impl Cap {
+    /// Every capability, in report order.
+    pub const ALL: [Cap; 10] = [
+        Cap::UserMemory2,
+        Cap::MemoryFaultInfo,
+        Cap::MemoryAttributes,
+        Cap::GuestMemfd,
+        Cap::VmTypes,
+        Cap::GuestMemfdFlags,
+        Cap::ExitHypercall,
+        Cap::NrMemslots,
+        Cap::ReadonlyMem,
+        Cap::PreFaultMemory,
+    ];
+    /// The `KVM_CAP_*` number.
+    pub const fn number(self) -> u32 {
+        match self {
+            Cap::ReadonlyMem => 81,
+            Cap::ExitHypercall => 201,
+            Cap::UserMemory2 => 231,
+            Cap::MemoryFaultInfo => 232,
+            Cap::MemoryAttributes => 233,
+            Cap::GuestMemfd => 234,
+            Cap::VmTypes => 235,
+            Cap::PreFaultMemory => 236,
+            Cap::GuestMemfdFlags => 244,
+            Cap::NrMemslots => 10,
+        }
+    }
+    /// The `KVM_CAP_*` name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Cap::ReadonlyMem => "KVM_CAP_READONLY_MEM",
+            Cap::ExitHypercall => "KVM_CAP_EXIT_HYPERCALL",
+            Cap::UserMemory2 => "KVM_CAP_USER_MEMORY2",
+            Cap::MemoryFaultInfo => "KVM_CAP_MEMORY_FAULT_INFO",
+            Cap::MemoryAttributes => "KVM_CAP_MEMORY_ATTRIBUTES",
+            Cap::GuestMemfd => "KVM_CAP_GUEST_MEMFD",
+            Cap::VmTypes => "KVM_CAP_VM_TYPES",
+            Cap::PreFaultMemory => "KVM_CAP_PRE_FAULT_MEMORY",
+            Cap::GuestMemfdFlags => "KVM_CAP_GUEST_MEMFD_FLAGS",
+            Cap::NrMemslots => "KVM_CAP_NR_MEMSLOTS",
+        }
+    }
+}
+
+/// Memslot flag `KVM_MEM_LOG_DIRTY_PAGES`.
+pub const MEM_LOG_DIRTY_PAGES: u32 = 1 << 0;
+/// Memslot flag `KVM_MEM_READONLY`.
+pub const MEM_READONLY: u32 = 1 << 1;
+/// Memslot flag `KVM_MEM_GUEST_MEMFD`.
+pub const MEM_GUEST_MEMFD: u32 = 1 << 2;
+/// `FALLOC_FL_KEEP_SIZE`.
+pub const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
+/// `FALLOC_FL_PUNCH_HOLE`.
+pub const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
+/// `FALLOC_FL_ZERO_RANGE`.
+pub const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
+
+/// A host access to memory failed: the model's and the KVM backend's stand-in
+/// for SIGBUS (the access is never allowed to kill the process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("host access faulted (sigbus) at offset {offset:#x}")]
+pub struct HostFault {
+    /// Offset into the mapping of the first byte that could not be accessed.
+    pub offset: u64,
+}
+
+/// Host-side access to a mapping (a guest_memfd mmap or a shared backing).
+///
+/// Writes that precede a fault land, as with real stores (selftest A6).
+pub trait HostMemory: Send + Sync {
+    /// Length of the mapping in bytes.
+    fn len(&self) -> u64;
+    /// True if the mapping has no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), HostFault>;
+    /// Writes `data` at `offset`.
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), HostFault>;
+    /// Writes `len` copies of `byte` at `offset`.
+    fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), HostFault>;
+}
+
+/// How a shared (host) backing is allocated; decides how it is discarded.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SharedKind {
+    /// `MAP_SHARED|MAP_ANONYMOUS`: discarded with `madvise(MADV_REMOVE)`.
+    Anonymous,
+    /// A memfd mapping: discarded with `fallocate(PUNCH_HOLE)`.
+    Memfd,
+}
+
+/// A shared backing for `userspace_addr`. Clones share the same memory; the
+/// backend keeps a clone for as long as a memslot uses it.
+pub trait SharedMemory: HostMemory + Clone + 'static {
+    /// How it was allocated.
+    fn kind(&self) -> SharedKind;
+    /// Frees `[offset, offset+len)` so it reads back as zeros (page-aligned).
+    fn discard(&self, offset: u64, len: u64) -> Result<()>;
+}
+
+/// Which struct a memslot call uses.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RegionApi {
+    /// `KVM_SET_USER_MEMORY_REGION` (32-byte struct; v2-only flags are EINVAL).
+    V1,
+    /// `KVM_SET_USER_MEMORY_REGION2`.
+    V2,
+}
+
+/// The `userspace_addr` of a memslot.
+#[derive(Debug)]
+pub enum UserAddr<'a, S> {
+    /// Offset `offset` into an owned shared backing.
+    Backing {
+        /// The backing.
+        mem: &'a S,
+        /// Byte offset into it.
+        offset: u64,
+    },
+    /// A raw value, for validation tests only. Backends that run real guests
+    /// refuse nonzero page-aligned raw values rather than hand KVM arbitrary
+    /// host memory; 0 (`NULL`, accepted by KVM) and unaligned values pass.
+    Raw(u64),
+}
+
+/// The `guest_memfd` field of a memslot.
+#[derive(Debug, Clone, Copy)]
+pub enum GmemRef<'a> {
+    /// A guest_memfd.
+    File(&'a GuestMemfd),
+    /// Some other open file (a memfd, /dev/null, ...).
+    Fd(BorrowedFd<'a>),
+    /// A raw fd number (e.g. -1 or a closed fd), for validation tests.
+    Raw(i32),
+}
+
+/// Arguments of `KVM_SET_USER_MEMORY_REGION{,2}`; `size == 0` deletes.
+#[derive(Debug)]
+pub struct Region<'a, S> {
+    /// Which ioctl.
+    pub api: RegionApi,
+    /// Raw `slot` (bits 31:16 address space, 15:0 id).
+    pub slot: u32,
+    /// Raw flags.
+    pub flags: u32,
+    /// `guest_phys_addr`.
+    pub gpa: u64,
+    /// `memory_size`; 0 deletes.
+    pub size: u64,
+    /// `userspace_addr`.
+    pub userspace: UserAddr<'a, S>,
+    /// `guest_memfd` (ignored unless `flags` has `KVM_MEM_GUEST_MEMFD`).
+    pub gmem: GmemRef<'a>,
+    /// `guest_memfd_offset`.
+    pub gmem_offset: u64,
+}
+
+/// `fstat` of a guest_memfd.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FileStat {
+    /// `st_size`.
+    pub size: u64,
+    /// `st_mode`.
+    pub mode: u32,
+    /// `st_blksize`.
+    pub blksize: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+/// A plain file operation on a guest_memfd (all fail on a real one).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FileIo {
+    /// `read(fd, buf, 64)`.
+    Read,
+    /// `write(fd, buf, 64)`.
+    Write,
+    /// `pread(fd, buf, 64, 0)`.
+    Pread,
+    /// `pwrite(fd, buf, 64, 0)`.
+    Pwrite,
+    /// `lseek(fd, 0, SEEK_SET)`.
+    Lseek,
+}
+
+/// Whether a guest access is private or shared (for `coco` VMs, the guest's
+/// intent; ignored by VM types where the attribute decides).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum Access {
+    /// Shared (the default).
+    #[default]
+    Shared,
+    /// Private.
+    Private,
+}
+
+/// One guest operation (workload.md "Ops"); backends compile or interpret it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GuestOp {
+    /// Write `byte` over `[gpa, gpa+len)`.
+    Write {
+        /// Start.
+        gpa: Gpa,
+        /// Length in bytes.
+        len: u64,
+        /// Fill byte.
+        byte: u8,
+        /// Intent.
+        access: Access,
+    },
+    /// Read `[gpa, gpa+len)` and check every byte is `expect`; reports
+    /// `CheckPassed` or `CheckFailed` (then stops at `Hlt`).
+    Read {
+        /// Start.
+        gpa: Gpa,
+        /// Length in bytes.
+        len: u64,
+        /// Expected byte.
+        expect: u8,
+        /// Intent.
+        access: Access,
+    },
+    /// `KVM_HC_MAP_GPA_RANGE(gpa, pages, attrs)`, raw arguments. If
+    /// `expect_ret` is set and RAX differs, reports `RetMismatch` and stops.
+    Map {
+        /// a0
+        gpa: u64,
+        /// a1
+        pages: u64,
+        /// a2
+        attrs: u64,
+        /// Expected RAX.
+        expect_ret: Option<i64>,
+    },
+    /// Report `Sync { tag }`.
+    Sync {
+        /// Tag.
+        tag: u64,
+    },
+    /// Stop (`KVM_EXIT_HLT`).
+    Halt,
+}
+
+/// Why `Vcpu::run` returned without an exit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// EINTR: retry.
+    #[error("KVM_RUN interrupted (EINTR)")]
+    Interrupted,
+    /// EAGAIN: retry.
+    #[error("KVM_RUN returned EAGAIN")]
+    Again,
+    /// The exit could not be decoded.
+    #[error("exit decode failed")]
+    Decode(#[from] DecodeError),
+    /// Any other backend failure.
+    #[error("vcpu run failed")]
+    Backend(#[from] BackendError),
+}
+
+/// A hypervisor: `/dev/kvm`, or the model of it.
+pub trait Hypervisor: Send + Sync + 'static {
+    /// The VM type.
+    type Vm: Vm;
+    /// A host mmap of a guest_memfd. Holds a reference on the file.
+    type Mapping: HostMemory;
+
+    /// "kvm" or "model".
+    fn name(&self) -> &'static str;
+    /// System-scope `KVM_CHECK_EXTENSION`.
+    fn check_extension(&self, cap: Cap) -> Result<u64>;
+    /// `KVM_CREATE_VM(type)`.
+    fn create_vm(&self, ty: VmType) -> Result<Self::Vm>;
+    /// `KVM_CREATE_VM` with a raw type number (for validation tests).
+    fn create_vm_raw(&self, ty: u64) -> Result<Self::Vm>;
+
+    /// `fallocate(gmem, mode, offset, len)` with raw arguments.
+    fn gmem_fallocate(&self, gmem: &GuestMemfd, mode: i32, offset: i64, len: i64) -> Result<()>;
+    /// A plain file operation on the guest_memfd.
+    fn gmem_file_io(&self, gmem: &GuestMemfd, io: FileIo) -> Result<usize>;
+    /// `ftruncate(gmem, len)`.
+    fn gmem_truncate(&self, gmem: &GuestMemfd, len: u64) -> Result<()>;
+    /// `fstat(gmem)`.
+    fn gmem_stat(&self, gmem: &GuestMemfd) -> Result<FileStat>;
+    /// `mmap(NULL, len, PROT_READ|PROT_WRITE, shared ? MAP_SHARED : MAP_PRIVATE, gmem, 0)`.
+    fn gmem_mmap(&self, gmem: &GuestMemfd, len: u64, shared: bool) -> Result<Self::Mapping>;
+}
+
+/// A VM.
+pub trait Vm: Send + Sync + 'static {
+    /// The vCPU type.
+    type Vcpu: Vcpu;
+    /// The shared-backing type.
+    type Shared: SharedMemory;
+
+    /// The type this VM was created with.
+    fn vm_type(&self) -> VmType;
+    /// VM-scope `KVM_CHECK_EXTENSION`.
+    fn check_extension(&self, cap: Cap) -> Result<u64>;
+    /// `KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL, mask)`.
+    fn enable_exit_hypercall(&self, mask: u64) -> Result<()>;
+    /// `KVM_CREATE_GUEST_MEMFD(size, flags)` with raw values.
+    fn create_guest_memfd(&self, size: u64, flags: GmemFlags) -> Result<GuestMemfd>;
+    /// `KVM_SET_USER_MEMORY_REGION{,2}`.
+    fn set_user_memory_region(&self, region: &Region<'_, Self::Shared>) -> Result<()>;
+    /// `KVM_SET_MEMORY_ATTRIBUTES(address, size, attributes, flags)` with raw values.
+    fn set_memory_attributes(&self, address: u64, size: u64, attributes: u64, flags: u64)
+        -> Result<()>;
+    /// Allocates a shared backing of `size` bytes (page-aligned).
+    fn create_shared(&self, size: u64, kind: SharedKind) -> Result<Self::Shared>;
+    /// `KVM_CREATE_VCPU(index)`.
+    fn create_vcpu(&self, index: u32) -> Result<Self::Vcpu>;
+    /// How guest `map` ops reach the host: "vmcall", "vmmcall", "port-io" or "direct".
+    fn hypercall_transport(&self) -> &'static str;
+}
+
+/// A vCPU. `run` is called from the vCPU's own thread.
+pub trait Vcpu: Send + 'static {
+    /// Its index.
+    fn index(&self) -> u32;
+    /// Loads the guest program (compiled to x86 code on KVM, interpreted by the model).
+    fn load_program(&mut self, ops: &[GuestOp]) -> Result<()>;
+    /// `KVM_RUN`, decoded. Re-entry after an exit retries a faulting access.
+    fn run(&mut self) -> Result<Exit, RunError>;
+    /// Sets `hypercall.ret` for the pending hypercall exit; the guest sees it in
+    /// RAX on the next `run`.
+    fn complete_hypercall(&mut self, ret: i64) -> Result<()>;
+    /// A handle other threads use to make a running (or the next) `run`
+    /// return [`RunError::Interrupted`] promptly (timeouts, shutdown).
+    fn kicker(&self) -> std::sync::Arc<dyn Kick>;
+}
+
+/// Interrupts a vCPU from another thread.
+pub trait Kick: Send + Sync {
+    /// Makes the vCPU's current or next `run` return `RunError::Interrupted`.
+    fn kick(&self);
+}
+
+/// Convenience: an `Unsupported` error.
+pub fn unsupported(op: &'static str, missing: impl Into<String>) -> BackendError {
+    BackendError::Unsupported {
+        op,
+        missing: missing.into(),
+    }
+}

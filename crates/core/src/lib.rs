@@ -1,0 +1,18 @@
+//! privmem core: types, the hypervisor traits, exit decoding, the attribute
+//! map, the conversion engine and the runtime. No unsafe code.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod abi;
+pub mod backend;
+pub mod error;
+pub mod exit;
+pub mod types;
+
+pub use backend::{
+    Access, Cap, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, Hypervisor, Kick,
+    Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr, Vcpu, Vm,
+};
+pub use error::{BackendError, Errno};
+pub use exit::{Exit, FaultErrno, GuestReport, Hypercall, IoExit, MapGpaRange, MemoryFault, MmioExit};
+pub use types::{Attrs, GmemFlags, Gpa, GpaRange, GuestMemfd, PageCount, SlotId, VmType, PAGE_SIZE};
