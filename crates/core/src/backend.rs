@@ -9,7 +9,7 @@ use std::os::fd::BorrowedFd;
 
 use crate::error::{BackendError, Result};
 use crate::exit::{DecodeError, Exit};
-use crate::types::{Gpa, GuestMemfd, GmemFlags, VmType};
+use crate::types::{GmemFlags, Gpa, GuestMemfd, VmType};
 
 /// Capabilities privmem probes (`KVM_CHECK_EXTENSION`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -346,8 +346,13 @@ pub trait Vm: Send + Sync + 'static {
     /// `KVM_SET_USER_MEMORY_REGION{,2}`.
     fn set_user_memory_region(&self, region: &Region<'_, Self::Shared>) -> Result<()>;
     /// `KVM_SET_MEMORY_ATTRIBUTES(address, size, attributes, flags)` with raw values.
-    fn set_memory_attributes(&self, address: u64, size: u64, attributes: u64, flags: u64)
-        -> Result<()>;
+    fn set_memory_attributes(
+        &self,
+        address: u64,
+        size: u64,
+        attributes: u64,
+        flags: u64,
+    ) -> Result<()>;
     /// Allocates a shared backing of `size` bytes (page-aligned).
     fn create_shared(&self, size: u64, kind: SharedKind) -> Result<Self::Shared>;
     /// `KVM_CREATE_VCPU(index)`.

@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod abi;
+pub mod attrmap;
 pub mod backend;
 pub mod error;
 pub mod exit;
@@ -14,5 +15,9 @@ pub use backend::{
     Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr, Vcpu, Vm,
 };
 pub use error::{BackendError, Errno};
-pub use exit::{Exit, FaultErrno, GuestReport, Hypercall, IoExit, MapGpaRange, MemoryFault, MmioExit};
-pub use types::{Attrs, GmemFlags, Gpa, GpaRange, GuestMemfd, PageCount, SlotId, VmType, PAGE_SIZE};
+pub use exit::{
+    Exit, FaultErrno, GuestReport, Hypercall, IoExit, MapGpaRange, MemoryFault, MmioExit,
+};
+pub use types::{
+    Attrs, GmemFlags, Gpa, GpaRange, GuestMemfd, PageCount, SlotId, VmType, PAGE_SIZE,
+};

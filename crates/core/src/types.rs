@@ -120,10 +120,9 @@ impl GpaRange {
         if len == 0 {
             return Err(RangeError::Empty { gpa: start.0 });
         }
-        let end = start.checked_add(len).ok_or(RangeError::Wraps {
-            gpa: start.0,
-            len,
-        })?;
+        let end = start
+            .checked_add(len)
+            .ok_or(RangeError::Wraps { gpa: start.0, len })?;
         Ok(GpaRange { start, end })
     }
     /// `[start, start+len)`, both page-aligned.
