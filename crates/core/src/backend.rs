@@ -359,6 +359,14 @@ pub trait Vm: Send + Sync + 'static {
     fn create_vcpu(&self, index: u32) -> Result<Self::Vcpu>;
     /// How guest `map` ops reach the host: "vmcall", "vmmcall", "port-io" or "direct".
     fn hypercall_transport(&self) -> &'static str;
+    /// Marks the guest_memfd page backing `gpa` hardware-poisoned (fault injection).
+    /// Backends that cannot do this safely return `Unsupported`.
+    fn poison_page(&self, gpa: Gpa) -> Result<()> {
+        Err(unsupported(
+            "poison_page",
+            format!("hardware-poison injection at {gpa} (only the model backend can inject it)"),
+        ))
+    }
 }
 
 /// A vCPU. `run` is called from the vCPU's own thread.

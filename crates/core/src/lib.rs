@@ -9,6 +9,7 @@ pub mod backend;
 pub mod error;
 pub mod exit;
 pub mod types;
+pub mod workload;
 
 pub use backend::{
     Access, Cap, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, Hypervisor, Kick,
