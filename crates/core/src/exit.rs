@@ -324,13 +324,6 @@ pub enum GuestReport {
     },
     /// A `read` op passed.
     CheckPassed,
-    /// A `map` op completed; `ret` is what the guest got in RAX (with or without an exit).
-    MapDone {
-        /// The map's GPA argument.
-        gpa: Gpa,
-        /// The return value.
-        ret: i64,
-    },
 }
 
 /// Every exit privmem distinguishes.

@@ -6,8 +6,13 @@
 pub mod abi;
 pub mod attrmap;
 pub mod backend;
+pub mod engine;
 pub mod error;
 pub mod exit;
+pub mod handle;
+pub mod rangelock;
+pub mod report;
+pub mod runtime;
 pub mod types;
 pub mod workload;
 

@@ -1,0 +1,445 @@
+//! The conversion engine: one transaction serves explicit (`MAP_GPA_RANGE`)
+//! and implicit (memory-fault) conversions.
+//!
+//! Order of a conversion (see DESIGN.md):
+//! 1. validate alignment, bounds (below 2^52);
+//! 2. lock the range (overlapping conversions serialise, disjoint ones don't);
+//! 3. return early if every page already has the wanted attribute;
+//! 4. refuse what cannot succeed: a page not backed by guest_memfd, a gap
+//!    between slots, or private memory on a VM without it;
+//! 5. apply to the kernel: `KVM_SET_MEMORY_ATTRIBUTES` first (so the guest can
+//!    no longer fault the old side in), then discard the side no longer in use
+//!    for the pages that changed: PUNCH_HOLE on guest_memfd when going shared,
+//!    the shared backing (fallocate or madvise) when going private;
+//! 6. commit to the attribute map only after the kernel accepted;
+//! 7. if a discard fails after the attributes changed, restore the old
+//!    attributes run by run and report the rollback.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::attrmap::{AttrMap, Run};
+use crate::backend::{Hypervisor, SharedMemory, Vm, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
+use crate::error::BackendError;
+use crate::rangelock::RangeLocks;
+use crate::types::{Attrs, Gpa, GpaRange, GuestMemfd, SlotId, PAGE_SIZE};
+use crate::workload::MAX_GPA;
+
+/// Where a guest_memfd slot's private pages live.
+#[derive(Debug, Clone)]
+pub struct GmemPiece {
+    /// The file.
+    pub file: Arc<GuestMemfd>,
+    /// Offset of the slot's first page in the file.
+    pub offset: u64,
+}
+
+/// What backs one memslot.
+#[derive(Debug)]
+pub struct SlotBacking<S> {
+    /// Slot id.
+    pub id: SlotId,
+    /// GPA range.
+    pub range: GpaRange,
+    /// guest_memfd, if any.
+    pub gmem: Option<GmemPiece>,
+    /// Shared backing at `userspace_addr`, if any (offset 0 = slot start).
+    pub shared: Option<S>,
+    /// Shared accesses are served from guest_memfd (MMAP file).
+    pub gmem_only: bool,
+}
+
+/// Who asked for a conversion.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Origin {
+    /// `KVM_HC_MAP_GPA_RANGE`.
+    Explicit,
+    /// `KVM_EXIT_MEMORY_FAULT`.
+    Implicit,
+}
+
+/// A successful conversion.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    /// Nothing to do: every page already had the attribute.
+    NoOp,
+    /// This many pages changed.
+    Converted {
+        /// Pages whose attribute changed.
+        pages: u64,
+    },
+}
+
+/// Why a conversion failed. The attribute map and the kernel agree afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    /// Bad alignment or bounds.
+    #[error("invalid conversion of {len:#x} bytes at {gpa:#x}: {why}")]
+    Invalid {
+        /// GPA.
+        gpa: u64,
+        /// Length.
+        len: u64,
+        /// Why.
+        why: &'static str,
+    },
+    /// The range cannot be converted (no guest_memfd, a gap, no private memory).
+    #[error("refused conversion at {gpa:#x}: {why}")]
+    Refused {
+        /// First offending GPA.
+        gpa: u64,
+        /// Why.
+        why: String,
+    },
+    /// The kernel rejected the attribute change; nothing changed.
+    #[error("kernel rejected conversion of {range}")]
+    Kernel {
+        /// The range.
+        range: GpaRange,
+        /// The kernel error.
+        #[source]
+        source: BackendError,
+    },
+    /// A discard failed after the attributes changed; they were restored.
+    #[error("discard failed in {range}; attributes rolled back (rollback ok: {restored})")]
+    RolledBack {
+        /// The range.
+        range: GpaRange,
+        /// Whether every run was restored.
+        restored: bool,
+        /// The discard error.
+        #[source]
+        source: BackendError,
+    },
+}
+
+/// Conversion and discard counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Pages converted to private.
+    pub to_private_pages: AtomicU64,
+    /// Pages converted to shared.
+    pub to_shared_pages: AtomicU64,
+    /// Explicit conversions that changed something.
+    pub explicit: AtomicU64,
+    /// Implicit conversions that changed something.
+    pub implicit: AtomicU64,
+    /// guest_memfd pages punched.
+    pub discarded_gmem: AtomicU64,
+    /// Shared pages discarded.
+    pub discarded_shared: AtomicU64,
+}
+
+/// The conversion engine of one VM.
+pub struct Engine<H: Hypervisor> {
+    hv: Arc<H>,
+    vm: Arc<H::Vm>,
+    slots: Vec<SlotBacking<<H::Vm as Vm>::Shared>>,
+    private_mem: bool,
+    discard: bool,
+    map: Mutex<AttrMap>,
+    locks: RangeLocks,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl<H: Hypervisor> std::fmt::Debug for Engine<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("slots", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One slot-sized piece of a run: pages `[range)` in slot `slot`.
+struct Piece<'a, S> {
+    slot: &'a SlotBacking<S>,
+    range: GpaRange,
+}
+
+impl<S> Piece<'_, S> {
+    fn slot_offset(&self) -> u64 {
+        self.range
+            .start()
+            .checked_offset_from(self.slot.range.start())
+            .unwrap_or(0)
+    }
+}
+
+impl<H: Hypervisor> Engine<H> {
+    /// An engine over `slots` (sorted, disjoint). `private_mem`: the VM type has
+    /// private memory (attributes); `discard`: the discard policy.
+    pub fn new(
+        hv: Arc<H>,
+        vm: Arc<H::Vm>,
+        mut slots: Vec<SlotBacking<<H::Vm as Vm>::Shared>>,
+        private_mem: bool,
+        discard: bool,
+    ) -> Engine<H> {
+        slots.sort_by_key(|s| s.range.start());
+        Engine {
+            hv,
+            vm,
+            slots,
+            private_mem,
+            discard,
+            map: Mutex::new(AttrMap::new()),
+            locks: RangeLocks::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The slots.
+    pub fn slots(&self) -> &[SlotBacking<<H::Vm as Vm>::Shared>] {
+        &self.slots
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &Arc<H::Vm> {
+        &self.vm
+    }
+
+    /// The hypervisor.
+    pub fn hypervisor(&self) -> &Arc<H> {
+        &self.hv
+    }
+
+    /// A snapshot of the attribute map.
+    pub fn attr_map(&self) -> AttrMap {
+        self.lock_map().clone()
+    }
+
+    fn lock_map(&self) -> std::sync::MutexGuard<'_, AttrMap> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the initial attribute of every guest_memfd slot to private (no discard).
+    pub fn init_private(&self) -> Result<(), ConvertError> {
+        for s in self.slots.iter().filter(|s| s.gmem.is_some()) {
+            self.set_kernel_attrs(s.range, true)
+                .map_err(|source| ConvertError::Kernel {
+                    range: s.range,
+                    source,
+                })?;
+            self.lock_map().set(s.range, true);
+        }
+        Ok(())
+    }
+
+    /// Converts `[gpa, gpa+len)` to private or shared, as one transaction.
+    pub fn convert(
+        &self,
+        gpa: Gpa,
+        len: u64,
+        to_private: bool,
+        origin: Origin,
+    ) -> Result<Outcome, ConvertError> {
+        let range = validate(gpa, len)?;
+        let _guard = self.locks.lock(range);
+        let runs: Vec<Run> = {
+            let map = self.lock_map();
+            if map.is_uniform(range, to_private) {
+                return Ok(Outcome::NoOp);
+            }
+            map.runs(range)
+                .into_iter()
+                .filter(|r| r.private != to_private)
+                .collect()
+        };
+        self.refuse_unconvertible(range, to_private)?;
+        self.set_kernel_attrs(range, to_private)
+            .map_err(|source| ConvertError::Kernel { range, source })?;
+        if self.discard {
+            if let Err(source) = self.discard_runs(&runs, to_private) {
+                let restored = self.restore(&runs);
+                return Err(ConvertError::RolledBack {
+                    range,
+                    restored,
+                    source,
+                });
+            }
+        }
+        let pages = self.lock_map().set(range, to_private);
+        self.count(pages, to_private, origin);
+        Ok(Outcome::Converted { pages })
+    }
+
+    fn count(&self, pages: u64, to_private: bool, origin: Origin) {
+        let s = &self.stats;
+        let dir = if to_private {
+            &s.to_private_pages
+        } else {
+            &s.to_shared_pages
+        };
+        dir.fetch_add(pages, Ordering::Relaxed);
+        let o = match origin {
+            Origin::Explicit => &s.explicit,
+            Origin::Implicit => &s.implicit,
+        };
+        o.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Splits `range` into per-slot pieces; `Err(first uncovered gpa)` on a gap.
+    fn pieces(&self, range: GpaRange) -> Result<Vec<Piece<'_, <H::Vm as Vm>::Shared>>, Gpa> {
+        let mut out = Vec::new();
+        let mut cursor = range.start();
+        let first = self.slots.partition_point(|s| s.range.end() <= cursor);
+        for slot in &self.slots[first..] {
+            if cursor >= range.end() {
+                break;
+            }
+            if !slot.range.contains(cursor) {
+                return Err(cursor);
+            }
+            let piece =
+                GpaRange::from_bounds(cursor, slot.range.end().min(range.end())).ok_or(cursor)?;
+            out.push(Piece { slot, range: piece });
+            cursor = piece.end();
+        }
+        if cursor < range.end() {
+            return Err(cursor);
+        }
+        Ok(out)
+    }
+
+    fn refuse_unconvertible(&self, range: GpaRange, to_private: bool) -> Result<(), ConvertError> {
+        if !self.private_mem {
+            return Err(ConvertError::Refused {
+                gpa: range.start().raw(),
+                why: format!("the {} VM has no private memory", self.vm.vm_type().name()),
+            });
+        }
+        let pieces = self.pieces(range).map_err(|gpa| ConvertError::Refused {
+            gpa: gpa.raw(),
+            why: format!("{range} is not fully covered by memslots (gap at {gpa})"),
+        })?;
+        if let Some(p) = pieces.iter().find(|p| p.slot.gmem.is_none()) {
+            let why = format!(
+                "{} is not backed by guest_memfd (slot {}), so it cannot become {}",
+                p.range,
+                p.slot.id.0,
+                if to_private { "private" } else { "shared" }
+            );
+            return Err(ConvertError::Refused {
+                gpa: p.range.start().raw(),
+                why,
+            });
+        }
+        Ok(())
+    }
+
+    fn set_kernel_attrs(&self, range: GpaRange, private: bool) -> Result<(), BackendError> {
+        self.vm.set_memory_attributes(
+            range.start().raw(),
+            range.len(),
+            Attrs::from_private(private).0,
+            0,
+        )
+    }
+
+    fn discard_runs(&self, runs: &[Run], to_private: bool) -> Result<(), BackendError> {
+        for run in runs {
+            let pieces = self
+                .pieces(run.range)
+                .map_err(|gpa| BackendError::Invalid {
+                    op: "discard",
+                    why: format!("gap at {gpa}"),
+                })?;
+            for p in &pieces {
+                if to_private {
+                    self.discard_shared(p)?;
+                } else {
+                    self.discard_gmem(p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn discard_gmem(&self, p: &Piece<'_, <H::Vm as Vm>::Shared>) -> Result<(), BackendError> {
+        let Some(g) = &p.slot.gmem else { return Ok(()) };
+        let off = g
+            .offset
+            .checked_add(p.slot_offset())
+            .ok_or_else(|| overflow("punch"))?;
+        let (off, len) = (to_i64(off)?, to_i64(p.range.len())?);
+        self.hv.gmem_fallocate(
+            &g.file,
+            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        )?;
+        self.stats
+            .discarded_gmem
+            .fetch_add(p.range.len() / PAGE_SIZE, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn discard_shared(&self, p: &Piece<'_, <H::Vm as Vm>::Shared>) -> Result<(), BackendError> {
+        if p.slot.gmem_only {
+            return Ok(());
+        }
+        let Some(shared) = &p.slot.shared else {
+            return Ok(());
+        };
+        shared.discard(p.slot_offset(), p.range.len())?;
+        self.stats
+            .discarded_shared
+            .fetch_add(p.range.len() / PAGE_SIZE, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Puts every run's attribute back. Returns false if any restore failed.
+    fn restore(&self, runs: &[Run]) -> bool {
+        runs.iter()
+            .all(|r| self.set_kernel_attrs(r.range, r.private).is_ok())
+    }
+
+    /// The final attribute map of guest_memfd-backed memory, coalesced across
+    /// adjacent slots.
+    pub fn gmem_attributes(&self) -> Vec<Run> {
+        let map = self.lock_map();
+        let mut out: Vec<Run> = Vec::new();
+        for s in self.slots.iter().filter(|s| s.gmem.is_some()) {
+            for run in map.runs(s.range) {
+                match out.last_mut() {
+                    Some(last)
+                        if last.private == run.private && last.range.end() == run.range.start() =>
+                    {
+                        last.range = GpaRange::from_bounds(last.range.start(), run.range.end())
+                            .unwrap_or(last.range);
+                    }
+                    _ => out.push(run),
+                }
+            }
+        }
+        out
+    }
+}
+
+fn overflow(op: &'static str) -> BackendError {
+    BackendError::Invalid {
+        op,
+        why: "offset overflows".into(),
+    }
+}
+
+fn to_i64(v: u64) -> Result<i64, BackendError> {
+    i64::try_from(v).map_err(|_| overflow("discard"))
+}
+
+fn validate(gpa: Gpa, len: u64) -> Result<GpaRange, ConvertError> {
+    let invalid = |why| ConvertError::Invalid {
+        gpa: gpa.raw(),
+        len,
+        why,
+    };
+    if !gpa.is_page_aligned() || len % PAGE_SIZE != 0 {
+        return Err(invalid("not page-aligned"));
+    }
+    let range = GpaRange::new(gpa, len).map_err(|_| invalid("empty or wrapping"))?;
+    if range.end().raw() > MAX_GPA {
+        return Err(invalid("beyond the 52-bit guest-physical limit"));
+    }
+    Ok(range)
+}
