@@ -434,7 +434,7 @@ fn validate(gpa: Gpa, len: u64) -> Result<GpaRange, ConvertError> {
         len,
         why,
     };
-    if !gpa.is_page_aligned() || len % PAGE_SIZE != 0 {
+    if !gpa.is_page_aligned() || !len.is_multiple_of(PAGE_SIZE) {
         return Err(invalid("not page-aligned"));
     }
     let range = GpaRange::new(gpa, len).map_err(|_| invalid("empty or wrapping"))?;

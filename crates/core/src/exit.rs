@@ -191,7 +191,7 @@ pub enum MapGpaRangeError {
 impl MapGpaRange {
     /// Decodes `(a0, a1, a2)` strictly per `Documentation/virt/kvm/x86/hypercalls.rst` §8.
     pub fn decode(gpa: u64, pages: u64, attrs: u64) -> Result<Self, MapGpaRangeError> {
-        if gpa % crate::types::PAGE_SIZE != 0 {
+        if !gpa.is_multiple_of(crate::types::PAGE_SIZE) {
             return Err(MapGpaRangeError::Unaligned { gpa });
         }
         if pages == 0 {
@@ -418,7 +418,7 @@ mod tests {
             Err(MapGpaRangeError::Wraps { .. })
         ));
         assert!(matches!(
-            MapGpaRange::decode(u64::MAX & !0xfff, 1, 0),
+            MapGpaRange::decode(!0xfff, 1, 0),
             Err(MapGpaRangeError::Wraps { .. })
         ));
     }

@@ -33,7 +33,7 @@ impl Gpa {
     }
     /// True if the address is 4 KiB aligned.
     pub const fn is_page_aligned(self) -> bool {
-        self.0 % PAGE_SIZE == 0
+        self.0.is_multiple_of(PAGE_SIZE)
     }
     /// The guest frame number.
     pub const fn gfn(self) -> u64 {
@@ -68,7 +68,9 @@ impl PageCount {
     }
     /// The number of whole pages in `bytes`, or `None` if not page-aligned.
     pub fn from_bytes(bytes: u64) -> Option<PageCount> {
-        (bytes % PAGE_SIZE == 0).then_some(PageCount(bytes / PAGE_SIZE))
+        bytes
+            .is_multiple_of(PAGE_SIZE)
+            .then_some(PageCount(bytes / PAGE_SIZE))
     }
     /// `self + other`, or `None` on overflow.
     pub fn checked_add(self, other: PageCount) -> Option<PageCount> {
@@ -127,7 +129,7 @@ impl GpaRange {
     }
     /// `[start, start+len)`, both page-aligned.
     pub fn new_pages(start: Gpa, len: u64) -> Result<GpaRange, RangeError> {
-        if !start.is_page_aligned() || len % PAGE_SIZE != 0 {
+        if !start.is_page_aligned() || !len.is_multiple_of(PAGE_SIZE) {
             return Err(RangeError::Unaligned { gpa: start.0, len });
         }
         GpaRange::new(start, len)
