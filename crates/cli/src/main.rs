@@ -1,3 +1,76 @@
-fn main() {
-    println!("Hello, world!");
+//! `privmem`: the command line (shared/docs/workload.md "Commands").
+
+mod backends;
+mod caps;
+mod demo;
+mod picture;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// KVM guest private memory: guest_memfd, attributes and memory-fault exits.
+#[derive(Parser, Debug)]
+#[command(name = "privmem", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Which backend to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// KVM when the host supports the workload's VM type, else the model.
+    Auto,
+    /// The real /dev/kvm.
+    Kvm,
+    /// The deterministic model of KVM.
+    Model,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// What the host's KVM supports, and which VM types each backend can run.
+    Caps {
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a workload file.
+    Run {
+        /// The workload (TOML).
+        file: PathBuf,
+        /// Backend.
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: BackendArg,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Stop every vCPU after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Kernel profile for the model: 6.18 (this host) or 6.12 (the rig).
+        #[arg(long, default_value = "auto")]
+        profile: String,
+    },
+    /// The built-in showcase on the best backend.
+    Demo {
+        /// Backend (default: the best available for each scenario).
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: BackendArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Caps { json } => caps::main(json),
+        Cmd::Run { file, backend, json, timeout, profile } => {
+            run::main(&run::RunArgs { file, backend, json, timeout, profile })
+        }
+        Cmd::Demo { backend } => demo::main(backend),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
