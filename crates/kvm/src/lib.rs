@@ -1,14 +1,59 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! privmem's KVM backend: the only crate with `unsafe`.
+//!
+//! It implements the `privmem_core` hypervisor traits on `/dev/kvm`:
+//! [`KvmHypervisor`] → [`KvmVm`] → [`KvmVcpu`], guest_memfd mappings
+//! ([`KvmMapping`]) and shared backings ([`KvmShared`]).
+//!
+//! # Modules
+//! - [`sys`]: raw ioctls (`KVM_SET_USER_MEMORY_REGION2`, `KVM_SET_MEMORY_ATTRIBUTES`,
+//!   `KVM_CREATE_GUEST_MEMFD`, `KVM_ENABLE_CAP`, `KVM_RUN`) with pinned layouts.
+//! - [`mem`]: mmaps and SIGBUS-free host access via `process_vm_readv/writev`.
+//! - [`vm`]: memslots own their backings until deleted; runtime areas.
+//! - [`vcpu`]: `KVM_RUN` (exit_reason reset before every run, decoding by
+//!   `privmem_core::abi`), protocol ports, port-I/O hypercall emulation, kicks.
+//! - [`guest`]: x86 encoder, op compiler, runtime-area layout.
+//! - [`caps`]: hypercall transport detection.
+//!
+//! # Guest memory layout
+//!
+//! Workload memory belongs to the workload. Each vCPU gets a *runtime area*,
+//! a memslot of its own (id `32000 + vcpu index`) placed at the first 2 MiB
+//! boundary above every existing memslot and every op range:
+//!
+//! ```text
+//!  GPA 0 ─────────────── workload memslots ───────────────┐
+//!                                                          │ highest slot end
+//!  ┌──────────────── runtime area (vCPU n) ───────────────┐ ◄ 2 MiB aligned
+//!  │ +0x0000 PML4                                          │
+//!  │ +0x1000 GDT  (null, code64 = 0x08, data = 0x10)       │
+//!  │ +0x2000 stack (2 pages, RSP = +0x4000)                │
+//!  │ +0x4000 PDPTs (one per 512 GiB region used)           │
+//!  │         PDs   (one per 1 GiB region used; 2 MiB PS)   │
+//!  │         code  (compiled ops; ends in hlt loop + stubs)│
+//!  └─────────────────── rounded to 2 MiB ─────────────────┘
+//! ```
+//!
+//! The page tables identity-map, with 2 MiB pages, every 1 GiB region an op
+//! range or the area touches. On a 6.18 default VM the area's only backing
+//! is an `MMAP|INIT_SHARED` guest_memfd; elsewhere (SW_PROTECTED VMs, 6.12)
+//! it is anonymous shared memory in a plain slot.
+//!
+//! # Guest→host protocol
+//! `out imm8, al` to ports `0xd0..=0xd5` (see [`guest::ports`]), values in
+//! registers. `KVM_HC_MAP_GPA_RANGE` uses `vmmcall`/`vmcall` with hardware
+//! virtualization, or port `0xd5` on PVM where the backend emulates KVM's
+//! synchronous checks (-1000 when the exit is not enabled, -22 for bad args).
+#![deny(missing_docs)]
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod caps;
+pub mod guest;
+pub mod hypervisor;
+pub mod mem;
+pub mod sys;
+pub mod vcpu;
+pub mod vm;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use hypervisor::KvmHypervisor;
+pub use mem::{KvmMapping, KvmShared};
+pub use vcpu::{KvmKick, KvmVcpu};
+pub use vm::KvmVm;

@@ -1,0 +1,75 @@
+//! Host probing: which hypercall transport guest code must use.
+
+use crate::guest::Transport;
+
+/// Environment variable that forces the transport ("vmcall", "vmmcall" or
+/// "port-io"), e.g. to exercise the port-I/O path on a hardware-virt host.
+pub const TRANSPORT_ENV: &str = "PRIVMEM_HYPERCALL_TRANSPORT";
+
+/// Picks the transport for `KVM_HC_MAP_GPA_RANGE`.
+///
+/// Under PVM (software virtualization; `kvm_pvm` module loaded, or no
+/// svm/vmx CPU flag) `vmcall`/`vmmcall` spin inside `KVM_RUN` and never exit
+/// (kernel-semantics.md §0), so guests use port I/O and the backend emulates
+/// KVM's hypercall handling. With hardware virtualization the real
+/// instruction for the CPU vendor is used.
+pub fn detect_transport() -> Transport {
+    if let Some(t) = std::env::var(TRANSPORT_ENV).ok().as_deref().and_then(parse) {
+        return t;
+    }
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        return Transport::PortIo;
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    transport_from_cpuinfo(&cpuinfo)
+}
+
+fn parse(s: &str) -> Option<Transport> {
+    match s {
+        "vmcall" => Some(Transport::Vmcall),
+        "vmmcall" => Some(Transport::Vmmcall),
+        "port-io" => Some(Transport::PortIo),
+        _ => None,
+    }
+}
+
+/// The transport implied by the first `flags` line of `/proc/cpuinfo`.
+pub fn transport_from_cpuinfo(cpuinfo: &str) -> Transport {
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f)
+        .unwrap_or("");
+    let has = |name: &str| flags.split_whitespace().any(|f| f == name);
+    if has("svm") {
+        Transport::Vmmcall
+    } else if has("vmx") {
+        Transport::Vmcall
+    } else {
+        Transport::PortIo
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuinfo_with_svm_uses_vmmcall() {
+        let info = "flags\t\t: fpu svm lm\n";
+        assert_eq!(transport_from_cpuinfo(info), Transport::Vmmcall);
+    }
+
+    #[test]
+    fn cpuinfo_with_vmx_uses_vmcall() {
+        assert_eq!(transport_from_cpuinfo("flags : vmx\n"), Transport::Vmcall);
+    }
+
+    #[test]
+    fn cpuinfo_vmmcall_feature_flag_alone_is_port_io() {
+        // AMD hosts without SVM still list the `vmmcall` feature flag.
+        let info = "flags\t\t: fpu lm vmmcall hypervisor\n";
+        assert_eq!(transport_from_cpuinfo(info), Transport::PortIo);
+    }
+}

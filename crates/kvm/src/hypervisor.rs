@@ -1,0 +1,158 @@
+//! [`KvmHypervisor`]: `/dev/kvm` plus the guest_memfd file operations.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::Arc;
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::Kvm;
+use privmem_core::{
+    BackendError, Cap, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, VmType,
+};
+
+use crate::caps::detect_transport;
+use crate::guest::Transport;
+use crate::mem::KvmMapping;
+use crate::sys::{self, os_err};
+use crate::vm::KvmVm;
+
+/// Entries requested from `KVM_GET_SUPPORTED_CPUID`.
+const CPUID_ENTRIES: usize = 256;
+
+/// The host's KVM (`/dev/kvm`).
+#[derive(Debug)]
+pub struct KvmHypervisor {
+    kvm: Kvm,
+    transport: Transport,
+    cpuid: Option<Arc<CpuId>>,
+}
+
+fn kvm_err(op: &'static str, e: &kvm_ioctls::Error) -> BackendError {
+    BackendError::os(op, Errno(e.errno()))
+}
+
+impl KvmHypervisor {
+    /// Opens `/dev/kvm` and probes the hypercall transport.
+    ///
+    /// # Errors
+    /// `Os { op: "open(/dev/kvm)", .. }` when the device cannot be opened
+    /// (missing module, permissions).
+    pub fn open() -> Result<Self, BackendError> {
+        let kvm = Kvm::new().map_err(|e| kvm_err("open(/dev/kvm)", &e))?;
+        // Guests get the host's supported CPUID, as every VMM does; it is
+        // optional (the guest code needs no feature bits), so a failure
+        // only means the vCPU keeps KVM's default (empty) CPUID.
+        let cpuid = kvm.get_supported_cpuid(CPUID_ENTRIES).ok().map(Arc::new);
+        Ok(KvmHypervisor {
+            kvm,
+            transport: detect_transport(),
+            cpuid,
+        })
+    }
+
+    /// How guest code issues `KVM_HC_MAP_GPA_RANGE` on this host.
+    pub fn transport(&self) -> &'static str {
+        self.transport.name()
+    }
+
+    /// `KVM_GET_API_VERSION` (12).
+    pub fn api_version(&self) -> i32 {
+        self.kvm.get_api_version()
+    }
+
+    /// `KVM_CHECK_EXTENSION` with a raw capability number at system scope.
+    ///
+    /// # Errors
+    /// `Os { op: "KVM_CHECK_EXTENSION", .. }` if the ioctl fails.
+    pub fn check_extension_raw(&self, cap: u32) -> Result<u64, BackendError> {
+        sys::check_extension(crate::sys::fd_of(&self.kvm), cap)
+    }
+}
+
+fn gmem_fd(g: &GuestMemfd) -> BorrowedFd<'_> {
+    g.as_fd()
+}
+
+impl Hypervisor for KvmHypervisor {
+    type Vm = KvmVm;
+    type Mapping = KvmMapping;
+
+    fn name(&self) -> &'static str {
+        "kvm"
+    }
+
+    fn check_extension(&self, cap: Cap) -> Result<u64, BackendError> {
+        self.check_extension_raw(cap.number())
+    }
+
+    fn create_vm(&self, ty: VmType) -> Result<KvmVm, BackendError> {
+        self.create_vm_raw(ty.kvm_type())
+    }
+
+    fn create_vm_raw(&self, ty: u64) -> Result<KvmVm, BackendError> {
+        let fd = self
+            .kvm
+            .create_vm_with_type(ty)
+            .map_err(|e| kvm_err("KVM_CREATE_VM", &e))?;
+        Ok(KvmVm::new(fd, ty, self.transport, self.cpuid.clone()))
+    }
+
+    fn gmem_fallocate(&self, gmem: &GuestMemfd, mode: i32, offset: i64, len: i64) -> Result<(), BackendError> {
+        // SAFETY: fallocate on a borrowed, open fd; no memory arguments.
+        let r = unsafe { libc::fallocate(gmem_fd(gmem).as_raw_fd(), mode, offset, len) };
+        if r < 0 {
+            return Err(os_err("fallocate"));
+        }
+        Ok(())
+    }
+
+    fn gmem_file_io(&self, gmem: &GuestMemfd, io: FileIo) -> Result<usize, BackendError> {
+        let fd = gmem_fd(gmem).as_raw_fd();
+        let mut buf = [0u8; 64];
+        let p = buf.as_mut_ptr().cast::<libc::c_void>();
+        let (r, op) = match io {
+            // SAFETY: `buf` is a live 64-byte buffer for every call below.
+            FileIo::Read => (unsafe { libc::read(fd, p, buf.len()) }, "read"),
+            // SAFETY: as above (only read by the kernel).
+            FileIo::Write => (unsafe { libc::write(fd, p, buf.len()) }, "write"),
+            // SAFETY: as above.
+            FileIo::Pread => (unsafe { libc::pread(fd, p, buf.len(), 0) }, "pread"),
+            // SAFETY: as above (only read by the kernel).
+            FileIo::Pwrite => (unsafe { libc::pwrite(fd, p, buf.len(), 0) }, "pwrite"),
+            FileIo::Lseek => {
+                // SAFETY: lseek takes no memory arguments.
+                let off = unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+                (off as isize, "lseek")
+            }
+        };
+        usize::try_from(r).map_err(|_| os_err(op))
+    }
+
+    fn gmem_truncate(&self, gmem: &GuestMemfd, len: u64) -> Result<(), BackendError> {
+        let len = libc::off_t::try_from(len).map_err(|_| BackendError::os("ftruncate", Errno::EINVAL))?;
+        // SAFETY: ftruncate on a borrowed, open fd; no memory arguments.
+        if unsafe { libc::ftruncate(gmem_fd(gmem).as_raw_fd(), len) } < 0 {
+            return Err(os_err("ftruncate"));
+        }
+        Ok(())
+    }
+
+    fn gmem_stat(&self, gmem: &GuestMemfd) -> Result<FileStat, BackendError> {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `st` is a writable `struct stat` the kernel fills on success.
+        if unsafe { libc::fstat(gmem_fd(gmem).as_raw_fd(), st.as_mut_ptr()) } < 0 {
+            return Err(os_err("fstat"));
+        }
+        // SAFETY: fstat returned 0, so it initialized `st`.
+        let st = unsafe { st.assume_init() };
+        Ok(FileStat {
+            size: st.st_size as u64,
+            mode: st.st_mode,
+            blksize: st.st_blksize as u64,
+            ino: st.st_ino,
+        })
+    }
+
+    fn gmem_mmap(&self, gmem: &GuestMemfd, len: u64, shared: bool) -> Result<KvmMapping, BackendError> {
+        KvmMapping::new(gmem_fd(gmem), len, shared)
+    }
+}
