@@ -213,15 +213,12 @@ impl<H: Hypervisor> Engine<H> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sets the initial attribute of every guest_memfd slot to private (no discard).
-    pub fn init_private(&self) -> Result<(), ConvertError> {
-        for s in self.slots.iter().filter(|s| s.gmem.is_some()) {
-            self.set_kernel_attrs(s.range, true)
-                .map_err(|source| ConvertError::Kernel {
-                    range: s.range,
-                    source,
-                })?;
-            self.lock_map().set(s.range, true);
+    /// Sets `ranges` private in the kernel and the map (initial state; no discard).
+    pub fn init_private(&self, ranges: &[GpaRange]) -> Result<(), ConvertError> {
+        for &range in ranges {
+            self.set_kernel_attrs(range, true)
+                .map_err(|source| ConvertError::Kernel { range, source })?;
+            self.lock_map().set(range, true);
         }
         Ok(())
     }

@@ -183,7 +183,13 @@ impl<H: Hypervisor> Machine<H> {
             w.policy.discard,
         ));
         if w.initial_private {
-            engine.init_private()?;
+            let gmem: Vec<_> = w
+                .slots
+                .iter()
+                .filter(|s| s.guest_memfd)
+                .map(|s| s.range)
+                .collect();
+            engine.init_private(&gmem)?;
         }
         for gpa in &w.poison {
             setup(format!("poison {gpa}"), vm.poison_page(*gpa))?;

@@ -85,6 +85,9 @@ pub struct SlotSpec {
     pub range: GpaRange,
     /// Backed by guest_memfd (else shared host memory only).
     pub guest_memfd: bool,
+    /// Close privmem's guest_memfd handle right after binding the slot, so
+    /// the binding dies (`kvm_gmem_release`): a VMM bug or a hostile teardown.
+    pub close_guest_memfd: bool,
 }
 
 /// A parsed, validated workload.
@@ -359,12 +362,17 @@ fn parse_slots(
             range: page_range(cx, "vm", &Value::Integer(0), mem)
                 .map_err(|e| rename(e, "vm.size", "vm.memory"))?,
             guest_memfd: true,
+            close_guest_memfd: false,
         });
     }
     for (i, t) in tables.iter().enumerate() {
         let key = format!("slot[{i}]");
         let tab = cx.table(&key, t)?;
-        cx.check_keys(&key, tab, &["gpa", "size", "guest_memfd"])?;
+        cx.check_keys(
+            &key,
+            tab,
+            &["gpa", "size", "guest_memfd", "close_guest_memfd"],
+        )?;
         let gpa = tab.get("gpa").unwrap_or(&Value::Integer(0));
         let size = tab
             .get("size")
@@ -373,9 +381,21 @@ fn parse_slots(
             Some(v) => cx.boolean(&format!("{key}.guest_memfd"), v)?,
             None => true,
         };
+        let close_guest_memfd = match tab.get("close_guest_memfd") {
+            Some(v) if !guest_memfd => {
+                return Err(cx.err(
+                    &format!("{key}.close_guest_memfd"),
+                    v,
+                    "needs guest_memfd = true",
+                ))
+            }
+            Some(v) => cx.boolean(&format!("{key}.close_guest_memfd"), v)?,
+            None => false,
+        };
         slots.push(SlotSpec {
             range: page_range(cx, &key, gpa, size)?,
             guest_memfd,
+            close_guest_memfd,
         });
     }
     slots.sort_by_key(|s| s.range.start());
@@ -417,7 +437,9 @@ fn parse_poison(
             .get("gpa")
             .ok_or_else(|| cx.err(&format!("{key}.gpa"), t, "missing"))?;
         let gpa = Gpa(cx.number(&format!("{key}.gpa"), gv)?);
-        let in_gmem = slots.iter().any(|s| s.guest_memfd && s.range.contains(gpa));
+        let in_gmem = slots
+            .iter()
+            .any(|s| s.guest_memfd && !s.close_guest_memfd && s.range.contains(gpa));
         if !gpa.is_page_aligned() || !in_gmem {
             return Err(cx.err(
                 &format!("{key}.gpa"),
