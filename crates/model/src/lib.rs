@@ -1,14 +1,195 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! privmem-model: a deterministic pure-Rust model of Linux KVM guest private
+//! memory (guest_memfd, memory attributes, `KVM_SET_USER_MEMORY_REGION2`,
+//! `KVM_EXIT_MEMORY_FAULT`, `KVM_HC_MAP_GPA_RANGE`), implementing the
+//! `privmem_core` hypervisor traits. It behaves as Linux 6.18 (default) or
+//! 6.12 ([`KernelProfile`]); every rule and errno follows
+//! `kernel-semantics.md`.
+//!
+//! Pages live in sparse memfds (`pread`/`pwrite`/`fallocate`), so a 1 TiB
+//! guest_memfd costs nothing until written and punching a hole really frees
+//! memory.
+//!
+//! Model-only API beyond the traits:
+//! - fault injection: [`ModelHypervisor::inject_failure`] (also on
+//!   [`ModelVm`]), [`ModelHypervisor::poison_gmem`], [`ModelVm::poison_gpa`];
+//! - introspection: [`ModelVm::attributes`], [`ModelHypervisor::gmem_read`],
+//!   [`ModelHypervisor::gmem_allocated_pages`], [`ModelShared::allocated_pages`];
+//! - stepping: [`ModelVcpu::step`], [`ModelVcpu::set_step_limit`].
+//!
+//! `KVM_CAP_VM_TYPES` is `0x13`: default (0), sw-protected (1) and SNP (4),
+//! the type [`privmem_core::VmType::Coco`] is created with.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod attrs;
+mod backing;
+mod fault;
+mod gmem;
+mod inject;
+mod memslot;
+mod profile;
+mod vcpu;
+mod vm;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+use std::sync::Arc;
+
+use privmem_core::backend::{Cap, FileIo, FileStat, Hypervisor};
+use privmem_core::error::Result;
+use privmem_core::{BackendError, Errno, GuestMemfd, VmType, PAGE_SIZE};
+
+pub use backing::ModelShared;
+pub use gmem::ModelGmemMapping;
+pub use inject::InjectOp;
+pub use profile::{KernelProfile, NR_MEMSLOTS, VM_TYPES};
+pub use vcpu::{ModelKick, ModelVcpu, MMIO_READ_BYTE};
+pub use vm::ModelVm;
+
+use inject::Injector;
+
+/// The model of `/dev/kvm`.
+#[derive(Debug, Clone, Default)]
+pub struct ModelHypervisor {
+    profile: KernelProfile,
+    inject: Arc<Injector>,
+}
+
+impl ModelHypervisor {
+    /// A model kernel with the given profile.
+    pub fn new(profile: KernelProfile) -> ModelHypervisor {
+        ModelHypervisor {
+            profile,
+            inject: Arc::default(),
+        }
+    }
+
+    /// The profile.
+    pub fn profile(&self) -> KernelProfile {
+        self.profile
+    }
+
+    /// Fault injection: the `nth` next call (1 = the next one) of `op`, in
+    /// this hypervisor or any VM/vCPU it created, fails with `errno`. The
+    /// failure fires after argument validation (see [`InjectOp`]).
+    pub fn inject_failure(&self, op: InjectOp, nth: u32, errno: Errno) {
+        self.inject.arm(op, nth, errno);
+    }
+
+    /// Disarms every injected failure.
+    pub fn clear_injections(&self) {
+        self.inject.clear();
+    }
+
+    /// Fault injection: marks the guest_memfd page at file `offset` as
+    /// hardware-poisoned (`memory_failure` → `kvm_gmem_error_folio`: the
+    /// folio stays, guest faults get EHWPOISON; a PUNCH_HOLE clears it).
+    ///
+    /// # Errors
+    /// `Invalid` for a foreign handle or an offset beyond the file.
+    pub fn poison_gmem(&self, gmem: &GuestMemfd, offset: u64) -> Result<()> {
+        let file = model_file(gmem, "poison")?;
+        if offset >= file.size() {
+            return Err(invalid(
+                "poison",
+                format!("offset {offset:#x} is beyond the file"),
+            ));
+        }
+        file.poison_page(offset / PAGE_SIZE);
+        Ok(())
+    }
+
+    /// Introspection: reads guest_memfd contents at `offset` (no SIGBUS
+    /// rules: this is the kernel's view of the pages).
+    ///
+    /// # Errors
+    /// `Invalid` for a foreign handle or a range beyond the file.
+    pub fn gmem_read(&self, gmem: &GuestMemfd, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let file = model_file(gmem, "gmem_read")?;
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > file.size()) {
+            return Err(invalid(
+                "gmem_read",
+                format!("range at {offset:#x} is beyond the file"),
+            ));
+        }
+        file.mem
+            .read_at(offset, buf)
+            .map_err(|e| BackendError::os("gmem_read", e))
+    }
+
+    /// Introspection: pages currently allocated in the guest_memfd.
+    ///
+    /// # Errors
+    /// `Invalid` for a foreign handle.
+    pub fn gmem_allocated_pages(&self, gmem: &GuestMemfd) -> Result<u64> {
+        let file = model_file(gmem, "gmem_allocated_pages")?;
+        file.mem
+            .allocated_pages()
+            .map_err(|e| BackendError::os("gmem_allocated_pages", e))
+    }
+
+    /// Introspection: number of memslots bound to the guest_memfd.
+    ///
+    /// # Errors
+    /// `Invalid` for a foreign handle.
+    pub fn gmem_binding_count(&self, gmem: &GuestMemfd) -> Result<usize> {
+        Ok(model_file(gmem, "gmem_binding_count")?.binding_count())
+    }
+}
+
+fn invalid(op: &'static str, why: String) -> BackendError {
+    BackendError::Invalid { op, why }
+}
+
+fn model_file(gmem: &GuestMemfd, op: &'static str) -> Result<Arc<gmem::GmemFile>> {
+    gmem::file_of(gmem).ok_or_else(|| invalid(op, "not a guest_memfd created by the model".into()))
+}
+
+impl Hypervisor for ModelHypervisor {
+    type Vm = ModelVm;
+    type Mapping = ModelGmemMapping;
+
+    fn name(&self) -> &'static str {
+        "model"
+    }
+
+    fn check_extension(&self, cap: Cap) -> Result<u64> {
+        Ok(self.profile.check_extension(cap, None))
+    }
+
+    fn create_vm(&self, ty: VmType) -> Result<ModelVm> {
+        self.create_vm_raw(ty.kvm_type())
+    }
+
+    fn create_vm_raw(&self, ty: u64) -> Result<ModelVm> {
+        let ty = self
+            .profile
+            .vm_type_from_raw(ty)
+            .ok_or(BackendError::os("KVM_CREATE_VM", Errno::EINVAL))?;
+        Ok(ModelVm {
+            inner: Arc::new(vm::VmInner::new(ty, self.profile, self.inject.clone())),
+        })
+    }
+
+    fn gmem_fallocate(&self, gmem: &GuestMemfd, mode: i32, offset: i64, len: i64) -> Result<()> {
+        gmem::fallocate(&self.inject, gmem, mode, offset, len)
+    }
+
+    fn gmem_file_io(&self, gmem: &GuestMemfd, io: FileIo) -> Result<usize> {
+        gmem::file_io(gmem, io)
+    }
+
+    fn gmem_truncate(&self, gmem: &GuestMemfd, _len: u64) -> Result<()> {
+        gmem::truncate(gmem)
+    }
+
+    fn gmem_stat(&self, gmem: &GuestMemfd) -> Result<FileStat> {
+        gmem::stat(gmem)
+    }
+
+    fn gmem_mmap(&self, gmem: &GuestMemfd, len: u64, shared: bool) -> Result<ModelGmemMapping> {
+        gmem::mmap(&self.inject, gmem, len, shared)
     }
 }

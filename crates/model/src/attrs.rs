@@ -1,0 +1,70 @@
+//! `KVM_SET_MEMORY_ATTRIBUTES` (§2.6, `kvm_vm_ioctl_set_mem_attributes`).
+//!
+//! Attributes are per VM and per 4 KiB gfn, independent of memslots: they can
+//! be set where no slot exists and survive slot deletion. They never move,
+//! copy or free data. Stored in the coalesced [`AttrMap`].
+
+use privmem_core::attrmap::AttrMap;
+use privmem_core::error::Result;
+use privmem_core::{BackendError, Errno, Gpa, GpaRange, PAGE_SIZE};
+
+use crate::inject::InjectOp;
+use crate::vm::VmInner;
+
+const OP: &str = "KVM_SET_MEMORY_ATTRIBUTES";
+
+impl VmInner {
+    /// `KVM_SET_MEMORY_ATTRIBUTES(address, size, attributes, flags)`.
+    pub(crate) fn set_attributes(
+        &self,
+        address: u64,
+        size: u64,
+        attributes: u64,
+        flags: u64,
+    ) -> Result<()> {
+        self.set_attributes_checked(address, size, attributes, flags)
+            .map_err(|e| BackendError::os(OP, e))
+    }
+
+    fn set_attributes_checked(
+        &self,
+        address: u64,
+        size: u64,
+        attributes: u64,
+        flags: u64,
+    ) -> Result<(), Errno> {
+        if !self.profile.has_attribute_ioctl(self.ty) {
+            return Err(Errno::ENOTTY);
+        }
+        if flags != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if attributes & !self.profile.supported_attributes(Some(self.ty)) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let Ok(range) = GpaRange::new(Gpa(address), size) else {
+            // size == 0 or address + size wraps.
+            return Err(Errno::EINVAL);
+        };
+        if !address.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
+            return Err(Errno::EINVAL);
+        }
+        // xa_reserve() is where the kernel can fail with ENOMEM, before
+        // anything changes; the model fires injected failures there.
+        if let Some(e) = self.inject.check(InjectOp::SetMemoryAttributes) {
+            return Err(e);
+        }
+        let private = attributes != 0;
+        let mut attrs = self.attrs.write().expect("attrs");
+        // No-op when nothing changes (returns 0, zaps nothing).
+        if !attrs.is_uniform(range, private) {
+            attrs.set(range, private);
+        }
+        Ok(())
+    }
+
+    /// A copy of the kernel's attribute view.
+    pub(crate) fn attributes(&self) -> AttrMap {
+        self.attrs.read().expect("attrs").clone()
+    }
+}

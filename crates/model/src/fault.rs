@@ -1,0 +1,155 @@
+//! The fault path (§3): which backing serves a guest access, or which exit it
+//! produces, decided per page in the kernel's order
+//! (`kvm_mmu_faultin_pfn` → `kvm_handle_noslot_fault` /
+//! `kvm_mmu_faultin_pfn_gmem` → `kvm_gmem_get_pfn`).
+//!
+//! For speed, [`resolve`] returns the longest run starting at the access
+//! address whose pages all resolve the same way to contiguous storage, so the
+//! vCPU can move it with one `pread`/`pwrite`.
+
+use std::sync::Arc;
+
+use privmem_core::backend::Access;
+use privmem_core::types::PAGE_SHIFT;
+use privmem_core::{FaultErrno, Gpa, GpaRange, MemoryFault, VmType, PAGE_SIZE};
+
+use crate::backing::ModelShared;
+use crate::gmem::GmemFile;
+use crate::memslot::{Slot, UserBacking};
+use crate::vm::VmInner;
+
+/// Where `[gpa, gpa+len)` lives, or what exit the first page produces.
+#[derive(Debug)]
+pub(crate) enum Resolved {
+    /// guest_memfd bytes at `offset`.
+    Gmem {
+        file: Arc<GmemFile>,
+        offset: u64,
+        len: u64,
+    },
+    /// Shared-backing bytes at `offset`.
+    Shared {
+        mem: ModelShared,
+        offset: u64,
+        len: u64,
+    },
+    /// An emulated (MMIO) access; `len` bytes up to the end of the page.
+    Mmio { len: u64 },
+    /// `KVM_EXIT_MEMORY_FAULT` for the first page.
+    Fault(MemoryFault),
+}
+
+fn fault(gpa: u64, private: bool, errno: FaultErrno) -> Resolved {
+    Resolved::Fault(MemoryFault {
+        gpa: Gpa(gpa & !(PAGE_SIZE - 1)),
+        size: PAGE_SIZE,
+        private,
+        errno,
+    })
+}
+
+fn to_page_end(gpa: u64, want: u64) -> u64 {
+    want.min(PAGE_SIZE - gpa % PAGE_SIZE)
+}
+
+/// Resolves the access `[gpa, gpa+want)` (`want > 0`, no wrap) with intent
+/// `access`; `write` selects read-only slot handling.
+pub(crate) fn resolve(vm: &VmInner, gpa: u64, want: u64, access: Access, write: bool) -> Resolved {
+    debug_assert!(want > 0);
+    // 1. Privateness and the attribute mismatch check (taken before the
+    //    no-slot check, as in kvm_mmu_faultin_pfn).
+    let mut len = want;
+    let is_private = {
+        let attrs = vm.attrs.read().expect("attrs");
+        let range = GpaRange::new(Gpa(gpa), want).expect("caller checked wrap");
+        let first = attrs
+            .runs(range)
+            .into_iter()
+            .next()
+            .expect("nonempty range");
+        let attr_private = first.private;
+        len = len.min(first.range.end().raw() - gpa);
+        let is_private = match vm.ty {
+            VmType::Default => false,
+            VmType::SwProtected => attr_private,
+            VmType::Coco => access == Access::Private,
+        };
+        if is_private != attr_private {
+            return fault(gpa, is_private, FaultErrno::Efault);
+        }
+        is_private
+    };
+    // 2. The memslot.
+    let gfn = gpa >> PAGE_SHIFT;
+    let slots = vm.slots.read().expect("slots");
+    let Some(slot) = slots.find(gfn) else {
+        return if is_private {
+            fault(gpa, true, FaultErrno::Efault)
+        } else {
+            Resolved::Mmio {
+                len: to_page_end(gpa, want),
+            }
+        };
+    };
+    let slot_end = slot.end_gfn() << PAGE_SHIFT;
+    len = len.min(slot_end - gpa);
+    let off_in_slot = gpa - (slot.base_gfn << PAGE_SHIFT);
+    let gmem_only = slot.gmem.as_ref().is_some_and(|g| g.gmem_only);
+    if is_private || gmem_only {
+        return resolve_gmem(slot, gpa, off_in_slot, len, is_private);
+    }
+    resolve_shared(slot, gpa, off_in_slot, len, write)
+}
+
+/// `kvm_mmu_faultin_pfn_gmem` + `kvm_gmem_get_pfn`.
+fn resolve_gmem(slot: &Slot, gpa: u64, off_in_slot: u64, len: u64, private: bool) -> Resolved {
+    let Some(g) = slot.gmem.as_ref() else {
+        // A private fault on a slot without guest_memfd (selftest D2).
+        return fault(gpa, private, FaultErrno::Efault);
+    };
+    let Some(file) = g.file.upgrade() else {
+        // The file was released: slot->gmem.file is NULL.
+        return fault(gpa, private, FaultErrno::Efault);
+    };
+    let offset = (g.pgoff << PAGE_SHIFT) + off_in_slot;
+    let first = offset >> PAGE_SHIFT;
+    let npages = (offset + len - 1) / PAGE_SIZE - first + 1;
+    let mut len = len;
+    if let Some(p) = file.first_poisoned(first, npages) {
+        if p == first {
+            return fault(gpa, private, FaultErrno::Ehwpoison);
+        }
+        len = len.min((p << PAGE_SHIFT) - offset);
+    }
+    Resolved::Gmem { file, offset, len }
+}
+
+/// The shared (`userspace_addr`) side.
+fn resolve_shared(slot: &Slot, gpa: u64, off_in_slot: u64, len: u64, write: bool) -> Resolved {
+    if write && slot.readonly() {
+        // Writes to read-only memslots exit as MMIO.
+        return Resolved::Mmio {
+            len: to_page_end(gpa, len),
+        };
+    }
+    match &slot.user {
+        UserBacking::Shared { mem, offset } => {
+            let hva_off = offset + off_in_slot;
+            let size = privmem_core::backend::HostMemory::len(mem);
+            if hva_off >= size {
+                // Nothing mapped at the HVA: becomes MMIO on this host.
+                return Resolved::Mmio {
+                    len: to_page_end(gpa, len),
+                };
+            }
+            Resolved::Shared {
+                mem: mem.clone(),
+                offset: hva_off,
+                len: len.min(size - hva_off),
+            }
+        }
+        UserBacking::Raw(_) => Resolved::Mmio {
+            len: to_page_end(gpa, len),
+        },
+    }
+}

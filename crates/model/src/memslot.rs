@@ -1,0 +1,388 @@
+//! Memslots: `KVM_SET_USER_MEMORY_REGION{,2}` (§2.5) in the kernel's check
+//! order (`kvm_vm_ioctl`, `kvm_vm_ioctl_set_memory_region`,
+//! `kvm_set_memory_region`, `kvm_gmem_bind`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use privmem_core::backend::{
+    GmemRef, Region, RegionApi, UserAddr, MEM_GUEST_MEMFD, MEM_LOG_DIRTY_PAGES, MEM_READONLY,
+};
+use privmem_core::error::Result;
+use privmem_core::types::PAGE_SHIFT;
+use privmem_core::{BackendError, Errno, PAGE_SIZE};
+use std::os::fd::AsFd;
+
+use crate::backing::ModelShared;
+use crate::gmem::{self, GmemFile};
+use crate::inject::InjectOp;
+use crate::profile::{MEM_MAX_NR_PAGES, NR_MEMSLOTS, TASK_SIZE_MAX};
+use crate::vm::VmInner;
+
+/// What backs a slot's `userspace_addr`.
+#[derive(Clone, Debug)]
+pub(crate) enum UserBacking {
+    /// A raw address with nothing mapped there (0 = NULL).
+    Raw(u64),
+    /// An offset into a model shared backing.
+    Shared {
+        /// The backing.
+        mem: ModelShared,
+        /// Byte offset of the slot's first page.
+        offset: u64,
+    },
+}
+
+impl UserBacking {
+    /// Identity of the `userspace_addr` value, for the MODIFY comparison.
+    fn key(&self) -> (u64, u64) {
+        match self {
+            UserBacking::Raw(v) => (0, *v),
+            UserBacking::Shared { mem, offset } => (mem.id(), *offset),
+        }
+    }
+}
+
+/// A slot's guest_memfd binding (`slot->gmem`).
+#[derive(Clone, Debug)]
+pub(crate) struct SlotGmem {
+    /// The file; dead once the file is released.
+    pub(crate) file: Weak<GmemFile>,
+    /// First file page.
+    pub(crate) pgoff: u64,
+    /// `KVM_MEMSLOT_GMEM_ONLY`: every fault is served from gmem.
+    pub(crate) gmem_only: bool,
+}
+
+/// A memslot.
+#[derive(Clone, Debug)]
+pub(crate) struct Slot {
+    pub(crate) id: u16,
+    pub(crate) flags: u32,
+    pub(crate) base_gfn: u64,
+    pub(crate) npages: u64,
+    pub(crate) user: UserBacking,
+    /// Set iff `flags` has `KVM_MEM_GUEST_MEMFD`.
+    pub(crate) gmem: Option<SlotGmem>,
+}
+
+impl Slot {
+    /// One past the last gfn.
+    pub(crate) fn end_gfn(&self) -> u64 {
+        self.base_gfn + self.npages
+    }
+
+    /// True for `KVM_MEM_READONLY`.
+    pub(crate) fn readonly(&self) -> bool {
+        self.flags & MEM_READONLY != 0
+    }
+}
+
+/// The slots of address space 0, indexed by id and by base gfn.
+#[derive(Debug, Default)]
+pub(crate) struct Slots {
+    by_id: BTreeMap<u16, Slot>,
+    by_gfn: BTreeMap<u64, u16>,
+}
+
+impl Slots {
+    /// The slot containing `gfn`.
+    pub(crate) fn find(&self, gfn: u64) -> Option<&Slot> {
+        let (_, id) = self.by_gfn.range(..=gfn).next_back()?;
+        let s = &self.by_id[id];
+        (gfn < s.end_gfn()).then_some(s)
+    }
+
+    /// The slot with id `id`.
+    pub(crate) fn get(&self, id: u16) -> Option<&Slot> {
+        self.by_id.get(&id)
+    }
+
+    /// Number of slots.
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// `kvm_check_memslot_overlap`: another slot intersects `[base, base+n)`.
+    fn overlaps(&self, id: u16, base: u64, npages: u64) -> bool {
+        let end = base + npages;
+        // Slots are disjoint: only the other slot with the highest base
+        // below `end` can reach into the range.
+        self.by_gfn
+            .range(..end)
+            .rev()
+            .map(|(_, i)| &self.by_id[i])
+            .find(|s| s.id != id)
+            .is_some_and(|s| s.end_gfn() > base)
+    }
+
+    fn insert(&mut self, slot: Slot) {
+        self.by_gfn.insert(slot.base_gfn, slot.id);
+        self.by_id.insert(slot.id, slot);
+    }
+
+    fn remove(&mut self, id: u16) -> Option<Slot> {
+        let s = self.by_id.remove(&id)?;
+        self.by_gfn.remove(&s.base_gfn);
+        Some(s)
+    }
+}
+
+/// `access_ok(addr, size)` on x86-64 (4-level paging).
+fn access_ok(addr: u64, size: u64) -> bool {
+    addr.checked_add(size)
+        .is_some_and(|end| end <= TASK_SIZE_MAX)
+}
+
+fn op_name(api: RegionApi) -> &'static str {
+    match api {
+        RegionApi::V1 => "KVM_SET_USER_MEMORY_REGION",
+        RegionApi::V2 => "KVM_SET_USER_MEMORY_REGION2",
+    }
+}
+
+/// The requested change once validation has passed.
+enum Change {
+    Create,
+    Move,
+    FlagsOnly,
+}
+
+impl VmInner {
+    /// `KVM_SET_USER_MEMORY_REGION{,2}`.
+    pub(crate) fn set_region(&self, r: &Region<'_, ModelShared>) -> Result<()> {
+        let op = op_name(r.api);
+        if let UserAddr::Raw(v) = r.userspace {
+            // The backend-level refusal every privmem backend applies (see
+            // `UserAddr::Raw`): never hand out arbitrary host memory.
+            if v != 0 && v % PAGE_SIZE == 0 {
+                return Err(BackendError::Invalid {
+                    op,
+                    why: format!("raw userspace_addr {v:#x}: use a shared backing"),
+                });
+            }
+        }
+        self.set_region_checked(r)
+            .map_err(|e| BackendError::os(op, e))
+    }
+
+    fn set_region_checked(&self, r: &Region<'_, ModelShared>) -> Result<(), Errno> {
+        let einval = Err(Errno::EINVAL);
+        // v1 carries no gmem fields: the v2 tail is zeroed.
+        let (gmem_offset, v1) = match r.api {
+            RegionApi::V1 => (0, true),
+            RegionApi::V2 => (r.gmem_offset, false),
+        };
+        if v1 && r.flags & !(MEM_LOG_DIRTY_PAGES | MEM_READONLY) != 0 {
+            return einval;
+        }
+        let id = r.slot as u16;
+        let as_id = r.slot >> 16;
+        if id >= NR_MEMSLOTS {
+            return einval;
+        }
+        if r.flags & !self.profile.valid_region_flags(self.ty, r.flags) != 0 {
+            return einval;
+        }
+        if !r.size.is_multiple_of(PAGE_SIZE) || !r.gpa.is_multiple_of(PAGE_SIZE) {
+            return einval;
+        }
+        let user = match r.userspace {
+            UserAddr::Raw(v) => {
+                if v % PAGE_SIZE != 0 || !access_ok(v, r.size) {
+                    return einval;
+                }
+                UserBacking::Raw(v)
+            }
+            UserAddr::Backing { mem, offset } => {
+                if offset % PAGE_SIZE != 0 || r.size > TASK_SIZE_MAX {
+                    return einval;
+                }
+                UserBacking::Shared {
+                    mem: mem.clone(),
+                    offset,
+                }
+            }
+        };
+        let is_gmem = r.flags & MEM_GUEST_MEMFD != 0;
+        if is_gmem && (gmem_offset % PAGE_SIZE != 0 || gmem_offset.checked_add(r.size).is_none()) {
+            return einval;
+        }
+        // This host rejected as_id 1 even for default VMs (no SMM under PVM);
+        // private-memory VMs have a single address space anyway.
+        if as_id >= 1 {
+            return einval;
+        }
+        if r.gpa.checked_add(r.size).is_none() {
+            return einval;
+        }
+        let npages = r.size >> PAGE_SHIFT;
+        if npages > MEM_MAX_NR_PAGES {
+            return einval;
+        }
+
+        let _guard = self.slots_lock.lock().expect("slots_lock");
+        if r.size == 0 {
+            return self.delete_slot(id);
+        }
+        let base_gfn = r.gpa >> PAGE_SHIFT;
+        let change = {
+            let slots = self.slots.read().expect("slots");
+            let change = match slots.get(id) {
+                None => Change::Create,
+                Some(old) => {
+                    if is_gmem
+                        || user.key() != old.user.key()
+                        || npages != old.npages
+                        || (r.flags ^ old.flags) & (MEM_READONLY | MEM_GUEST_MEMFD) != 0
+                    {
+                        return einval;
+                    }
+                    if base_gfn != old.base_gfn {
+                        Change::Move
+                    } else if r.flags != old.flags {
+                        Change::FlagsOnly
+                    } else {
+                        return Ok(());
+                    }
+                }
+            };
+            if matches!(change, Change::Create | Change::Move)
+                && slots.overlaps(id, base_gfn, npages)
+            {
+                return Err(Errno::EEXIST);
+            }
+            change
+        };
+        if let Some(e) = self.inject.check(InjectOp::SetUserMemoryRegion) {
+            return Err(e);
+        }
+        match change {
+            Change::Create => {
+                let gmem = if is_gmem {
+                    Some(self.bind(r.gmem, gmem_offset, id, npages)?)
+                } else {
+                    None
+                };
+                let slot = Slot {
+                    id,
+                    flags: r.flags,
+                    base_gfn,
+                    npages,
+                    user,
+                    gmem,
+                };
+                self.slots.write().expect("slots").insert(slot);
+            }
+            Change::Move | Change::FlagsOnly => {
+                let mut slots = self.slots.write().expect("slots");
+                let mut slot = slots.remove(id).expect("slot checked above");
+                slot.base_gfn = base_gfn;
+                slot.flags = r.flags;
+                slots.insert(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// `KVM_MR_DELETE`: EINVAL if the slot does not exist; unbinds gmem.
+    fn delete_slot(&self, id: u16) -> Result<(), Errno> {
+        let removed = self.slots.write().expect("slots").remove(id);
+        let Some(slot) = removed else {
+            return Err(Errno::EINVAL);
+        };
+        if let Some(g) = slot.gmem {
+            if let Some(file) = g.file.upgrade() {
+                file.unbind(g.pgoff, self.id, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// `kvm_gmem_bind()`.
+    fn bind(
+        &self,
+        gref: GmemRef<'_>,
+        offset: u64,
+        id: u16,
+        npages: u64,
+    ) -> Result<SlotGmem, Errno> {
+        let file = match gref {
+            GmemRef::File(g) => match gmem::file_of(g) {
+                Some(f) => Some(f),
+                None => gmem::resolve_fd(g.as_fd())?,
+            },
+            GmemRef::Fd(fd) => gmem::resolve_fd(fd)?,
+            GmemRef::Raw(fd) => gmem::resolve_raw(fd)?,
+        };
+        let file: Arc<GmemFile> = file.ok_or(Errno::EINVAL)?;
+        if file.vm.id != self.id {
+            return Err(Errno::EINVAL);
+        }
+        let size = npages << PAGE_SHIFT;
+        if (offset as i64) < 0 || !offset.is_multiple_of(PAGE_SIZE) || offset + size > file.size() {
+            return Err(Errno::EINVAL);
+        }
+        let pgoff = offset >> PAGE_SHIFT;
+        file.bind(pgoff, npages, self.id, id)?;
+        Ok(SlotGmem {
+            file: Arc::downgrade(&file),
+            pgoff,
+            gmem_only: file.supports_mmap(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(id: u16, base_gfn: u64, npages: u64) -> Slot {
+        Slot {
+            id,
+            flags: 0,
+            base_gfn,
+            npages,
+            user: UserBacking::Raw(0),
+            gmem: None,
+        }
+    }
+
+    #[test]
+    fn slots_find_returns_containing_slot() {
+        let mut s = Slots::default();
+        s.insert(slot(1, 10, 5));
+        s.insert(slot(2, 20, 5));
+        assert_eq!(s.find(14).map(|x| x.id), Some(1));
+        assert!(s.find(15).is_none());
+        assert!(s.find(9).is_none());
+        assert_eq!(s.find(20).map(|x| x.id), Some(2));
+    }
+
+    #[test]
+    fn slots_overlap_detects_front_and_back() {
+        let mut s = Slots::default();
+        s.insert(slot(1, 10, 10));
+        assert!(s.overlaps(2, 5, 6));
+        assert!(s.overlaps(2, 19, 6));
+        assert!(s.overlaps(2, 0, 100));
+        assert!(!s.overlaps(2, 20, 6));
+        assert!(!s.overlaps(2, 0, 10));
+        assert!(!s.overlaps(1, 12, 3));
+    }
+
+    #[test]
+    fn slots_overlap_sees_large_slot_far_below() {
+        let mut s = Slots::default();
+        s.insert(slot(1, 0, 1000));
+        s.insert(slot(2, 2000, 1));
+        assert!(s.overlaps(3, 500, 1));
+    }
+
+    #[test]
+    fn access_ok_rejects_wrap_and_kernel_half() {
+        assert!(access_ok(0, 4096));
+        assert!(!access_ok(TASK_SIZE_MAX, 4096));
+        assert!(!access_ok(u64::MAX - 10, 4096));
+    }
+}

@@ -1,0 +1,215 @@
+//! Kernel profiles: which Linux version the model behaves as, and the
+//! capability values and flag masks that follow from it.
+//!
+//! Sources: `kernel-semantics.md` §1.4 (6.18) and the v6.12 `kvm_main.c` /
+//! `guest_memfd.c` (no `KVM_CAP_GUEST_MEMFD_FLAGS`, gmem flags must be 0,
+//! `KVM_CAP_GUEST_MEMFD` and `KVM_MEM_GUEST_MEMFD` only for VMs with private
+//! memory, `KVM_SET_MEMORY_ATTRIBUTES` reachable for every VM type because the
+//! rig kernel is built with `CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES`).
+
+use privmem_core::backend::{MEM_GUEST_MEMFD, MEM_LOG_DIRTY_PAGES, MEM_READONLY};
+use privmem_core::{Attrs, Cap, GmemFlags, VmType};
+
+/// `KVM_USER_MEM_SLOTS` on x86 (`KVM_CAP_NR_MEMSLOTS`).
+pub const NR_MEMSLOTS: u16 = 32764;
+/// `KVM_MEM_MAX_NR_PAGES` on x86: `(1 << 31) - 1`.
+pub const MEM_MAX_NR_PAGES: u64 = (1 << 31) - 1;
+/// `KVM_EXIT_HYPERCALL_VALID_MASK`: only `KVM_HC_MAP_GPA_RANGE` (bit 12).
+pub const EXIT_HYPERCALL_VALID_MASK: u64 = 1 << 12;
+/// x86-64 `TASK_SIZE_MAX` with 4-level paging: the `access_ok` limit.
+pub const TASK_SIZE_MAX: u64 = (1 << 47) - 4096;
+/// Highest accepted vCPU index (`KVM_MAX_VCPU_IDS` on x86 without extras).
+pub const MAX_VCPU_IDS: u32 = 4096;
+
+/// `KVM_CAP_VM_TYPES` as the model reports it:
+/// `BIT(KVM_X86_DEFAULT_VM) | BIT(KVM_X86_SW_PROTECTED_VM) | BIT(KVM_X86_SNP_VM)`.
+///
+/// The model's `coco` VM is created with type 4 ([`VmType::kvm_type`]), so
+/// the bitmap advertises SNP (bit 4) and nothing else beyond 0 and 1.
+pub const VM_TYPES: u64 = (1 << VmType::Default.kvm_type())
+    | (1 << VmType::SwProtected.kvm_type())
+    | (1 << VmType::Coco.kvm_type());
+
+/// Which kernel the model behaves as.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum KernelProfile {
+    /// Linux 6.12 (the nested rig kernel).
+    V6_12,
+    /// Linux 6.18 (this host's kernel).
+    #[default]
+    V6_18,
+}
+
+impl KernelProfile {
+    /// A short name ("6.12", "6.18").
+    pub const fn name(self) -> &'static str {
+        match self {
+            KernelProfile::V6_12 => "6.12",
+            KernelProfile::V6_18 => "6.18",
+        }
+    }
+
+    /// Maps a `KVM_CREATE_VM` type number to a VM type, or `None` (EINVAL).
+    pub fn vm_type_from_raw(self, ty: u64) -> Option<VmType> {
+        [VmType::Default, VmType::SwProtected, VmType::Coco]
+            .into_iter()
+            .find(|t| t.kvm_type() == ty)
+    }
+
+    /// `kvm_gmem_get_supported_flags(kvm)`; `vm` is `None` at system scope.
+    pub fn gmem_supported_flags(self, vm: Option<VmType>) -> GmemFlags {
+        match self {
+            KernelProfile::V6_12 => GmemFlags(0),
+            KernelProfile::V6_18 => {
+                // MMAP always; INIT_SHARED if !kvm || !kvm_arch_has_private_mem.
+                if vm.is_none_or(|t| !t.has_private_mem()) {
+                    GmemFlags::MMAP.union(GmemFlags::INIT_SHARED)
+                } else {
+                    GmemFlags::MMAP
+                }
+            }
+        }
+    }
+
+    /// `kvm_supported_mem_attributes(kvm)`.
+    pub fn supported_attributes(self, vm: Option<VmType>) -> u64 {
+        if vm.is_none_or(VmType::has_private_mem) {
+            Attrs::PRIVATE.0
+        } else {
+            0
+        }
+    }
+
+    /// True if `KVM_SET_MEMORY_ATTRIBUTES` exists for this VM. On 6.18 the
+    /// model mirrors this host, whose default VMs answer ENOTTY; the 6.12 rig
+    /// kernel has `CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES`, so the ioctl runs
+    /// and validates against an empty supported set.
+    pub fn has_attribute_ioctl(self, ty: VmType) -> bool {
+        match self {
+            KernelProfile::V6_12 => true,
+            KernelProfile::V6_18 => ty.has_private_mem(),
+        }
+    }
+
+    /// `kvm_arch_has_readonly_mem(kvm)`: false for VMs with protected state
+    /// (SEV-ES/SNP/TDX, i.e. the model's `coco`).
+    pub fn has_readonly_mem(self, ty: VmType) -> bool {
+        !matches!(ty, VmType::Coco)
+    }
+
+    /// `check_memory_region_flags()`: the valid flag mask for `flags`.
+    pub fn valid_region_flags(self, ty: VmType, flags: u32) -> u32 {
+        let mut valid = MEM_LOG_DIRTY_PAGES;
+        let gmem_ok = match self {
+            KernelProfile::V6_12 => ty.has_private_mem(),
+            KernelProfile::V6_18 => true,
+        };
+        if gmem_ok {
+            valid |= MEM_GUEST_MEMFD;
+        }
+        if flags & MEM_GUEST_MEMFD != 0 {
+            valid &= !MEM_LOG_DIRTY_PAGES;
+        }
+        if self.has_readonly_mem(ty) && flags & MEM_GUEST_MEMFD == 0 {
+            valid |= MEM_READONLY;
+        }
+        valid
+    }
+
+    /// `KVM_CHECK_EXTENSION`; `vm` is `None` at system scope.
+    pub fn check_extension(self, cap: Cap, vm: Option<VmType>) -> u64 {
+        match cap {
+            Cap::UserMemory2 | Cap::MemoryFaultInfo => 1,
+            Cap::MemoryAttributes => self.supported_attributes(vm),
+            Cap::GuestMemfd => match self {
+                KernelProfile::V6_12 => u64::from(vm.is_none_or(VmType::has_private_mem)),
+                KernelProfile::V6_18 => 1,
+            },
+            Cap::VmTypes => VM_TYPES,
+            Cap::PreFaultMemory => 0,
+            Cap::GuestMemfdFlags => self.gmem_supported_flags(vm).0,
+            Cap::ExitHypercall => EXIT_HYPERCALL_VALID_MASK,
+            Cap::NrMemslots => u64::from(NR_MEMSLOTS),
+            Cap::ReadonlyMem => u64::from(vm.is_none_or(|t| self.has_readonly_mem(t))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_types_is_default_swprot_and_snp() {
+        assert_eq!(VM_TYPES, 0x13);
+    }
+
+    #[test]
+    fn gmem_flags_cap_on_6_18_default_vm_is_3() {
+        let p = KernelProfile::V6_18;
+        assert_eq!(
+            p.check_extension(Cap::GuestMemfdFlags, Some(VmType::Default)),
+            3
+        );
+    }
+
+    #[test]
+    fn gmem_flags_cap_on_6_18_sw_protected_vm_is_mmap_only() {
+        let p = KernelProfile::V6_18;
+        assert_eq!(
+            p.check_extension(Cap::GuestMemfdFlags, Some(VmType::SwProtected)),
+            1
+        );
+    }
+
+    #[test]
+    fn gmem_flags_cap_on_6_12_is_zero() {
+        let p = KernelProfile::V6_12;
+        assert_eq!(p.check_extension(Cap::GuestMemfdFlags, None), 0);
+    }
+
+    #[test]
+    fn guest_memfd_cap_on_6_12_default_vm_is_zero() {
+        let p = KernelProfile::V6_12;
+        assert_eq!(p.check_extension(Cap::GuestMemfd, Some(VmType::Default)), 0);
+        assert_eq!(p.check_extension(Cap::GuestMemfd, None), 1);
+    }
+
+    #[test]
+    fn memory_attributes_cap_is_zero_on_default_vm() {
+        let p = KernelProfile::V6_18;
+        assert_eq!(
+            p.check_extension(Cap::MemoryAttributes, Some(VmType::Default)),
+            0
+        );
+        assert_eq!(
+            p.check_extension(Cap::MemoryAttributes, Some(VmType::Coco)),
+            8
+        );
+        assert_eq!(p.check_extension(Cap::MemoryAttributes, None), 8);
+    }
+
+    #[test]
+    fn readonly_mem_cap_is_zero_on_coco_vm() {
+        let p = KernelProfile::V6_18;
+        assert_eq!(p.check_extension(Cap::ReadonlyMem, Some(VmType::Coco)), 0);
+        assert_eq!(
+            p.check_extension(Cap::ReadonlyMem, Some(VmType::Default)),
+            1
+        );
+    }
+
+    #[test]
+    fn region_flags_gmem_excludes_log_dirty_and_readonly() {
+        let p = KernelProfile::V6_18;
+        let valid = p.valid_region_flags(VmType::Default, MEM_GUEST_MEMFD);
+        assert_eq!(valid, MEM_GUEST_MEMFD);
+    }
+
+    #[test]
+    fn region_flags_6_12_default_vm_rejects_gmem() {
+        let p = KernelProfile::V6_12;
+        let valid = p.valid_region_flags(VmType::Default, MEM_GUEST_MEMFD);
+        assert_eq!(valid & MEM_GUEST_MEMFD, 0);
+    }
+}

@@ -1,0 +1,185 @@
+//! The model VM: shared state behind an `Arc`, used concurrently by vCPU
+//! threads and by the runtime (attributes, slots, fallocate).
+//!
+//! Locks: `attrs` and `slots` are `RwLock`s taken for reading on every guest
+//! access and never held across an exit or across I/O on page contents;
+//! `slots_lock` (a mutex) serialises memslot updates like `kvm->slots_lock`.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use privmem_core::attrmap::AttrMap;
+use privmem_core::backend::{Cap, Region, SharedKind, Vm};
+use privmem_core::error::Result;
+use privmem_core::types::PAGE_SHIFT;
+use privmem_core::{BackendError, Errno, GmemFlags, Gpa, GuestMemfd, VmType, PAGE_SIZE};
+
+use crate::backing::ModelShared;
+use crate::gmem::{GmemFile, OP_CREATE};
+use crate::inject::{InjectOp, Injector};
+use crate::memslot::Slots;
+use crate::profile::{KernelProfile, EXIT_HYPERCALL_VALID_MASK, MAX_VCPU_IDS};
+use crate::vcpu::ModelVcpu;
+
+static NEXT_VM_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The VM's kernel state (`struct kvm`).
+#[derive(Debug)]
+pub(crate) struct VmInner {
+    pub(crate) id: u64,
+    pub(crate) ty: VmType,
+    pub(crate) profile: KernelProfile,
+    pub(crate) inject: Arc<Injector>,
+    pub(crate) slots: RwLock<Slots>,
+    pub(crate) attrs: RwLock<AttrMap>,
+    /// `kvm->arch.hypercall_exit_enabled`.
+    pub(crate) hc_mask: AtomicU64,
+    pub(crate) slots_lock: Mutex<()>,
+    vcpus: Mutex<BTreeSet<u32>>,
+}
+
+impl VmInner {
+    pub(crate) fn new(ty: VmType, profile: KernelProfile, inject: Arc<Injector>) -> VmInner {
+        VmInner {
+            id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
+            ty,
+            profile,
+            inject,
+            slots: RwLock::default(),
+            attrs: RwLock::default(),
+            hc_mask: AtomicU64::new(0),
+            slots_lock: Mutex::new(()),
+            vcpus: Mutex::default(),
+        }
+    }
+}
+
+/// A model VM. Cheap to clone (all clones are the same VM).
+#[derive(Clone, Debug)]
+pub struct ModelVm {
+    pub(crate) inner: Arc<VmInner>,
+}
+
+impl ModelVm {
+    /// The kernel profile the VM behaves as.
+    pub fn profile(&self) -> KernelProfile {
+        self.inner.profile
+    }
+
+    /// Introspection: a copy of the kernel's attribute map.
+    pub fn attributes(&self) -> AttrMap {
+        self.inner.attributes()
+    }
+
+    /// Introspection: is the page holding `gpa` private in the kernel's view?
+    pub fn is_private(&self, gpa: Gpa) -> bool {
+        self.inner.attrs.read().expect("attrs").is_private(gpa)
+    }
+
+    /// Introspection: number of memslots.
+    pub fn slot_count(&self) -> usize {
+        self.inner.slots.read().expect("slots").len()
+    }
+
+    /// Introspection: the `KVM_CAP_EXIT_HYPERCALL` mask in force.
+    pub fn exit_hypercall_mask(&self) -> u64 {
+        self.inner.hc_mask.load(Ordering::Acquire)
+    }
+
+    /// Fault injection: the guest_memfd page backing `gpa` becomes
+    /// hardware-poisoned (later guest faults there give EHWPOISON, host
+    /// mapping accesses give a host fault).
+    ///
+    /// # Errors
+    /// `Invalid` if no live guest_memfd binding backs `gpa`.
+    pub fn poison_gpa(&self, gpa: Gpa) -> Result<()> {
+        let gfn = gpa.raw() >> PAGE_SHIFT;
+        let slots = self.inner.slots.read().expect("slots");
+        let found = slots.find(gfn).and_then(|s| {
+            let g = s.gmem.as_ref()?;
+            Some((g.file.upgrade()?, g.pgoff + (gfn - s.base_gfn)))
+        });
+        let (file, pgoff) = found.ok_or_else(|| BackendError::Invalid {
+            op: "poison",
+            why: format!("no live guest_memfd backs {gpa}"),
+        })?;
+        file.poison_page(pgoff);
+        Ok(())
+    }
+
+    /// Fault injection: see [`crate::ModelHypervisor::inject_failure`] (the
+    /// table is shared by the hypervisor and all its VMs).
+    pub fn inject_failure(&self, op: InjectOp, nth: u32, errno: Errno) {
+        self.inner.inject.arm(op, nth, errno);
+    }
+}
+
+impl Vm for ModelVm {
+    type Vcpu = ModelVcpu;
+    type Shared = ModelShared;
+
+    fn vm_type(&self) -> VmType {
+        self.inner.ty
+    }
+
+    fn check_extension(&self, cap: Cap) -> Result<u64> {
+        Ok(self.inner.profile.check_extension(cap, Some(self.inner.ty)))
+    }
+
+    fn enable_exit_hypercall(&self, mask: u64) -> Result<()> {
+        if mask & !EXIT_HYPERCALL_VALID_MASK != 0 {
+            return Err(BackendError::os("KVM_ENABLE_CAP", Errno::EINVAL));
+        }
+        self.inner.hc_mask.store(mask, Ordering::Release);
+        Ok(())
+    }
+
+    fn create_guest_memfd(&self, size: u64, flags: GmemFlags) -> Result<GuestMemfd> {
+        let p = self.inner.profile;
+        if flags.0 & !p.gmem_supported_flags(Some(self.inner.ty)).0 != 0 {
+            return Err(BackendError::os(OP_CREATE, Errno::EINVAL));
+        }
+        // `size` is a signed loff_t: <= 0 or unaligned is EINVAL; no upper bound.
+        if (size as i64) <= 0 || !size.is_multiple_of(PAGE_SIZE) {
+            return Err(BackendError::os(OP_CREATE, Errno::EINVAL));
+        }
+        if let Some(e) = self.inner.inject.check(InjectOp::CreateGuestMemfd) {
+            return Err(BackendError::os(OP_CREATE, e));
+        }
+        GmemFile::create(self.inner.clone(), size, flags)
+    }
+
+    fn set_user_memory_region(&self, region: &Region<'_, ModelShared>) -> Result<()> {
+        self.inner.set_region(region)
+    }
+
+    fn set_memory_attributes(
+        &self,
+        address: u64,
+        size: u64,
+        attributes: u64,
+        flags: u64,
+    ) -> Result<()> {
+        self.inner.set_attributes(address, size, attributes, flags)
+    }
+
+    fn create_shared(&self, size: u64, kind: SharedKind) -> Result<ModelShared> {
+        ModelShared::new(size, kind)
+    }
+
+    fn create_vcpu(&self, index: u32) -> Result<ModelVcpu> {
+        const OP: &str = "KVM_CREATE_VCPU";
+        if index >= MAX_VCPU_IDS {
+            return Err(BackendError::os(OP, Errno::EINVAL));
+        }
+        if !self.inner.vcpus.lock().expect("vcpus").insert(index) {
+            return Err(BackendError::os(OP, Errno::EEXIST));
+        }
+        Ok(ModelVcpu::new(self.inner.clone(), index))
+    }
+
+    fn hypercall_transport(&self) -> &'static str {
+        "direct"
+    }
+}
