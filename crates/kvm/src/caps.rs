@@ -6,6 +6,31 @@ use crate::guest::Transport;
 /// "port-io"), e.g. to exercise the port-I/O path on a hardware-virt host.
 pub const TRANSPORT_ENV: &str = "PRIVMEM_HYPERCALL_TRANSPORT";
 
+/// Environment variable forcing the guest_memfd HVA workaround on ("1") or
+/// off ("0"); see [`gmem_slots_need_hva`].
+pub const GMEM_HVA_ENV: &str = "PRIVMEM_GMEM_HVA";
+
+/// True on a PVM host (the `kvm_pvm` module is loaded).
+pub fn pvm_host() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// True if a guest_memfd-only memslot needs `userspace_addr` to point at a
+/// host mmap of the same guest_memfd range for the guest to reach it.
+///
+/// Measured on the PVM host (6.18.44, shadow paging): a `MMAP|INIT_SHARED`
+/// gmem slot with `userspace_addr = 0` turns every guest access into
+/// `KVM_EXIT_MMIO`, although upstream 6.18 serves gmem-only slots from the
+/// guest_memfd and ignores `userspace_addr` (api.rst 4.142, selftest A13).
+/// With the HVA of a shared mmap of the gmem the guest sees the gmem pages.
+pub fn gmem_slots_need_hva() -> bool {
+    match std::env::var(GMEM_HVA_ENV).as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => pvm_host(),
+    }
+}
+
 /// Picks the transport for `KVM_HC_MAP_GPA_RANGE`.
 ///
 /// Under PVM (software virtualization; `kvm_pvm` module loaded, or no
@@ -17,7 +42,7 @@ pub fn detect_transport() -> Transport {
     if let Some(t) = std::env::var(TRANSPORT_ENV).ok().as_deref().and_then(parse) {
         return t;
     }
-    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+    if pvm_host() {
         return Transport::PortIo;
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -3,17 +3,13 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
-use kvm_bindings::CpuId;
 use kvm_ioctls::Kvm;
-use privmem_core::{
-    BackendError, Cap, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, VmType,
-};
+use privmem_core::{BackendError, Cap, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, VmType};
 
-use crate::caps::detect_transport;
-use crate::guest::Transport;
+use crate::caps::{detect_transport, gmem_slots_need_hva};
 use crate::mem::KvmMapping;
 use crate::sys::{self, os_err};
-use crate::vm::KvmVm;
+use crate::vm::{HostQuirks, KvmVm};
 
 /// Entries requested from `KVM_GET_SUPPORTED_CPUID`.
 const CPUID_ENTRIES: usize = 256;
@@ -22,8 +18,7 @@ const CPUID_ENTRIES: usize = 256;
 #[derive(Debug)]
 pub struct KvmHypervisor {
     kvm: Kvm,
-    transport: Transport,
-    cpuid: Option<Arc<CpuId>>,
+    host: HostQuirks,
 }
 
 fn kvm_err(op: &'static str, e: &kvm_ioctls::Error) -> BackendError {
@@ -44,14 +39,17 @@ impl KvmHypervisor {
         let cpuid = kvm.get_supported_cpuid(CPUID_ENTRIES).ok().map(Arc::new);
         Ok(KvmHypervisor {
             kvm,
-            transport: detect_transport(),
-            cpuid,
+            host: HostQuirks {
+                transport: detect_transport(),
+                gmem_hva: gmem_slots_need_hva(),
+                cpuid,
+            },
         })
     }
 
     /// How guest code issues `KVM_HC_MAP_GPA_RANGE` on this host.
     pub fn transport(&self) -> &'static str {
-        self.transport.name()
+        self.host.transport.name()
     }
 
     /// `KVM_GET_API_VERSION` (12).
@@ -93,10 +91,16 @@ impl Hypervisor for KvmHypervisor {
             .kvm
             .create_vm_with_type(ty)
             .map_err(|e| kvm_err("KVM_CREATE_VM", &e))?;
-        Ok(KvmVm::new(fd, ty, self.transport, self.cpuid.clone()))
+        Ok(KvmVm::new(fd, ty, self.host.clone()))
     }
 
-    fn gmem_fallocate(&self, gmem: &GuestMemfd, mode: i32, offset: i64, len: i64) -> Result<(), BackendError> {
+    fn gmem_fallocate(
+        &self,
+        gmem: &GuestMemfd,
+        mode: i32,
+        offset: i64,
+        len: i64,
+    ) -> Result<(), BackendError> {
         // SAFETY: fallocate on a borrowed, open fd; no memory arguments.
         let r = unsafe { libc::fallocate(gmem_fd(gmem).as_raw_fd(), mode, offset, len) };
         if r < 0 {
@@ -128,7 +132,8 @@ impl Hypervisor for KvmHypervisor {
     }
 
     fn gmem_truncate(&self, gmem: &GuestMemfd, len: u64) -> Result<(), BackendError> {
-        let len = libc::off_t::try_from(len).map_err(|_| BackendError::os("ftruncate", Errno::EINVAL))?;
+        let len =
+            libc::off_t::try_from(len).map_err(|_| BackendError::os("ftruncate", Errno::EINVAL))?;
         // SAFETY: ftruncate on a borrowed, open fd; no memory arguments.
         if unsafe { libc::ftruncate(gmem_fd(gmem).as_raw_fd(), len) } < 0 {
             return Err(os_err("ftruncate"));
@@ -152,7 +157,12 @@ impl Hypervisor for KvmHypervisor {
         })
     }
 
-    fn gmem_mmap(&self, gmem: &GuestMemfd, len: u64, shared: bool) -> Result<KvmMapping, BackendError> {
+    fn gmem_mmap(
+        &self,
+        gmem: &GuestMemfd,
+        len: u64,
+        shared: bool,
+    ) -> Result<KvmMapping, BackendError> {
         KvmMapping::new(gmem_fd(gmem), len, shared)
     }
 }

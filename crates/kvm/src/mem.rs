@@ -52,7 +52,19 @@ impl Mmap {
         fd: Option<BorrowedFd<'_>>,
         op: &'static str,
     ) -> Result<Mmap, BackendError> {
+        Mmap::new_at(len, flags, fd, 0, op)
+    }
+
+    /// `mmap(NULL, len, PROT_READ|PROT_WRITE, flags, fd, offset)`.
+    pub(crate) fn new_at(
+        len: u64,
+        flags: libc::c_int,
+        fd: Option<BorrowedFd<'_>>,
+        offset: u64,
+        op: &'static str,
+    ) -> Result<Mmap, BackendError> {
         let len = usize::try_from(len).map_err(|_| invalid(op, "length exceeds usize"))?;
+        let offset = libc::off_t::try_from(offset).map_err(|_| invalid(op, "offset too large"))?;
         let raw_fd = fd.map_or(-1, |f| f.as_raw_fd());
         // SAFETY: a fresh mapping with a NULL hint never overlaps existing Rust
         // objects; the kernel validates len, flags and fd and we check the result.
@@ -63,13 +75,14 @@ impl Mmap {
                 libc::PROT_READ | libc::PROT_WRITE,
                 flags,
                 raw_fd,
-                0,
+                offset,
             )
         };
         if ptr == libc::MAP_FAILED {
             return Err(os_err(op));
         }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| invalid(op, "mmap returned NULL"))?;
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| invalid(op, "mmap returned NULL"))?;
         Ok(Mmap { ptr, len })
     }
 
@@ -146,9 +159,20 @@ fn transfer(remote: usize, local: *mut u8, len: usize, dir: Dir) -> Result<(), u
             // exclusively borrowed buffer; the remote iovecs name addresses in
             // our own mapping, which the kernel accesses via GUP and reports
             // failures as EFAULT/short counts (no Rust reference aliases them).
-            Dir::Read => unsafe { libc::process_vm_readv(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0) },
+            Dir::Read => unsafe {
+                libc::process_vm_readv(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0)
+            },
             // SAFETY: as above; the local buffer is only read by the kernel.
-            Dir::Write => unsafe { libc::process_vm_writev(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0) },
+            Dir::Write => unsafe {
+                libc::process_vm_writev(
+                    pid,
+                    &liov,
+                    1,
+                    riov.as_ptr(),
+                    riov.len() as libc::c_ulong,
+                    0,
+                )
+            },
         };
         if n < 0 {
             return Err(done);
@@ -166,11 +190,15 @@ fn transfer(remote: usize, local: *mut u8, len: usize, dir: Dir) -> Result<(), u
 fn map_read(map: &Mmap, offset: u64, buf: &mut [u8]) -> Result<(), HostFault> {
     let (len, fault_at) = clamp(map.len(), offset, buf.len() as u64);
     if len > 0 {
-        transfer(map.addr() + offset as usize, buf.as_mut_ptr(), len as usize, Dir::Read).map_err(
-            |done| HostFault {
-                offset: offset + done as u64,
-            },
-        )?;
+        transfer(
+            map.addr() + offset as usize,
+            buf.as_mut_ptr(),
+            len as usize,
+            Dir::Read,
+        )
+        .map_err(|done| HostFault {
+            offset: offset + done as u64,
+        })?;
     }
     fault_at.map_or(Ok(()), |o| Err(HostFault { offset: o }))
 }
@@ -181,11 +209,15 @@ fn map_write(map: &Mmap, offset: u64, data: &[u8]) -> Result<(), HostFault> {
     if len > 0 {
         // The kernel only reads the local buffer for process_vm_writev.
         let local = data.as_ptr().cast_mut();
-        transfer(map.addr() + offset as usize, local, len as usize, Dir::Write).map_err(
-            |done| HostFault {
-                offset: offset + done as u64,
-            },
-        )?;
+        transfer(
+            map.addr() + offset as usize,
+            local,
+            len as usize,
+            Dir::Write,
+        )
+        .map_err(|done| HostFault {
+            offset: offset + done as u64,
+        })?;
     }
     fault_at.map_or(Ok(()), |o| Err(HostFault { offset: o }))
 }
@@ -239,6 +271,13 @@ impl KvmMapping {
         })
     }
 
+    /// Maps `[offset, offset+len)` of `fd` shared, read/write.
+    pub(crate) fn new_at(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<Self, BackendError> {
+        Ok(KvmMapping {
+            map: Mmap::new_at(len, libc::MAP_SHARED, Some(fd), offset, "mmap")?,
+        })
+    }
+
     /// The host virtual address of the mapping.
     pub fn host_addr(&self) -> u64 {
         self.map.addr() as u64
@@ -279,7 +318,10 @@ impl KvmShared {
     /// Allocates `size` bytes (page-aligned, nonzero).
     pub(crate) fn new(size: u64, kind: SharedKind) -> Result<Self, BackendError> {
         if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
-            return Err(invalid("create_shared", "size must be a nonzero multiple of 4 KiB"));
+            return Err(invalid(
+                "create_shared",
+                "size must be a nonzero multiple of 4 KiB",
+            ));
         }
         let inner = match kind {
             SharedKind::Anonymous => SharedInner {
@@ -294,7 +336,12 @@ impl KvmShared {
             },
             SharedKind::Memfd => {
                 let fd = memfd(size)?;
-                let map = Mmap::new(size, libc::MAP_SHARED, Some(std::os::fd::AsFd::as_fd(&fd)), "mmap")?;
+                let map = Mmap::new(
+                    size,
+                    libc::MAP_SHARED,
+                    Some(std::os::fd::AsFd::as_fd(&fd)),
+                    "mmap",
+                )?;
                 SharedInner {
                     map,
                     kind,
@@ -440,6 +487,9 @@ mod tests {
     #[test]
     fn shared_discard_unaligned_is_invalid() {
         let s = KvmShared::new(PAGE_SIZE, SharedKind::Anonymous).unwrap();
-        assert!(matches!(s.discard(1, PAGE_SIZE), Err(BackendError::Invalid { .. })));
+        assert!(matches!(
+            s.discard(1, PAGE_SIZE),
+            Err(BackendError::Invalid { .. })
+        ));
     }
 }

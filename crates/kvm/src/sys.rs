@@ -120,7 +120,12 @@ pub fn os_err(op: &'static str) -> BackendError {
 
 /// `ioctl(fd, nr, &arg)` for an argument struct the kernel only reads or
 /// fills in place. Returns the ioctl's non-negative result.
-fn ioctl_ref<T>(fd: BorrowedFd<'_>, nr: libc::c_ulong, arg: &mut T, op: &'static str) -> Result<i32, BackendError> {
+fn ioctl_ref<T>(
+    fd: BorrowedFd<'_>,
+    nr: libc::c_ulong,
+    arg: &mut T,
+    op: &'static str,
+) -> Result<i32, BackendError> {
     // SAFETY: `arg` is a live, exclusively borrowed `repr(C)` struct whose size
     // matches the size encoded in `nr` (checked by the const asserts above), so
     // the kernel reads/writes only memory we own for the duration of the call.
@@ -138,29 +143,56 @@ fn ioctl_ref<T>(fd: BorrowedFd<'_>, nr: libc::c_ulong, arg: &mut T, op: &'static
 /// or inside a backing kept alive until the slot is deleted.
 pub fn set_user_memory_region2(vm: BorrowedFd<'_>, r: &MemoryRegion2) -> Result<(), BackendError> {
     let mut r = *r;
-    ioctl_ref(vm, KVM_SET_USER_MEMORY_REGION2, &mut r, "KVM_SET_USER_MEMORY_REGION2").map(drop)
+    ioctl_ref(
+        vm,
+        KVM_SET_USER_MEMORY_REGION2,
+        &mut r,
+        "KVM_SET_USER_MEMORY_REGION2",
+    )
+    .map(drop)
 }
 
 /// `KVM_SET_USER_MEMORY_REGION` (v1), same contract as [`set_user_memory_region2`].
 pub fn set_user_memory_region(vm: BorrowedFd<'_>, r: &MemoryRegion1) -> Result<(), BackendError> {
     let mut r = *r;
-    ioctl_ref(vm, KVM_SET_USER_MEMORY_REGION, &mut r, "KVM_SET_USER_MEMORY_REGION").map(drop)
+    ioctl_ref(
+        vm,
+        KVM_SET_USER_MEMORY_REGION,
+        &mut r,
+        "KVM_SET_USER_MEMORY_REGION",
+    )
+    .map(drop)
 }
 
 /// `KVM_SET_MEMORY_ATTRIBUTES` with raw values.
 pub fn set_memory_attributes(vm: BorrowedFd<'_>, a: MemoryAttributes) -> Result<(), BackendError> {
     let mut a = a;
-    ioctl_ref(vm, KVM_SET_MEMORY_ATTRIBUTES, &mut a, "KVM_SET_MEMORY_ATTRIBUTES").map(drop)
+    ioctl_ref(
+        vm,
+        KVM_SET_MEMORY_ATTRIBUTES,
+        &mut a,
+        "KVM_SET_MEMORY_ATTRIBUTES",
+    )
+    .map(drop)
 }
 
 /// `KVM_CREATE_GUEST_MEMFD`; the new fd is owned on the spot.
-pub fn create_guest_memfd(vm: BorrowedFd<'_>, size: u64, flags: u64) -> Result<OwnedFd, BackendError> {
+pub fn create_guest_memfd(
+    vm: BorrowedFd<'_>,
+    size: u64,
+    flags: u64,
+) -> Result<OwnedFd, BackendError> {
     let mut arg = CreateGuestMemfd {
         size,
         flags,
         reserved: [0; 6],
     };
-    let fd: RawFd = ioctl_ref(vm, KVM_CREATE_GUEST_MEMFD, &mut arg, "KVM_CREATE_GUEST_MEMFD")?;
+    let fd: RawFd = ioctl_ref(
+        vm,
+        KVM_CREATE_GUEST_MEMFD,
+        &mut arg,
+        "KVM_CREATE_GUEST_MEMFD",
+    )?;
     // SAFETY: KVM_CREATE_GUEST_MEMFD returned a new fd that nothing else owns;
     // wrapping it immediately makes it closed exactly once.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -181,7 +213,13 @@ pub fn enable_cap(fd: BorrowedFd<'_>, cap: u32, arg0: u64) -> Result<(), Backend
 pub fn check_extension(fd: BorrowedFd<'_>, cap: u32) -> Result<u64, BackendError> {
     // SAFETY: KVM_CHECK_EXTENSION takes its argument by value and touches no
     // user memory.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), KVM_CHECK_EXTENSION, libc::c_ulong::from(cap)) };
+    let ret = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            KVM_CHECK_EXTENSION,
+            libc::c_ulong::from(cap),
+        )
+    };
     u64::try_from(ret).map_err(|_| os_err("KVM_CHECK_EXTENSION"))
 }
 

@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex, Once};
 
 use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuFd;
-use privmem_core::abi::{self, RunResult, KVM_EXIT_IO, OFF_EXIT_REASON, OFF_HYPERCALL_RET, RUN_HEADER_LEN};
+use privmem_core::abi::{
+    self, RunResult, KVM_EXIT_IO, OFF_EXIT_REASON, OFF_HYPERCALL_RET, RUN_HEADER_LEN,
+};
 use privmem_core::exit::{hc_ret, KVM_HC_MAP_GPA_RANGE};
 use privmem_core::{
-    BackendError, Errno, Exit, GuestOp, GuestReport, Gpa, Hypercall, IoExit, Kick, RunError, Vcpu,
+    BackendError, Errno, Exit, Gpa, GuestOp, GuestReport, Hypercall, IoExit, Kick, RunError, Vcpu,
     PAGE_SIZE,
 };
 
@@ -86,14 +88,20 @@ pub struct KvmKick {
 
 impl KvmKick {
     fn set_thread(&self, t: Option<libc::pthread_t>) {
-        *self.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = t;
+        *self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = t;
     }
 }
 
 impl Kick for KvmKick {
     fn kick(&self) {
         immediate_exit(&self.run).store(1, Ordering::SeqCst);
-        let guard = self.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(t) = *guard {
             // SAFETY: `t` was recorded by the vCPU thread inside `run` and is
             // cleared (under this lock) before `run` returns, so the thread
@@ -125,7 +133,12 @@ impl KvmVcpu {
             .create_vcpu(u64::from(index))
             .map_err(|e| os("KVM_CREATE_VCPU", &e))?;
         let run_size = vm.fd.run_size() as u64;
-        let run = Arc::new(Mmap::new(run_size, libc::MAP_SHARED, Some(fd_of(&fd)), "mmap(kvm_run)")?);
+        let run = Arc::new(Mmap::new(
+            run_size,
+            libc::MAP_SHARED,
+            Some(fd_of(&fd)),
+            "mmap(kvm_run)",
+        )?);
         if let Some(cpuid) = &vm.cpuid {
             fd.set_cpuid2(cpuid).map_err(|e| os("KVM_SET_CPUID2", &e))?;
         }
@@ -174,7 +187,9 @@ impl KvmVcpu {
         // SAFETY: offset 8 is `exit_reason` (u32, 4-aligned) inside the
         // mapping; resetting it means a failed run can never be decoded
         // from a stale exit_reason 39.
-        unsafe { std::ptr::write_volatile(self.run.as_ptr().add(OFF_EXIT_REASON).cast::<u32>(), 0) };
+        unsafe {
+            std::ptr::write_volatile(self.run.as_ptr().add(OFF_EXIT_REASON).cast::<u32>(), 0)
+        };
         // SAFETY: pthread_self has no preconditions.
         self.kick.set_thread(Some(unsafe { libc::pthread_self() }));
         let r = crate::sys::run(fd_of(&self.fd));
@@ -206,7 +221,9 @@ impl KvmVcpu {
         }
         let size = usize::from(self.buf[33]).min(4);
         let off = u64::from_ne_bytes(self.buf[40..48].try_into().unwrap_or([0xff; 8]));
-        let Ok(off) = usize::try_from(off) else { return };
+        let Ok(off) = usize::try_from(off) else {
+            return;
+        };
         if off < RUN_HEADER_LEN || off.checked_add(size).is_none_or(|e| e > len) {
             return;
         }
@@ -214,7 +231,11 @@ impl KvmVcpu {
         // SAFETY: `[off, off+size)` was bounds-checked against the mapping
         // length above; the kernel wrote it before KVM_RUN returned.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.run.as_ptr().add(off), self.buf.as_mut_ptr().add(off), size);
+            std::ptr::copy_nonoverlapping(
+                self.run.as_ptr().add(off),
+                self.buf.as_mut_ptr().add(off),
+                size,
+            );
         }
     }
 
@@ -259,7 +280,10 @@ impl KvmVcpu {
         let enabled = self.vm.exit_hypercall_mask.load(Ordering::SeqCst) & MAP_GPA_RANGE_BIT != 0;
         let sync_ret = if nr != KVM_HC_MAP_GPA_RANGE || !enabled {
             Some(hc_ret::ENOSYS)
-        } else if !gpa.is_multiple_of(PAGE_SIZE) || npages == 0 || (gpa >> 12).checked_add(npages).is_none() {
+        } else if !gpa.is_multiple_of(PAGE_SIZE)
+            || npages == 0
+            || (gpa >> 12).checked_add(npages).is_none()
+        {
             Some(hc_ret::EINVAL)
         } else {
             None
@@ -308,13 +332,19 @@ impl Vcpu for KvmVcpu {
         })?;
         let ranges = op_ranges(ops)?;
         let old = self.area.take();
-        let area = self.vm.install_runtime_area(self.index, old, &ranges, &code)?;
+        let area = self
+            .vm
+            .install_runtime_area(self.index, old, &ranges, &code)?;
         let mut sregs = self.fd.get_sregs().map_err(|e| os("KVM_GET_SREGS", &e))?;
         area.layout.setup_sregs(&mut sregs);
         let regs = area.layout.regs();
         self.area = Some(area);
-        self.fd.set_sregs(&sregs).map_err(|e| os("KVM_SET_SREGS", &e))?;
-        self.fd.set_regs(&regs).map_err(|e| os("KVM_SET_REGS", &e))?;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(|e| os("KVM_SET_SREGS", &e))?;
+        self.fd
+            .set_regs(&regs)
+            .map_err(|e| os("KVM_SET_REGS", &e))?;
         self.pending = Pending::None;
         Ok(())
     }
@@ -374,5 +404,12 @@ impl Drop for KvmVcpu {
         if let Some(area) = self.area.take() {
             self.vm.remove_runtime_area(area);
         }
+    }
+}
+
+impl KvmVcpu {
+    /// Registers and system registers, for diagnostics.
+    pub fn debug_state(&self) -> String {
+        format!("{:x?}\n{:x?}", self.fd.get_regs(), self.fd.get_sregs())
     }
 }

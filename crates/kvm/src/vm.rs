@@ -34,6 +34,8 @@ struct SlotEntry {
     size: u64,
     /// The shared backing behind `userspace_addr`, held until deletion.
     _backing: Option<KvmShared>,
+    /// The gmem mmap passed as `userspace_addr` on hosts that need it.
+    _gmem_map: Option<KvmMapping>,
     runtime: bool,
 }
 
@@ -41,14 +43,9 @@ struct SlotEntry {
 #[derive(Debug)]
 enum AreaBacking {
     /// A MMAP|INIT_SHARED guest_memfd (the slot's only backing).
-    Gmem {
-        _gmem: GuestMemfd,
-        _map: KvmMapping,
-    },
+    Gmem { _gmem: GuestMemfd, _map: KvmMapping },
     /// Anonymous shared memory in a plain slot.
-    Anon {
-        _mem: KvmShared,
-    },
+    Anon { _mem: KvmShared },
 }
 
 /// A vCPU's runtime area: a memslot holding its page tables, GDT, stack and code.
@@ -66,10 +63,23 @@ pub(crate) struct VmInner {
     pub(crate) fd: VmFd,
     raw_type: u64,
     pub(crate) transport: Transport,
+    /// Give gmem-only slots a host mmap as `userspace_addr` (PVM quirk).
+    gmem_hva: bool,
     pub(crate) cpuid: Option<Arc<CpuId>>,
     /// The mask last enabled with `KVM_CAP_EXIT_HYPERCALL` (port-I/O emulation).
     pub(crate) exit_hypercall_mask: AtomicU64,
     slots: Mutex<BTreeMap<u32, SlotEntry>>,
+}
+
+/// Host properties a VM inherits from its hypervisor.
+#[derive(Debug, Clone)]
+pub(crate) struct HostQuirks {
+    /// Hypercall transport for guest code.
+    pub(crate) transport: Transport,
+    /// See [`crate::caps::gmem_slots_need_hva`].
+    pub(crate) gmem_hva: bool,
+    /// `KVM_GET_SUPPORTED_CPUID`, set on every vCPU.
+    pub(crate) cpuid: Option<Arc<CpuId>>,
 }
 
 /// A KVM VM.
@@ -86,13 +96,14 @@ fn invalid(op: &'static str, why: impl Into<String>) -> BackendError {
 }
 
 impl KvmVm {
-    pub(crate) fn new(fd: VmFd, raw_type: u64, transport: Transport, cpuid: Option<Arc<CpuId>>) -> KvmVm {
+    pub(crate) fn new(fd: VmFd, raw_type: u64, host: HostQuirks) -> KvmVm {
         KvmVm {
             inner: Arc::new(VmInner {
                 fd,
                 raw_type,
-                transport,
-                cpuid,
+                transport: host.transport,
+                gmem_hva: host.gmem_hva,
+                cpuid: host.cpuid,
                 exit_hypercall_mask: AtomicU64::new(0),
                 slots: Mutex::new(BTreeMap::new()),
             }),
@@ -107,7 +118,9 @@ impl KvmVm {
 
 impl VmInner {
     fn slots(&self) -> MutexGuard<'_, BTreeMap<u32, SlotEntry>> {
-        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn region_ioctl(&self, api: RegionApi, r: &MemoryRegion2) -> Result<(), BackendError> {
@@ -138,7 +151,8 @@ impl VmInner {
     /// guest_memfd (6.18 default VMs); otherwise anonymous memory is used.
     fn gmem_runtime_backing(&self) -> bool {
         let want = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
-        let flags = sys::check_extension(fd_of(&self.fd), Cap::GuestMemfdFlags.number()).unwrap_or(0);
+        let flags =
+            sys::check_extension(fd_of(&self.fd), Cap::GuestMemfdFlags.number()).unwrap_or(0);
         self.raw_type == 0 && GmemFlags(flags).contains(want)
     }
 
@@ -162,9 +176,14 @@ impl VmInner {
             slots.remove(&old.slot);
         }
         for (&id, e) in slots.iter().filter(|(_, e)| e.runtime) {
-            let hit = ranges.iter().any(|&(s, end)| s < e.gpa + e.size && e.gpa < end);
+            let hit = ranges
+                .iter()
+                .any(|&(s, end)| s < e.gpa + e.size && e.gpa < end);
             if hit {
-                return Err(invalid(OP, format!("an op range overlaps runtime memslot {id}")));
+                return Err(invalid(
+                    OP,
+                    format!("an op range overlaps runtime memslot {id}"),
+                ));
             }
         }
         let top = slots
@@ -176,7 +195,8 @@ impl VmInner {
         let base = top
             .checked_next_multiple_of(HUGE)
             .ok_or_else(|| invalid(OP, "no room for the runtime area"))?;
-        let layout = Layout::plan(base, ranges, code.len() as u64).map_err(|e| invalid(OP, e.to_string()))?;
+        let layout = Layout::plan(base, ranges, code.len() as u64)
+            .map_err(|e| invalid(OP, e.to_string()))?;
         let image = layout.image(code);
         let (backing, region) = self.area_backing(slot, &layout, &image)?;
         sys::set_user_memory_region2(fd_of(&self.fd), &region)?;
@@ -186,6 +206,7 @@ impl VmInner {
                 gpa: layout.base,
                 size: layout.size,
                 _backing: None,
+                _gmem_map: None,
                 runtime: true,
             },
         );
@@ -216,8 +237,17 @@ impl VmInner {
             let map = KvmMapping::new(gmem.as_fd(), layout.size, true)?;
             map.write(0, image).map_err(fault)?;
             region.flags = MEM_GUEST_MEMFD;
+            // Unused by a 6.18 gmem-only slot, but PVM hosts fault through
+            // the HVA (see `caps::gmem_slots_need_hva`).
+            region.userspace_addr = map.host_addr();
             region.guest_memfd = gmem.as_fd().as_raw_fd() as u32;
-            Ok((AreaBacking::Gmem { _gmem: gmem, _map: map }, region))
+            Ok((
+                AreaBacking::Gmem {
+                    _gmem: gmem,
+                    _map: map,
+                },
+                region,
+            ))
         } else {
             let mem = KvmShared::new(layout.size, SharedKind::Anonymous)?;
             mem.write(0, image).map_err(fault)?;
@@ -247,7 +277,11 @@ fn resolve_hva(region: &Region<'_, KvmShared>) -> Result<(u64, Option<KvmShared>
             if end.is_none_or(|e| e > mem.len()) {
                 return Err(invalid(
                     OP,
-                    format!("offset {offset:#x} + size {:#x} exceeds the {:#x}-byte backing", region.size, mem.len()),
+                    format!(
+                        "offset {offset:#x} + size {:#x} exceeds the {:#x}-byte backing",
+                        region.size,
+                        mem.len()
+                    ),
                 ));
             }
             Ok((mem.hva(offset), Some(mem.clone())))
@@ -265,6 +299,38 @@ fn gmem_raw(g: GmemRef<'_>) -> u32 {
         GmemRef::File(f) => f.as_fd().as_raw_fd() as u32,
         GmemRef::Fd(fd) => fd.as_raw_fd() as u32,
         GmemRef::Raw(fd) => fd as u32,
+    }
+}
+
+impl KvmVm {
+    /// On hosts where gmem-only slots are reached through `userspace_addr`
+    /// ([`crate::caps::gmem_slots_need_hva`]), maps the slot's range of a
+    /// `MMAP|INIT_SHARED` guest_memfd so its HVA can stand in for the
+    /// caller's `userspace_addr = 0`. Anything else (no quirk, other flags,
+    /// a raw fd, a bad offset, an mmap failure) returns `None` and the
+    /// request goes to KVM unchanged, so KVM's own errno still decides.
+    fn gmem_hva_mapping(&self, region: &Region<'_, KvmShared>) -> Option<KvmMapping> {
+        let wanted = self.inner.gmem_hva
+            && region.api == RegionApi::V2
+            && region.flags & MEM_GUEST_MEMFD != 0
+            && region.size > 0
+            && matches!(region.userspace, UserAddr::Raw(0));
+        let GmemRef::File(g) = region.gmem else {
+            return None;
+        };
+        let shared = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
+        let in_file = region
+            .gmem_offset
+            .checked_add(region.size)
+            .is_some_and(|e| e <= g.size());
+        if !wanted
+            || !g.flags().contains(shared)
+            || !in_file
+            || !region.gmem_offset.is_multiple_of(PAGE_SIZE)
+        {
+            return None;
+        }
+        KvmMapping::new_at(g.as_fd(), region.gmem_offset, region.size).ok()
     }
 }
 
@@ -296,7 +362,11 @@ impl Vm for KvmVm {
     }
 
     fn set_user_memory_region(&self, region: &Region<'_, KvmShared>) -> Result<(), BackendError> {
-        let (hva, backing) = resolve_hva(region)?;
+        let (mut hva, backing) = resolve_hva(region)?;
+        let gmem_map = self.gmem_hva_mapping(region);
+        if let Some(m) = &gmem_map {
+            hva = m.host_addr();
+        }
         let mut slots = self.inner.slots();
         if slots.get(&region.slot).is_some_and(|e| e.runtime) {
             return Err(invalid(
@@ -324,6 +394,7 @@ impl Vm for KvmVm {
                     gpa: region.gpa,
                     size: region.size,
                     _backing: backing,
+                    _gmem_map: gmem_map,
                     runtime: false,
                 },
             );
@@ -331,7 +402,13 @@ impl Vm for KvmVm {
         Ok(())
     }
 
-    fn set_memory_attributes(&self, address: u64, size: u64, attributes: u64, flags: u64) -> Result<(), BackendError> {
+    fn set_memory_attributes(
+        &self,
+        address: u64,
+        size: u64,
+        attributes: u64,
+        flags: u64,
+    ) -> Result<(), BackendError> {
         sys::set_memory_attributes(
             fd_of(&self.inner.fd),
             MemoryAttributes {

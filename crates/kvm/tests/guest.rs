@@ -6,18 +6,34 @@ use common::*;
 use privmem_core::{Access, Exit, Gpa, GuestOp, GuestReport, HostMemory, Hypervisor};
 
 fn write(gpa: u64, len: u64, byte: u8) -> GuestOp {
-    GuestOp::Write { gpa: Gpa(gpa), len, byte, access: Access::Shared }
+    GuestOp::Write {
+        gpa: Gpa(gpa),
+        len,
+        byte,
+        access: Access::Shared,
+    }
 }
 
 fn read(gpa: u64, len: u64, expect: u8) -> GuestOp {
-    GuestOp::Read { gpa: Gpa(gpa), len, expect, access: Access::Shared }
+    GuestOp::Read {
+        gpa: Gpa(gpa),
+        len,
+        expect,
+        access: Access::Shared,
+    }
 }
 
 #[test]
 fn guest_write_pattern_is_visible_through_gmem_mapping() {
-    let Some(hv) = kvm_or_skip("guest_write_pattern_is_visible_through_gmem_mapping") else { return };
+    let Some(hv) = kvm_or_skip("guest_write_pattern_is_visible_through_gmem_mapping") else {
+        return;
+    };
     let g = gmem_guest(&hv, 4 * MIB);
-    let ops = [write(0x10_0000, 8192, 0xab), read(0x10_0000, 8192, 0xab), GuestOp::Halt];
+    let ops = [
+        write(0x10_0000, 8192, 0xab),
+        read(0x10_0000, 8192, 0xab),
+        GuestOp::Halt,
+    ];
     let mut vcpu = vcpu_with(&g.vm, 0, &ops);
 
     let exits = run_to_hlt(&mut vcpu);

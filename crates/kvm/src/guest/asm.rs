@@ -197,7 +197,10 @@ mod tests {
     #[test]
     fn mov_imm_small_uses_imm32() {
         // mov ebx, 0x12345678
-        assert_eq!(one(|a| a.mov_imm(Reg::Rbx, 0x1234_5678)), [0xbb, 0x78, 0x56, 0x34, 0x12]);
+        assert_eq!(
+            one(|a| a.mov_imm(Reg::Rbx, 0x1234_5678)),
+            [0xbb, 0x78, 0x56, 0x34, 0x12]
+        );
     }
 
     #[test]
@@ -234,7 +237,10 @@ mod tests {
         a.hlt();
         a.jne(top);
         // jne back over itself (6 bytes) and the hlt (1 byte): -7.
-        assert_eq!(a.finish().unwrap(), [0xf4, 0x0f, 0x85, 0xf9, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            a.finish().unwrap(),
+            [0xf4, 0x0f, 0x85, 0xf9, 0xff, 0xff, 0xff]
+        );
     }
 
     #[test]

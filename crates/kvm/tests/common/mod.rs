@@ -52,7 +52,8 @@ pub fn add_gmem_slot(vm: &KvmVm, slot: u32, gpa: u64, size: u64, gmem: &GuestMem
         gmem: GmemRef::File(gmem),
         gmem_offset: 0,
     };
-    vm.set_user_memory_region(&region).expect("set memory region");
+    vm.set_user_memory_region(&region)
+        .expect("set memory region");
 }
 
 /// A vCPU with `ops` loaded.
