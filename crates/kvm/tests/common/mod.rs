@@ -79,3 +79,32 @@ pub fn run_to_hlt(vcpu: &mut KvmVcpu) -> Vec<Exit> {
     }
     panic!("no hlt after 10000 exits: {seen:?}");
 }
+
+/// The next exit that is not an interruption.
+pub fn vcpu_next(vcpu: &mut KvmVcpu) -> Exit {
+    loop {
+        match vcpu.run() {
+            Ok(e) => return e,
+            Err(RunError::Interrupted | RunError::Again) => {}
+            Err(e) => panic!("run failed: {e:?}"),
+        }
+    }
+}
+
+pub fn write(gpa: u64, len: u64, byte: u8) -> GuestOp {
+    GuestOp::Write {
+        gpa: privmem_core::Gpa(gpa),
+        len,
+        byte,
+        access: privmem_core::Access::Shared,
+    }
+}
+
+pub fn read(gpa: u64, len: u64, expect: u8) -> GuestOp {
+    GuestOp::Read {
+        gpa: privmem_core::Gpa(gpa),
+        len,
+        expect,
+        access: privmem_core::Access::Shared,
+    }
+}
