@@ -6,7 +6,7 @@ use std::thread;
 
 use common::*;
 use privmem_core::backend::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
-use privmem_core::{Exit, Gpa, GuestOp, GuestReport, HostMemory, Hypervisor, Vm};
+use privmem_core::{Exit, Gpa, GuestOp, GuestReport, HostMemory, Hypervisor};
 
 #[test]
 fn guest_write_pattern_is_visible_through_gmem_mapping() {
