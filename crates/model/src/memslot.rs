@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
 use privmem_core::backend::{
-    GmemRef, Region, RegionApi, UserAddr, MEM_GUEST_MEMFD, MEM_LOG_DIRTY_PAGES, MEM_READONLY,
+    GmemRef, HostMemory, Region, RegionApi, UserAddr, MEM_GUEST_MEMFD, MEM_LOG_DIRTY_PAGES,
+    MEM_READONLY,
 };
 use privmem_core::error::Result;
 use privmem_core::types::PAGE_SHIFT;
@@ -152,15 +153,29 @@ impl VmInner {
     /// `KVM_SET_USER_MEMORY_REGION{,2}`.
     pub(crate) fn set_region(&self, r: &Region<'_, ModelShared>) -> Result<()> {
         let op = op_name(r.api);
-        if let UserAddr::Raw(v) = r.userspace {
-            // The backend-level refusal every privmem backend applies (see
-            // `UserAddr::Raw`): never hand out arbitrary host memory.
-            if v != 0 && v % PAGE_SIZE == 0 {
+        // Backend-level refusals every privmem backend applies before the
+        // kernel sees the call (see `UserAddr::Raw`, and the KVM backend's
+        // `resolve_hva`): never hand out arbitrary host memory.
+        match r.userspace {
+            UserAddr::Raw(v) if v != 0 && v % PAGE_SIZE == 0 => {
                 return Err(BackendError::Invalid {
                     op,
-                    why: format!("raw userspace_addr {v:#x}: use a shared backing"),
+                    why: format!("raw userspace_addr {v:#x} would hand out arbitrary host memory"),
                 });
             }
+            UserAddr::Backing { mem, offset }
+                if offset.checked_add(r.size).is_none_or(|e| e > mem.len()) =>
+            {
+                return Err(BackendError::Invalid {
+                    op,
+                    why: format!(
+                        "offset {offset:#x} + size {:#x} exceeds the {:#x}-byte backing",
+                        r.size,
+                        mem.len()
+                    ),
+                });
+            }
+            _ => {}
         }
         self.set_region_checked(r)
             .map_err(|e| BackendError::os(op, e))

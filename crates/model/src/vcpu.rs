@@ -417,11 +417,17 @@ impl Vcpu for ModelVcpu {
     }
 
     fn complete_hypercall(&mut self, ret: i64) -> Result<()> {
-        // Writing hypercall.ret with no hypercall pending is harmless on KVM.
-        if let Pending::Hypercall { ret: r, .. } = &mut self.pending {
-            *r = ret;
+        // As the KVM backend: completing with nothing pending is a caller bug.
+        match &mut self.pending {
+            Pending::Hypercall { ret: r, .. } => {
+                *r = ret;
+                Ok(())
+            }
+            _ => Err(BackendError::Invalid {
+                op: "complete_hypercall",
+                why: "no hypercall exit is pending".into(),
+            }),
         }
-        Ok(())
     }
 
     fn kicker(&self) -> Arc<dyn Kick> {
