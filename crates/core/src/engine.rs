@@ -12,8 +12,12 @@
 //!    for the pages that changed: PUNCH_HOLE on guest_memfd when going shared,
 //!    the shared backing (fallocate or madvise) when going private;
 //! 6. commit to the attribute map only after the kernel accepted;
-//! 7. if a discard fails after the attributes changed, restore the old
-//!    attributes run by run and report the rollback.
+//! 7. if the first discard fails, restore the old attributes run by run (a
+//!    clean rollback: nothing was freed yet). If a later one fails, some
+//!    backing is already gone and going back would lose data, so the
+//!    conversion rolls forward and the failed pieces are deferred: they are
+//!    retried before any later conversion touches them, and that conversion
+//!    is refused if they still fail, so stale data never shows across it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -128,6 +132,8 @@ pub struct Stats {
     pub discarded_gmem: AtomicU64,
     /// Shared pages discarded.
     pub discarded_shared: AtomicU64,
+    /// Discards that failed after the attributes changed and were deferred.
+    pub deferred_discards: AtomicU64,
 }
 
 /// The conversion engine of one VM.
@@ -139,6 +145,8 @@ pub struct Engine<H: Hypervisor> {
     discard: bool,
     map: Mutex<AttrMap>,
     locks: RangeLocks,
+    /// Discards deferred after a partial failure: (pages, toward private).
+    pending: Mutex<Vec<(GpaRange, bool)>>,
     /// Counters.
     pub stats: Stats,
 }
@@ -185,6 +193,7 @@ impl<H: Hypervisor> Engine<H> {
             discard,
             map: Mutex::new(AttrMap::new()),
             locks: RangeLocks::new(),
+            pending: Mutex::new(Vec::new()),
             stats: Stats::default(),
         }
     }
@@ -233,6 +242,7 @@ impl<H: Hypervisor> Engine<H> {
     ) -> Result<Outcome, ConvertError> {
         let range = validate(gpa, len)?;
         let _guard = self.locks.lock(range);
+        self.settle_pending(range)?;
         let runs: Vec<Run> = {
             let map = self.lock_map();
             if map.is_uniform(range, to_private) {
@@ -247,18 +257,72 @@ impl<H: Hypervisor> Engine<H> {
         self.set_kernel_attrs(range, to_private)
             .map_err(|source| ConvertError::Kernel { range, source })?;
         if self.discard {
-            if let Err(source) = self.discard_runs(&runs, to_private) {
-                let restored = self.restore(&runs);
-                return Err(ConvertError::RolledBack {
-                    range,
-                    restored,
-                    source,
-                });
+            let pieces: Vec<GpaRange> = runs
+                .iter()
+                .flat_map(|r| self.piece_ranges(r.range))
+                .collect();
+            if let Err((done, source)) = self.discard_pieces(&pieces, to_private) {
+                if done == 0 {
+                    // Nothing was discarded yet: a clean rollback loses nothing.
+                    let restored = self.restore(&runs);
+                    return Err(ConvertError::RolledBack {
+                        range,
+                        restored,
+                        source,
+                    });
+                }
+                // Some backing is already gone, so going back would lose data:
+                // roll forward. The rest is retried before any later
+                // conversion touches it, and refused there if it still fails.
+                self.defer(&pieces[done..], to_private);
             }
         }
         let pages = self.lock_map().set(range, to_private);
         self.count(pages, to_private, origin);
         Ok(Outcome::Converted { pages })
+    }
+
+    /// Records discards that failed after the attributes changed.
+    fn defer(&self, pieces: &[GpaRange], to_private: bool) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.extend(pieces.iter().map(|&r| (r, to_private)));
+        self.stats
+            .deferred_discards
+            .fetch_add(pieces.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Retries deferred discards overlapping `range`; refuses the conversion if
+    /// one still fails, so stale data can never show across it.
+    fn settle_pending(&self, range: GpaRange) -> Result<(), ConvertError> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut kept = Vec::with_capacity(pending.len());
+        let mut failure = None;
+        for (r, to_private) in pending.drain(..) {
+            if !r.overlaps(range) || failure.is_some() {
+                kept.push((r, to_private));
+                continue;
+            }
+            if let Err((_, e)) = self.discard_pieces(&[r], to_private) {
+                failure = Some(ConvertError::Refused {
+                    gpa: r.start().raw(),
+                    why: format!(
+                        "stale backing of {r} could not be discarded earlier and still fails: {e}"
+                    ),
+                });
+                kept.push((r, to_private));
+            }
+        }
+        *pending = kept;
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Ranges still waiting for a discard.
+    pub fn pending_discards(&self) -> Vec<GpaRange> {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.iter().map(|(r, _)| *r).collect()
     }
 
     fn count(&self, pages: u64, to_private: bool, origin: Origin) {
@@ -334,21 +398,27 @@ impl<H: Hypervisor> Engine<H> {
         )
     }
 
-    fn discard_runs(&self, runs: &[Run], to_private: bool) -> Result<(), BackendError> {
-        for run in runs {
-            let pieces = self
-                .pieces(run.range)
-                .map_err(|gpa| BackendError::Invalid {
-                    op: "discard",
-                    why: format!("gap at {gpa}"),
-                })?;
-            for p in &pieces {
-                if to_private {
-                    self.discard_shared(p)?;
-                } else {
-                    self.discard_gmem(p)?;
-                }
-            }
+    /// `range` split at slot boundaries (ranges outside slots are dropped:
+    /// `refuse_unconvertible` already rejected those).
+    fn piece_ranges(&self, range: GpaRange) -> Vec<GpaRange> {
+        self.pieces(range)
+            .map(|v| v.iter().map(|p| p.range).collect())
+            .unwrap_or_default()
+    }
+
+    /// Discards each piece in order; on failure returns how many succeeded.
+    fn discard_pieces(
+        &self,
+        pieces: &[GpaRange],
+        to_private: bool,
+    ) -> Result<(), (usize, BackendError)> {
+        for (i, &r) in pieces.iter().enumerate() {
+            let res = match self.pieces(r).ok().and_then(|v| v.into_iter().next()) {
+                Some(p) if to_private => self.discard_shared(&p),
+                Some(p) => self.discard_gmem(&p),
+                None => Ok(()),
+            };
+            res.map_err(|e| (i, e))?;
         }
         Ok(())
     }
