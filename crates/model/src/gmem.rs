@@ -268,6 +268,12 @@ impl GmemFile {
         if let Some(e) = inj.check(InjectOp::Fallocate) {
             return err(e);
         }
+        if !punch && len / 2 > mem_available() {
+            // The kernel would allocate folio by folio until it fails with
+            // ENOMEM (or the OOM killer strikes); the model refuses up front
+            // so a test allocating a huge sparse file cannot take the machine.
+            return err(Errno::ENOMEM);
+        }
         if punch {
             self.mem
                 .punch(off, len)
@@ -280,6 +286,17 @@ impl GmemFile {
                 .map_err(|e| BackendError::os(OP_FALLOCATE, e))
         }
     }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes (unbounded if unknown).
+fn mem_available() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/meminfo") else {
+        return u64::MAX;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(u64::MAX, |kb| kb.saturating_mul(1024))
 }
 
 /// The VFS mode checks of `vfs_fallocate` (all EOPNOTSUPP).

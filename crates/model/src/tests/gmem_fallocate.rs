@@ -198,3 +198,19 @@ fn fallocate_punch_clears_poison() {
     let f = crate::gmem::file_of(&g).unwrap();
     assert_eq!(f.first_poisoned(0, 4), None);
 }
+
+#[test]
+fn fallocate_allocating_more_than_memory_returns_enomem() {
+    let (hv, vm) = setup_vm(VmType::Default);
+    let g = gmem(&vm, 1 << 62, GmemFlags(0));
+    let r = hv.gmem_fallocate(&g, KEEP, 0, 1 << 62);
+    assert_eq!(errno(r), Some(Errno::ENOMEM));
+    assert_eq!(hv.gmem_allocated_pages(&g).unwrap(), 0);
+}
+
+#[test]
+fn fallocate_punching_a_huge_sparse_file_succeeds() {
+    let (hv, vm) = setup_vm(VmType::Default);
+    let g = gmem(&vm, 1 << 62, GmemFlags(0));
+    assert!(hv.gmem_fallocate(&g, KEEP | PUNCH, 0, 1 << 62).is_ok());
+}

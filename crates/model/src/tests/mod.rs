@@ -10,6 +10,7 @@ mod gmem_file;
 mod hypercall;
 mod lifecycle;
 mod memslots;
+mod oracle;
 mod scenarios;
 
 use privmem_core::backend::{

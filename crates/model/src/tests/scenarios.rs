@@ -187,3 +187,45 @@ fn coco_implicit_conversions_from_threads_pass() {
         }
     });
 }
+
+#[test]
+fn d1_slot_deleted_while_vcpu_thread_reads_private_page() {
+    // private_mem_kvm_exits_test D1: a vCPU thread reads in a loop while the
+    // main thread deletes the slot; the attribute outlives the slot.
+    let (_hv, vm) = setup_vm(VmType::SwProtected);
+    let g = gmem(&vm, PG, GmemFlags(0));
+    add_gmem_slot(&vm, 10, GPA_C0, PG, &g, 0).unwrap();
+    vm.set_memory_attributes(GPA_C0, PG, 8, 0).unwrap();
+    let ops: Vec<GuestOp> = std::iter::repeat_n(r(GPA_C0, 8, 0, S), 1 << 20).collect();
+    let mut v = vcpu(&vm, 0, &ops);
+    let t = std::thread::spawn(move || loop {
+        match v.run().unwrap() {
+            Exit::Report(GuestReport::CheckPassed) => {}
+            other => return other,
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    delete_slot(&vm, 10).unwrap();
+    let exit = t.join().unwrap();
+    let want = Exit::MemoryFault(privmem_core::MemoryFault {
+        gpa: privmem_core::Gpa(GPA_C0),
+        size: PG,
+        private: true,
+        errno: privmem_core::FaultErrno::Efault,
+    });
+    assert_eq!(exit, want);
+}
+
+#[test]
+fn slot_deleted_while_vcpu_stopped_at_fault_changes_the_retry() {
+    let (_hv, vm) = setup_vm(VmType::Coco);
+    let mem = vm.create_shared(PG, SharedKind::Memfd).unwrap();
+    let g = gmem(&vm, PG, GmemFlags(0));
+    add_gmem_slot_with_shared(&vm, 0, 0, &mem, &g, 0).unwrap();
+    vm.set_memory_attributes(0, PG, 8, 0).unwrap();
+    let mut v = vcpu(&vm, 0, &[r(0, 8, 0, S)]);
+    assert!(matches!(v.run().unwrap(), Exit::MemoryFault(f) if !f.private));
+    delete_slot(&vm, 0).unwrap();
+    vm.set_memory_attributes(0, PG, 0, 0).unwrap();
+    assert!(matches!(v.run().unwrap(), Exit::Mmio(_)));
+}
