@@ -182,4 +182,8 @@ impl Vm for ModelVm {
     fn hypercall_transport(&self) -> &'static str {
         "direct"
     }
+
+    fn poison_page(&self, gpa: Gpa) -> Result<()> {
+        self.poison_gpa(gpa)
+    }
 }

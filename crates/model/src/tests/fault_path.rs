@@ -405,3 +405,28 @@ fn wrapping_access_is_shutdown() {
     assert_eq!(v.run().unwrap(), Exit::Shutdown);
     assert_eq!(v.run().unwrap(), Exit::Hlt);
 }
+
+#[test]
+fn vm_trait_poison_page_poisons_the_gmem_page() {
+    let (_hv, vm) = setup_vm(VmType::SwProtected);
+    let g = gmem(&vm, PG, GmemFlags(0));
+    add_gmem_slot(&vm, 10, 0, PG, &g, 0).unwrap();
+    vm.set_memory_attributes(0, PG, PRIV, 0).unwrap();
+    Vm::poison_page(&vm, Gpa(0)).unwrap();
+    let mut v = vcpu(&vm, 0, &[r(0, 8, 0, S)]);
+    assert!(matches!(
+        v.run().unwrap(),
+        Exit::MemoryFault(MemoryFault {
+            errno: FaultErrno::Ehwpoison,
+            private: true,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn poison_page_without_gmem_is_invalid() {
+    let (_hv, vm) = setup_vm(VmType::Default);
+    add_shared_slot(&vm, 0, 0, PG);
+    assert!(Vm::poison_page(&vm, Gpa(0)).is_err());
+}
