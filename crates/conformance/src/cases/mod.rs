@@ -1,0 +1,64 @@
+//! The case table: every case once, instantiated per backend.
+
+mod conversions;
+mod exits;
+mod gmem;
+mod gmem_guest;
+mod invariants;
+mod memslot;
+
+use privmem_core::Hypervisor;
+
+use crate::ctx::{Check, Ctx};
+use crate::CaseInfo;
+
+/// A case body.
+pub(crate) type CaseFn<H> = fn(&Ctx<'_, H>) -> Check;
+
+/// A case: its id, name and body for backend `H`.
+pub(crate) struct Case<H: Hypervisor> {
+    pub(crate) info: CaseInfo,
+    pub(crate) run: CaseFn<H>,
+}
+
+macro_rules! cases {
+    ($($id:literal, $name:literal => $f:path;)*) => {
+        vec![$(Case { info: CaseInfo { id: $id, name: $name }, run: $f }),*]
+    };
+}
+
+/// Every case, in checklist order.
+pub(crate) fn all<H: Hypervisor>() -> Vec<Case<H>> {
+    cases! {
+        "A1", "guest_memfd flags" => gmem::a1_flags::<H>;
+        "A2", "multiple guest_memfds" => gmem::a2_multiple::<H>;
+        "A3", "invalid guest_memfd sizes" => gmem::a3_invalid_sizes::<H>;
+        "A4", "read/write/pread/pwrite fail" => gmem::a4_file_read_write::<H>;
+        "A5", "mmap of an INIT_SHARED guest_memfd" => gmem::a5_mmap_supported::<H>;
+        "A6", "host fault beyond the file size" => gmem::a6_fault_overflow::<H>;
+        "A7", "host fault on private guest_memfd" => gmem::a7_fault_private::<H>;
+        "A8", "MAP_PRIVATE mmap refused" => gmem::a8_mmap_cow::<H>;
+        "A9", "mmap without GUEST_MEMFD_FLAG_MMAP" => gmem::a9_mmap_not_supported::<H>;
+        "A10", "fstat size and block size" => gmem::a10_file_size::<H>;
+        "A11", "fallocate" => gmem::a11_fallocate::<H>;
+        "A12", "invalid punch hole" => gmem::a12_invalid_punch_hole::<H>;
+        "A13", "guest_memfd as a default VM's only memory" => gmem_guest::a13_guest::<H>;
+        "B1", "invalid memslot flags" => memslot::b1_invalid_flags::<H>;
+        "B2", "memslot limit" => memslot::b2_max_slots::<H>;
+        "B3", "guest_memfd memslot fd and offset validation" => memslot::b3_private_region::<H>;
+        "B4", "overlapping guest_memfd memslots" => memslot::b4_overlapping::<H>;
+        "C1", "explicit conversions without fallocate" => conversions::c1::<H>;
+        "C2", "explicit conversions with fallocate" => conversions::c2::<H>;
+        "C3", "punch hole, whole region faulted in" => conversions::c3::<H>;
+        "C4", "punch hole, only the target faulted in" => conversions::c4::<H>;
+        "C5", "guest_memfd outlives its VM" => conversions::c5::<H>;
+        "D1", "private access after memslot deletion" => exits::d1_slot_deleted::<H>;
+        "D2", "private access to a memslot without guest_memfd" => exits::d2_not_private::<H>;
+        "F26", "closed guest_memfd kills its bindings" => invariants::f26_closed_gmem::<H>;
+        "F27", "gmem-only memslot on a default VM" => invariants::f27_gmem_only::<H>;
+        "F28", "punch hole zaps guest mappings" => invariants::f28_punch_zaps::<H>;
+        "F29", "attributes: no-op sets and slotless GPAs" => invariants::f29_attributes::<H>;
+        "F30", "hypercall ret preset and passed through" => invariants::f30_hypercall_ret::<H>;
+        "F31", "hypercall errors without an exit" => invariants::f31_hypercall_errors::<H>;
+    }
+}

@@ -1,0 +1,138 @@
+//! privmem's conformance suite: the KVM selftest checklist of
+//! `kernel-semantics.md` §5 (A1–A13, B1–B4, C1–C5, D1–D2) and the §5.F
+//! invariants (F26–F31), each case written once, generic over
+//! [`privmem_core::Hypervisor`], and run on every backend (the model and
+//! `/dev/kvm`).
+//!
+//! A case returns an [`Outcome`]: pass, fail with a reason, or skip with a
+//! reason that names the missing capability or VM type (for example
+//! `KVM_CAP_VM_TYPES=0x1 lacks KVM_X86_SW_PROTECTED_VM`). A backend error is a
+//! failure with the error in the reason, never a panic; a panic inside a case
+//! is caught and reported as a failure too.
+//!
+//! [`differential`] holds the model-vs-KVM differential test: proptest
+//! operation sequences run on both backends must give identical results.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod cases;
+mod ctx;
+pub mod differential;
+mod guest;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use privmem_core::Hypervisor;
+
+pub use ctx::SysCaps;
+
+/// The result of one case on one backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every check held.
+    Pass,
+    /// A check failed; the reason says which and how.
+    Fail(String),
+    /// The backend lacks what the case needs; the reason names the missing
+    /// capability or VM type.
+    Skip(String),
+}
+
+impl Outcome {
+    /// `pass`, `fail` or `skip` (the JSON `status`).
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail(_) => "fail",
+            Outcome::Skip(_) => "skip",
+        }
+    }
+
+    /// The reason of a failure or skip (the JSON `reason`).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Pass => None,
+            Outcome::Fail(r) | Outcome::Skip(r) => Some(r),
+        }
+    }
+}
+
+/// A case's id and name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaseInfo {
+    /// The checklist id (`A1`, `C3`, `F28`, ...).
+    pub id: &'static str,
+    /// A short description.
+    pub name: &'static str,
+}
+
+/// One case run on one backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaseResult {
+    /// The case.
+    pub case: CaseInfo,
+    /// The backend's name ("model" or "kvm").
+    pub backend: &'static str,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Wall time the case took.
+    pub elapsed: Duration,
+}
+
+/// Every case, in suite order.
+pub fn case_list() -> Vec<CaseInfo> {
+    cases::all::<privmem_model::ModelHypervisor>()
+        .iter()
+        .map(|c| c.info)
+        .collect()
+}
+
+/// Runs every case whose id `filter` accepts on `hv`, calling `on_result`
+/// as each one finishes, and returns all results.
+pub fn run_suite<H: Hypervisor>(
+    hv: &H,
+    filter: &dyn Fn(&str) -> bool,
+    mut on_result: impl FnMut(&CaseResult),
+) -> Vec<CaseResult> {
+    let cx = ctx::Ctx::new(hv);
+    let mut results = Vec::new();
+    for case in cases::all::<H>() {
+        if !filter(case.info.id) {
+            continue;
+        }
+        let start = Instant::now();
+        let outcome = run_case(&cx, case.run);
+        let r = CaseResult {
+            case: case.info,
+            backend: hv.name(),
+            outcome,
+            elapsed: start.elapsed(),
+        };
+        on_result(&r);
+        results.push(r);
+    }
+    results
+}
+
+/// Runs one case, turning a panic into a failure.
+fn run_case<H: Hypervisor>(cx: &ctx::Ctx<'_, H>, run: cases::CaseFn<H>) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| run(cx))) {
+        Ok(Ok(())) => Outcome::Pass,
+        Ok(Err(ctx::Stop::Fail(r))) => Outcome::Fail(r),
+        Ok(Err(ctx::Stop::Skip(r))) => Outcome::Skip(r),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("non-string panic payload");
+            Outcome::Fail(format!("panicked: {msg}"))
+        }
+    }
+}
+
+/// The system-scope capabilities the suite probes on `hv` (for reports).
+pub fn probe<H: Hypervisor>(hv: &H) -> SysCaps {
+    SysCaps::probe(hv)
+}

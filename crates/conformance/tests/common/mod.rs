@@ -1,0 +1,47 @@
+//! Shared helpers for the suite's integration tests.
+#![allow(dead_code)]
+
+use privmem_conformance::{CaseResult, Outcome};
+use privmem_kvm::KvmHypervisor;
+
+/// Opens /dev/kvm, or prints a visible skip and returns `None`; with
+/// `REQUIRE_KVM=1` a missing /dev/kvm fails the test instead.
+pub fn kvm_or_skip(test: &str) -> Option<KvmHypervisor> {
+    match KvmHypervisor::open() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            assert!(
+                std::env::var("REQUIRE_KVM").as_deref() != Ok("1"),
+                "{test}: /dev/kvm unavailable ({e}) and REQUIRE_KVM=1"
+            );
+            eprintln!("SKIP: {test}: /dev/kvm unavailable ({e})");
+            None
+        }
+    }
+}
+
+/// Prints one line per result (visible with `--nocapture`, and on failure).
+pub fn print(results: &[CaseResult]) {
+    for r in results {
+        eprintln!(
+            "{:<4} {:<6} {:<5} {:>6.2}s {} {}",
+            r.case.id,
+            r.backend,
+            r.outcome.status(),
+            r.elapsed.as_secs_f64(),
+            r.case.name,
+            r.outcome.reason().unwrap_or("")
+        );
+    }
+}
+
+/// The failures, formatted.
+pub fn failures(results: &[CaseResult]) -> Vec<String> {
+    results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Fail(why) => Some(format!("{} ({}): {why}", r.case.id, r.backend)),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,52 @@
+//! The whole suite on the model: with the 6.18 profile (this host's kernel)
+//! every case must pass, with no skips; with the 6.12 profile (the rig's
+//! kernel) nothing may fail and the only skips are the guest_memfd flags
+//! 6.12 lacks.
+
+mod common;
+
+use privmem_conformance::{case_list, run_suite, Outcome};
+use privmem_model::{KernelProfile, ModelHypervisor};
+
+#[test]
+fn every_case_passes_on_the_6_18_model_without_skips() {
+    let hv = ModelHypervisor::new(KernelProfile::V6_18);
+    let results = run_suite(&hv, &|_| true, |_| {});
+    common::print(&results);
+    assert_eq!(results.len(), case_list().len());
+    let not_passed: Vec<_> = results
+        .iter()
+        .filter(|r| r.outcome != Outcome::Pass)
+        .map(|r| {
+            format!(
+                "{} {}: {:?}",
+                r.case.id,
+                r.outcome.status(),
+                r.outcome.reason()
+            )
+        })
+        .collect();
+    assert!(not_passed.is_empty(), "{not_passed:#?}");
+}
+
+#[test]
+fn nothing_fails_on_the_6_12_model_and_skips_name_gmem_flags() {
+    let hv = ModelHypervisor::new(KernelProfile::V6_12);
+    let results = run_suite(&hv, &|_| true, |_| {});
+    common::print(&results);
+    let failures = common::failures(&results);
+    assert!(failures.is_empty(), "{failures:#?}");
+    for r in &results {
+        if let Outcome::Skip(why) = &r.outcome {
+            assert!(
+                why.contains("KVM_CAP_GUEST_MEMFD_FLAGS"),
+                "{}: unexpected skip {why}",
+                r.case.id
+            );
+        }
+    }
+    let c_and_d = results.iter().filter(|r| r.case.id.starts_with(['C', 'D']));
+    assert!(
+        c_and_d.clone().count() == 7 && c_and_d.into_iter().all(|r| r.outcome == Outcome::Pass)
+    );
+}
