@@ -44,7 +44,7 @@ pub use backing::ModelShared;
 pub use gmem::ModelGmemMapping;
 pub use inject::InjectOp;
 pub use profile::{KernelProfile, NR_MEMSLOTS, VM_TYPES};
-pub use vcpu::{ModelKick, ModelVcpu, MMIO_READ_BYTE};
+pub use vcpu::{ModelKick, ModelVcpu};
 pub use vm::ModelVm;
 
 use inject::Injector;

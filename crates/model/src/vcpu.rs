@@ -5,10 +5,15 @@
 //!   pages that resolve alike are moved with one `pwrite`/`pread` (≤ 1 MiB).
 //! - A memory-fault exit leaves the vCPU at the faulting page: the next `run`
 //!   **retries** it (after the runtime converted, deleted a slot, ...).
-//! - An MMIO exit is reported once per page touched (`gpa` = first byte
-//!   accessed on that page, `len` = min(8, bytes on that page)). The next
-//!   `run` completes that page's part of the access as emulated MMIO: writes
-//!   are dropped, reads return `0xff` bytes (open bus), then execution goes on.
+//! - An access that reaches no memory (no slot, NULL `userspace_addr`, a
+//!   write to a READONLY slot) exits with `KVM_EXIT_MMIO` at the granularity
+//!   of privmem's compiled guest code on KVM: writes 1 byte per exit
+//!   (`rep stosb`); reads 8 bytes per exit (qword compares from the op's
+//!   start; a mismatching qword is rescanned 1 byte per exit), the tail 1
+//!   byte per exit. The next `run` completes that access as emulated MMIO:
+//!   writes are dropped, reads return `run->mmio.data` as userspace left it —
+//!   privmem's runtime never fills it, so (as on KVM) it holds the last MMIO
+//!   write's byte, zeros initially.
 //! - `map` issues `KVM_HC_MAP_GPA_RANGE` with the kernel's checks (§4):
 //!   -1000 when the exit is not enabled, -22 for an unaligned GPA, zero
 //!   pages or a wrapping range, otherwise an exit with `ret` preset to 0;
@@ -32,8 +37,6 @@ use crate::fault::{resolve, Resolved};
 use crate::inject::InjectOp;
 use crate::vm::VmInner;
 
-/// The byte an emulated MMIO read returns.
-pub const MMIO_READ_BYTE: u8 = 0xff;
 const OP_RUN: &str = "KVM_RUN";
 
 /// The [`Kick`] handle of a [`ModelVcpu`].
@@ -90,6 +93,11 @@ pub struct ModelVcpu {
     fill: FillBuf,
     scratch: Vec<u8>,
     pages: Arc<AtomicU64>,
+    /// `run->mmio.data`: what an emulated MMIO read returns (userspace never
+    /// fills it; KVM leaves the last MMIO write's bytes there).
+    mmio_data: [u8; 8],
+    /// Bytes left in a byte-by-byte rescan of a mismatching MMIO qword.
+    scan_left: u64,
 }
 
 impl ModelVcpu {
@@ -108,6 +116,8 @@ impl ModelVcpu {
             fill: FillBuf::default(),
             scratch: Vec::new(),
             pages: Arc::default(),
+            mmio_data: [0; 8],
+            scan_left: 0,
         }
     }
 
@@ -220,14 +230,29 @@ impl ModelVcpu {
             Pending::None => Flow::Continue,
             Pending::Hypercall { gpa, expect, ret } => self.finish_map(gpa, ret, expect),
             Pending::Mmio { len } => {
-                if let Some(GuestOp::Read { gpa, expect, .. }) = self.program.get(self.pc).copied()
-                {
-                    if expect != MMIO_READ_BYTE {
-                        let at = Gpa(gpa.raw() + self.progress);
-                        return self.check_failed(at, MMIO_READ_BYTE, expect);
+                let Some(GuestOp::Read { gpa, expect, .. }) = self.program.get(self.pc).copied()
+                else {
+                    self.progress += len;
+                    return Flow::Continue;
+                };
+                let data = &self.mmio_data[..len as usize];
+                if len > 1 && self.scan_left == 0 {
+                    // The qword compare; on a mismatch the guest rescans
+                    // the qword byte by byte (one 1-byte exit each).
+                    if data.iter().all(|&b| b == expect) {
+                        self.progress += len;
+                    } else {
+                        self.scan_left = len;
                     }
+                    return Flow::Continue;
                 }
-                self.progress += len;
+                let seen = data[0];
+                if seen != expect {
+                    let at = Gpa(gpa.raw() + self.progress);
+                    return self.check_failed(at, seen, expect);
+                }
+                self.scan_left = self.scan_left.saturating_sub(1);
+                self.progress += 1;
                 Flow::Continue
             }
         }
@@ -313,12 +338,21 @@ impl ModelVcpu {
             match &resolved {
                 Resolved::Fault(f) => return Ok(Flow::Exit(Exit::MemoryFault(*f))),
                 Resolved::Mmio { len: n } => {
-                    self.pending = Pending::Mmio { len: *n };
+                    let unit = if self.scan_left > 0 {
+                        1
+                    } else {
+                        mmio_unit(write, self.progress, len).min(*n)
+                    };
+                    if let Some(byte) = fill {
+                        // KVM copies the stored bytes into run->mmio.data.
+                        self.mmio_data[0] = byte;
+                    }
+                    self.pending = Pending::Mmio { len: unit };
                     *budget -= 1;
-                    self.count(cur, *n);
+                    self.count(cur, unit);
                     return Ok(Flow::Exit(Exit::Mmio(MmioExit {
                         gpa: Gpa(cur),
-                        len: (*n).min(8) as u8,
+                        len: unit as u8,
                         write,
                     })));
                 }
@@ -348,6 +382,7 @@ impl ModelVcpu {
             let pages = self.count(cur, n);
             *budget = budget.saturating_sub(pages);
             self.progress += n;
+            self.scan_left = 0;
         }
         if fill.is_some() {
             self.pc += 1;
@@ -378,6 +413,22 @@ impl Flow {
     }
 }
 
+/// Bytes one emulated MMIO access covers, as privmem's compiled guest code
+/// issues them on KVM: `write` is `rep stosb` (1 byte per exit); `read`
+/// compares qwords from the op's start (8 bytes, or up to the next qword
+/// boundary), then the tail byte by byte.
+fn mmio_unit(write: bool, progress: u64, len: u64) -> u64 {
+    if write {
+        return 1;
+    }
+    let qword_part = len - len % 8;
+    if progress < qword_part {
+        8 - progress % 8
+    } else {
+        1
+    }
+}
+
 fn run_error(e: Errno) -> RunError {
     match e {
         Errno::EINTR => RunError::Interrupted,
@@ -397,6 +448,7 @@ impl Vcpu for ModelVcpu {
         self.progress = 0;
         self.pending = Pending::None;
         self.done = false;
+        self.scan_left = 0;
         Ok(())
     }
 

@@ -63,34 +63,74 @@ fn fault_reports_the_first_faulting_page_of_a_multipage_access() {
 fn shared_access_without_slot_is_mmio() {
     let (_hv, vm) = setup_vm(VmType::Default);
     let mut v = vcpu(&vm, 0, &[w(0x1234, 2, 1, S)]);
-    let want = Exit::Mmio(MmioExit {
-        gpa: Gpa(0x1234),
-        len: 2,
-        write: true,
-    });
-    assert_eq!(v.run().unwrap(), want);
+    let want = |gpa| {
+        Exit::Mmio(MmioExit {
+            gpa: Gpa(gpa),
+            len: 1,
+            write: true,
+        })
+    };
+    assert_eq!(v.run().unwrap(), want(0x1234));
+    assert_eq!(v.run().unwrap(), want(0x1235));
+    assert_eq!(v.run().unwrap(), Exit::Hlt);
 }
 
 #[test]
-fn mmio_read_completes_with_ff_on_reentry() {
+fn mmio_read_exits_per_qword_then_per_tail_byte() {
     let (_hv, vm) = setup_vm(VmType::Default);
-    let mut v = vcpu(&vm, 0, &[r(0x1000, PG, 0xff, S), GuestOp::Halt]);
-    assert!(matches!(
-        v.run().unwrap(),
-        Exit::Mmio(MmioExit { write: false, .. })
-    ));
+    let mut v = vcpu(&vm, 0, &[r(0x1003, 10, 0, S)]);
+    let want = |gpa, len| {
+        Exit::Mmio(MmioExit {
+            gpa: Gpa(gpa),
+            len,
+            write: false,
+        })
+    };
+    assert_eq!(v.run().unwrap(), want(0x1003, 8));
+    assert_eq!(v.run().unwrap(), want(0x100b, 1));
+    assert_eq!(v.run().unwrap(), want(0x100c, 1));
+    assert_eq!(v.run().unwrap(), Exit::Report(GuestReport::CheckPassed));
+}
+
+#[test]
+fn mmio_read_completes_with_mmio_data_on_reentry() {
+    let (_hv, vm) = setup_vm(VmType::Default);
+    // run->mmio.data is all zeros on a fresh vCPU.
+    let mut v = vcpu(&vm, 0, &[r(0x1000, PG, 0, S), GuestOp::Halt]);
+    for _ in 0..PG / 8 {
+        let e = v.run().unwrap();
+        assert!(matches!(
+            e,
+            Exit::Mmio(MmioExit {
+                write: false,
+                len: 8,
+                ..
+            })
+        ));
+    }
     assert_eq!(v.run().unwrap(), Exit::Report(GuestReport::CheckPassed));
 }
 
 #[test]
 fn mmio_read_with_other_expect_fails_check() {
     let (_hv, vm) = setup_vm(VmType::Default);
-    let mut v = vcpu(&vm, 0, &[r(0x1000, PG, 0, S)]);
-    v.run().unwrap();
+    let mut v = vcpu(&vm, 0, &[r(0x1000, PG, 0x33, S)]);
+    let qword = Exit::Mmio(MmioExit {
+        gpa: Gpa(0x1000),
+        len: 8,
+        write: false,
+    });
+    let byte = Exit::Mmio(MmioExit {
+        gpa: Gpa(0x1000),
+        len: 1,
+        write: false,
+    });
+    assert_eq!(v.run().unwrap(), qword);
+    assert_eq!(v.run().unwrap(), byte);
     let want = Exit::Report(GuestReport::CheckFailed {
         gpa: Gpa(0x1000),
-        seen: 0xff,
-        expected: 0,
+        seen: 0,
+        expected: 0x33,
     });
     assert_eq!(v.run().unwrap(), want);
     assert_eq!(v.run().unwrap(), Exit::Hlt);
@@ -126,11 +166,18 @@ fn readonly_slot_write_is_mmio_and_read_works() {
         gmem_offset: 0,
     };
     vm.set_user_memory_region(&reg).unwrap();
-    let mut v = vcpu(&vm, 0, &[w(0, 8, 1, S), r(0, PG, 0x42, S)]);
-    assert!(matches!(
-        v.run().unwrap(),
-        Exit::Mmio(MmioExit { write: true, .. })
-    ));
+    let mut v = vcpu(&vm, 0, &[w(0, 2, 1, S), r(0, PG, 0x42, S)]);
+    for _ in 0..2 {
+        let e = v.run().unwrap();
+        assert!(matches!(
+            e,
+            Exit::Mmio(MmioExit {
+                write: true,
+                len: 1,
+                ..
+            })
+        ));
+    }
     assert_eq!(v.run().unwrap(), Exit::Report(GuestReport::CheckPassed));
 }
 
@@ -429,4 +476,24 @@ fn poison_page_without_gmem_is_invalid() {
     let (_hv, vm) = setup_vm(VmType::Default);
     add_shared_slot(&vm, 0, 0, PG);
     assert!(Vm::poison_page(&vm, Gpa(0)).is_err());
+}
+
+#[test]
+fn mmio_read_returns_last_mmio_write_byte() {
+    // As on KVM: run->mmio.data keeps the last MMIO store's byte.
+    let (_hv, vm) = setup_vm(VmType::Default);
+    let mut v = vcpu(&vm, 0, &[w(0x2000, 1, 0x5a, S), r(0x2000, 1, 0x5a, S)]);
+    assert!(matches!(
+        v.run().unwrap(),
+        Exit::Mmio(MmioExit { write: true, .. })
+    ));
+    assert!(matches!(
+        v.run().unwrap(),
+        Exit::Mmio(MmioExit {
+            write: false,
+            len: 1,
+            ..
+        })
+    ));
+    assert_eq!(v.run().unwrap(), Exit::Report(GuestReport::CheckPassed));
 }
