@@ -118,6 +118,9 @@ fn build_slot<V: Vm>(
         gmem.as_ref().map(|g| &*g.file),
         shared.as_ref(),
     )?;
+    // A memslot holds no file reference: dropping our handle releases the
+    // file and kills the binding (kvm_gmem_release), as a VMM closing its fd.
+    let gmem = if spec.close_guest_memfd { None } else { gmem };
     Ok(SlotBacking {
         id: SlotId(id),
         range: spec.range,
