@@ -82,6 +82,14 @@ fn prepare_and_run(a: &RunArgs) -> Result<Report, String> {
     execute(chosen, reason, &w, opts)
 }
 
+/// The serde (snake_case) name of a unit enum value.
+pub fn snake<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|j| j.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 pub fn print_report(r: &Report, json: bool) {
     if json {
         match serde_json::to_string_pretty(r) {
@@ -96,15 +104,15 @@ pub fn print_report(r: &Report, json: bool) {
         r.backend,
         r.backend_reason,
         r.hypercall_transport,
-        if r.ok { "ok" } else { "FAILED" },
+        if r.ok { "ok" } else { "not ok" },
         r.elapsed_ms
     );
     for v in &r.vcpus {
         let e = &v.exits;
         println!(
-            "  vcpu {}: {:?}; exits: {} memory_fault, {} hypercall, {} io, {} mmio; checks {}/{} passed; syncs {:?}",
+            "  vcpu {}: {}; exits: {} memory_fault, {} hypercall, {} io, {} mmio; checks {}/{} passed; syncs {:?}",
             v.index,
-            v.state,
+            snake(&v.state),
             e.memory_fault,
             e.hypercall,
             e.io,
@@ -114,7 +122,7 @@ pub fn print_report(r: &Report, json: bool) {
             v.syncs
         );
         if let Some(err) = &v.error {
-            println!("    {:?}: {}", err.kind, err.message);
+            println!("    {}: {}", snake(&err.kind), err.message);
         }
     }
     let c = &r.conversions;
