@@ -49,6 +49,7 @@ pub mod caps;
 pub mod guest;
 pub mod hypervisor;
 pub mod mem;
+pub mod stats;
 pub mod sys;
 pub mod vcpu;
 pub mod vm;

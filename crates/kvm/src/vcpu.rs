@@ -408,8 +408,30 @@ impl Drop for KvmVcpu {
 }
 
 impl KvmVcpu {
-    /// Registers and system registers, for diagnostics.
+    /// This vCPU's KVM statistics (`KVM_GET_STATS_FD`), e.g. `exits`,
+    /// `pf_fixed`, `insn_emulation`, `io_exits`.
+    ///
+    /// # Errors
+    /// `Os` if the kernel has no binary stats for vCPUs.
+    pub fn stats(&self) -> Result<Vec<(String, u64)>, BackendError> {
+        crate::stats::read_stats(fd_of(&self.fd))
+    }
+
+    /// Registers, system registers and MSR_STAR, for diagnostics.
     pub fn debug_state(&self) -> String {
-        format!("{:x?}\n{:x?}", self.fd.get_regs(), self.fd.get_sregs())
+        let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+            index: crate::guest::layout::MSR_STAR,
+            ..Default::default()
+        }])
+        .ok();
+        let star = msrs
+            .as_mut()
+            .map(|m| (self.fd.get_msrs(m), m.as_slice()[0].data));
+        format!(
+            "{:x?}\n{:x?}\nstar {:x?}",
+            self.fd.get_regs(),
+            self.fd.get_sregs(),
+            star
+        )
     }
 }

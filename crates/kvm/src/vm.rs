@@ -116,6 +116,13 @@ impl KvmVm {
     }
 }
 
+impl AsFd for KvmVm {
+    /// The VM fd (for raw probes; KVM state changes should go through [`Vm`]).
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        fd_of(&self.inner.fd)
+    }
+}
+
 impl VmInner {
     fn slots(&self) -> MutexGuard<'_, BTreeMap<u32, SlotEntry>> {
         self.slots

@@ -95,6 +95,43 @@ impl Asm {
         self.emit(&[0xf3, 0xaa]);
     }
 
+    /// `rep stosq` (store `rax` `rcx` times at `rdi`).
+    pub fn rep_stosq(&mut self) {
+        self.emit(&[0xf3, 0x48, 0xab]);
+    }
+
+    /// `repe scasq` (compare `rax` with qwords at `rdi` while equal and
+    /// `rcx != 0`; on a mismatch ZF=0 and `rdi` is past the bad qword).
+    pub fn repe_scasq(&mut self) {
+        self.emit(&[0xf3, 0x48, 0xaf]);
+    }
+
+    /// `sub rdi, imm8`.
+    pub fn sub_rdi_imm8(&mut self, imm: i8) {
+        self.emit(&[0x48, 0x83, 0xef, imm.to_le_bytes()[0]]);
+    }
+
+    /// `mov rsi, rcx`.
+    pub fn mov_rsi_rcx(&mut self) {
+        self.emit(&[0x48, 0x89, 0xce]);
+    }
+
+    /// `mov rcx, rsi`.
+    pub fn mov_rcx_rsi(&mut self) {
+        self.emit(&[0x48, 0x89, 0xf1]);
+    }
+
+    /// `test rcx, rcx`.
+    pub fn test_rcx_rcx(&mut self) {
+        self.emit(&[0x48, 0x85, 0xc9]);
+    }
+
+    /// `je rel32`.
+    pub fn je(&mut self, l: Label) {
+        self.emit(&[0x0f, 0x84]);
+        self.rel32(l);
+    }
+
     /// `cmp qword [rdi], rax`.
     pub fn cmp_mem_rdi_rax(&mut self) {
         self.emit(&[0x48, 0x39, 0x07]);
@@ -215,6 +252,12 @@ mod tests {
     #[test]
     fn fixed_encodings_match_gas() {
         assert_eq!(one(Asm::rep_stosb), [0xf3, 0xaa]);
+        assert_eq!(one(Asm::rep_stosq), [0xf3, 0x48, 0xab]);
+        assert_eq!(one(Asm::repe_scasq), [0xf3, 0x48, 0xaf]);
+        assert_eq!(one(|a| a.sub_rdi_imm8(8)), [0x48, 0x83, 0xef, 0x08]);
+        assert_eq!(one(Asm::mov_rsi_rcx), [0x48, 0x89, 0xce]);
+        assert_eq!(one(Asm::mov_rcx_rsi), [0x48, 0x89, 0xf1]);
+        assert_eq!(one(Asm::test_rcx_rcx), [0x48, 0x85, 0xc9]);
         assert_eq!(one(Asm::cmp_mem_rdi_rax), [0x48, 0x39, 0x07]);
         assert_eq!(one(Asm::movzx_edx_mem_rdi), [0x0f, 0xb6, 0x17]);
         assert_eq!(one(Asm::cmp_dl_al), [0x38, 0xc2]);

@@ -113,43 +113,53 @@ fn halt_forever(a: &mut Asm) {
     a.jmp(l);
 }
 
-/// `rep stosb` over `[gpa, gpa+len)`.
+/// Fills `[gpa, gpa+len)`: `rep stosq` for whole qwords, `rep stosb` for
+/// the tail. String instructions keep the instruction count low, which
+/// matters where KVM emulates the guest instruction by instruction (PVM's
+/// non-PVM mode, measured at ~0.7 µs per iteration).
 fn write(a: &mut Asm, gpa: u64, len: u64, byte: u8) {
     if len == 0 {
         return;
     }
     a.mov_imm(Reg::Rdi, gpa);
-    a.mov_imm(Reg::Rcx, len);
-    a.mov_imm(Reg::Rax, u64::from(byte));
-    a.rep_stosb();
+    a.mov_imm(Reg::Rax, u64::from(byte) * 0x0101_0101_0101_0101);
+    if len / 8 > 0 {
+        a.mov_imm(Reg::Rcx, len / 8);
+        a.rep_stosq();
+    }
+    if !len.is_multiple_of(8) {
+        a.mov_imm(Reg::Rcx, len % 8);
+        a.rep_stosb();
+    }
 }
 
-/// Checks `[gpa, gpa+len)` == `expect`: a qword loop (RSI counts qwords) that
-/// drops to a byte scan of the offending qword on a mismatch, then a byte loop
-/// over the tail. The first bad byte jumps to the `CheckFailed` stub with RDI
-/// pointing at it, DL = the byte seen and AL = the byte expected.
+/// Checks `[gpa, gpa+len)` == `expect`.
+///
+/// Whole qwords go through `repe scasq`; a mismatch backs RDI up to the
+/// offending qword and byte-scans it (RSI keeps the remaining qword count,
+/// so a qword that changed back under us -- another vCPU -- resumes the
+/// scan). The tail is a byte loop. The first bad byte jumps to the
+/// `CheckFailed` stub with RDI pointing at it, DL = the byte seen and AL =
+/// the byte expected.
 fn read(a: &mut Asm, stubs: &Stubs, gpa: u64, len: u64, expect: u8) {
     let nq = len / 8;
     let tail = len % 8;
     a.mov_imm(Reg::Rdi, gpa);
     a.mov_imm(Reg::Rax, u64::from(expect) * 0x0101_0101_0101_0101);
     if nq > 0 {
-        let (q, qfail, qbytes, qdone) = (a.label(), a.label(), a.label(), a.label());
-        a.mov_imm(Reg::Rsi, nq);
-        a.bind(q);
-        a.cmp_mem_rdi_rax();
-        a.jne(qfail);
-        a.add_rdi_imm8(8);
-        a.dec(Reg::Rsi);
-        a.jne(q);
-        a.jmp(qdone);
-        a.bind(qfail);
+        let (scan, qbytes, qdone) = (a.label(), a.label(), a.label());
+        a.mov_imm(Reg::Rcx, nq);
+        a.bind(scan);
+        a.repe_scasq();
+        a.je(qdone);
+        a.sub_rdi_imm8(8);
+        a.mov_rsi_rcx();
         a.mov_imm(Reg::Rcx, 8);
         a.bind(qbytes);
         byte_check(a, stubs, qbytes);
-        // The qword changed under us (another vCPU): keep scanning.
-        a.dec(Reg::Rsi);
-        a.jne(q);
+        a.mov_rcx_rsi();
+        a.test_rcx_rcx();
+        a.jne(scan);
         a.bind(qdone);
     }
     if tail > 0 {
@@ -206,7 +216,7 @@ mod tests {
     }
 
     #[test]
-    fn compile_write_emits_rep_stosb() {
+    fn compile_write_emits_rep_stosq() {
         let ops = [GuestOp::Write {
             gpa: Gpa(0x1000),
             len: 16,
@@ -214,10 +224,11 @@ mod tests {
             access: Access::Shared,
         }];
         let code = compile(&ops, Transport::PortIo).unwrap();
-        assert_eq!(
-            &code[..17],
-            &[0xbf, 0, 0x10, 0, 0, 0xb9, 16, 0, 0, 0, 0xb8, 0xab, 0, 0, 0, 0xf3, 0xaa]
-        );
+        // mov edi, 0x1000; movabs rax, 0xabab..; mov ecx, 2; rep stosq
+        let mut want = vec![0xbf, 0, 0x10, 0, 0, 0x48, 0xb8];
+        want.extend_from_slice(&[0xab; 8]);
+        want.extend_from_slice(&[0xb9, 2, 0, 0, 0, 0xf3, 0x48, 0xab]);
+        assert_eq!(&code[..want.len()], &want[..]);
     }
 
     #[test]

@@ -44,12 +44,15 @@ const PTE_TABLE: u64 = 0x1 | 0x2 | 0x20;
 /// 2 MiB leaf: present, writable, accessed, dirty, page size.
 const PTE_HUGE: u64 = 0x1 | 0x2 | 0x20 | 0x40 | 0x80;
 
-/// GDT entries: null, 64-bit code, data.
-const GDT: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+/// GDT entries: null, unused, 64-bit code (0x10), data (0x18) -- the
+/// selectors Linux uses for `__KERNEL_CS`/`__KERNEL_DS`.
+const GDT: [u64; 4] = [0, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
 /// Code segment selector.
-const CS_SEL: u16 = 0x08;
+pub const CS_SEL: u16 = 0x10;
 /// Data segment selector.
-const DS_SEL: u16 = 0x10;
+const DS_SEL: u16 = 0x18;
+/// `MSR_STAR` (read back by diagnostics).
+pub const MSR_STAR: u32 = 0xc000_0081;
 
 /// Why an area cannot be laid out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
