@@ -211,6 +211,12 @@ impl<H: Hypervisor> Machine<H> {
         })
     }
 
+    /// The engine, the vCPUs (programs loaded) and the policy, for callers
+    /// that drive vCPUs themselves with [`run_vcpu`].
+    pub fn into_parts(self) -> (Arc<Engine<H>>, Vec<<H::Vm as Vm>::Vcpu>, Policy) {
+        (self.engine, self.vcpus, self.policy)
+    }
+
     /// Runs every vCPU on its own thread until all are done.
     pub fn run(self, opts: RunOptions) -> Vec<VcpuState> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -223,7 +229,7 @@ impl<H: Hypervisor> Machine<H> {
                 let results = &results;
                 let policy = self.policy;
                 s.spawn(move || {
-                    let st = vcpu_loop(vcpu, &engine, &policy, &stop);
+                    let st = run_vcpu(vcpu, &engine, &policy, &stop);
                     results
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
@@ -275,8 +281,9 @@ fn watchdog(
     }
 }
 
-/// One vCPU's run loop: run, decode (in the backend), handle, act.
-fn vcpu_loop<H: Hypervisor>(
+/// One vCPU's run loop: run, decode (in the backend), handle, act, until
+/// the vCPU halts, fails or is stopped (`stop` raised, e.g. by a timeout).
+pub fn run_vcpu<H: Hypervisor>(
     mut vcpu: <H::Vm as Vm>::Vcpu,
     engine: &Engine<H>,
     policy: &Policy,
