@@ -54,6 +54,11 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
 }
 
+/// The engine, the loaded vCPUs and the policy of a [`Machine`].
+pub type MachineParts<H> = (Arc<Engine<H>>, Vec<VcpuOf<H>>, Policy);
+/// The vCPU type of a hypervisor.
+pub type VcpuOf<H> = <<H as Hypervisor>::Vm as Vm>::Vcpu;
+
 /// A VM built from a workload, ready to run.
 pub struct Machine<H: Hypervisor> {
     /// The engine (owns the VM and slots).
@@ -213,7 +218,7 @@ impl<H: Hypervisor> Machine<H> {
 
     /// The engine, the vCPUs (programs loaded) and the policy, for callers
     /// that drive vCPUs themselves with [`run_vcpu`].
-    pub fn into_parts(self) -> (Arc<Engine<H>>, Vec<<H::Vm as Vm>::Vcpu>, Policy) {
+    pub fn into_parts(self) -> MachineParts<H> {
         (self.engine, self.vcpus, self.policy)
     }
 
