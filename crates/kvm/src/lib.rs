@@ -43,6 +43,22 @@
 //! registers. `KVM_HC_MAP_GPA_RANGE` uses `vmmcall`/`vmcall` with hardware
 //! virtualization, or port `0xd5` on PVM where the backend emulates KVM's
 //! synchronous checks (-1000 when the exit is not enabled, -22 for bad args).
+//!
+//! # PVM host notes (measured on 6.18.44-fc, `kvm_pvm`)
+//! - A `MMAP|INIT_SHARED` guest_memfd slot with `userspace_addr = 0` is not
+//!   reachable by the guest: every access becomes `KVM_EXIT_MMIO`. With the
+//!   HVA of a shared mmap of the same gmem range the guest sees the gmem
+//!   pages, so on PVM hosts the backend substitutes such a mapping for a
+//!   caller's `userspace_addr = 0` ([`caps::gmem_slots_need_hva`]). That
+//!   mapping holds a file reference, so closing the caller's gmem fd does not
+//!   release a bound file here (upstream: later guest faults get EFAULT).
+//! - Guest code runs in PVM's "non-PVM mode", i.e. every instruction goes
+//!   through KVM's emulator (`insn_emulation` counts one per instruction,
+//!   ~0.7-1 µs each); the state never converted to PVM mode in our tests,
+//!   even with CR0.AM, EFER.SCE and FSGSBASE set. Guest programs therefore
+//!   use string instructions (`rep stosq`, `repe scasq`): ~100 ms per MiB
+//!   written or checked. See [`KvmVcpu::stats`].
+//! - `vmcall`/`vmmcall` never exit, so `map` uses the port-I/O transport.
 #![deny(missing_docs)]
 
 pub mod caps;

@@ -178,6 +178,12 @@ impl VmInner {
             .filter(|s| *s <= MAX_SLOT_ID)
             .ok_or_else(|| invalid(OP, format!("no runtime memslot id for vcpu {index}")))?;
         let mut slots = self.slots();
+        if slots.get(&slot).is_some_and(|e| !e.runtime) {
+            return Err(invalid(
+                OP,
+                format!("memslot {slot} (vcpu {index}'s runtime area) is taken by the workload"),
+            ));
+        }
         if let Some(old) = old {
             self.delete_slot(old.slot)?;
             slots.remove(&old.slot);

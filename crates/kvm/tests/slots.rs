@@ -196,3 +196,28 @@ fn slots_reloading_program_replaces_runtime_area() {
         vec![Exit::Report(GuestReport::Sync { tag: 2 })]
     );
 }
+
+#[test]
+fn slots_workload_slot_on_runtime_id_makes_load_program_invalid() {
+    let Some(hv) = kvm_or_skip("slots_workload_slot_on_runtime_id_makes_load_program_invalid")
+    else {
+        return;
+    };
+    let vm = vm(&hv);
+    let mem = vm.create_shared(2 * MIB, SharedKind::Anonymous).unwrap();
+    vm.set_user_memory_region(&plain(
+        privmem_kvm::vm::RUNTIME_SLOT_BASE,
+        0,
+        2 * MIB,
+        UserAddr::Backing {
+            mem: &mem,
+            offset: 0,
+        },
+    ))
+    .unwrap();
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+
+    let err = privmem_core::Vcpu::load_program(&mut vcpu, &[GuestOp::Halt]);
+
+    assert!(matches!(err, Err(BackendError::Invalid { .. })));
+}
