@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::machine;
 use privmem_core::attrmap::AttrMap;
 use privmem_core::handle::{ErrorKind, RunState, VcpuState};
 use privmem_core::runtime::{Machine, RunOptions};
@@ -12,9 +14,7 @@ use privmem_core::Gpa;
 use privmem_model::{KernelProfile, ModelHypervisor};
 
 fn run(text: &str) -> (Vec<VcpuState>, AttrMap, AttrMap) {
-    let w = workload::parse("hostile.toml", text).expect("valid workload");
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
-    let m = Machine::new(hv, &w).expect("setup");
+    let (_hv, m) = machine(text);
     let engine = m.engine.clone();
     let states = m.run(RunOptions {
         timeout: Some(Duration::from_secs(30)),

@@ -2,23 +2,16 @@
 //! kernel's view and no data is lost.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
+mod common;
+use common::machine;
 use privmem_core::backend::{GmemRef, Region, RegionApi, UserAddr, Vcpu, Vm};
 use privmem_core::engine::Origin;
 use privmem_core::exit::Exit;
 use privmem_core::handle::{ErrorKind, RunState};
-use privmem_core::runtime::{run_vcpu, Machine, RunOptions};
-use privmem_core::workload;
+use privmem_core::runtime::{run_vcpu, RunOptions};
 use privmem_core::{Errno, Gpa};
-use privmem_model::{InjectOp, KernelProfile, ModelHypervisor, ModelShared};
-
-fn machine(text: &str) -> (Arc<ModelHypervisor>, Machine<ModelHypervisor>) {
-    let w = workload::parse("injected.toml", text).expect("valid workload");
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
-    let m = Machine::new(hv.clone(), &w).expect("setup");
-    (hv, m)
-}
+use privmem_model::{InjectOp, ModelShared};
 
 const RW: &str = r#"
 [vm]

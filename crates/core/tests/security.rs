@@ -7,23 +7,15 @@
 //! - a conversion the kernel rejects is never committed (map == kernel view);
 //! - two vCPUs converting interleaved ranges end with the map equal to an oracle.
 
-use std::sync::Arc;
-
+mod common;
+use common::machine;
 use privmem_core::attrmap::AttrMap;
 use privmem_core::backend::HostMemory;
 use privmem_core::engine::Engine;
 use privmem_core::handle::{ErrorKind, RunState, VcpuState};
-use privmem_core::runtime::{Machine, RunOptions};
-use privmem_core::workload;
+use privmem_core::runtime::RunOptions;
 use privmem_core::{Errno, Gpa, GpaRange};
-use privmem_model::{InjectOp, KernelProfile, ModelHypervisor};
-
-fn machine(text: &str) -> (Arc<ModelHypervisor>, Machine<ModelHypervisor>) {
-    let w = workload::parse("test.toml", text).expect("valid workload");
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
-    let m = Machine::new(hv.clone(), &w).expect("setup");
-    (hv, m)
-}
+use privmem_model::{InjectOp, ModelHypervisor};
 
 fn all_halted(states: &[VcpuState]) {
     for s in states {

@@ -1,0 +1,16 @@
+//! Shared setup for the runtime tests on the model backend.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use privmem_core::runtime::Machine;
+use privmem_core::workload;
+use privmem_model::{KernelProfile, ModelHypervisor};
+
+/// A 6.18 model hypervisor and a machine built from workload `text`.
+pub fn machine(text: &str) -> (Arc<ModelHypervisor>, Machine<ModelHypervisor>) {
+    let w = workload::parse("test.toml", text).expect("valid workload");
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let m = Machine::new(hv.clone(), &w).expect("setup");
+    (hv, m)
+}
