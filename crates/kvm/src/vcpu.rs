@@ -22,6 +22,8 @@ use crate::vm::{RuntimeArea, VmInner};
 
 /// Offset of `kvm_run.immediate_exit`.
 const OFF_IMMEDIATE_EXIT: usize = 1;
+/// Offset of `kvm_run.mmio.data`.
+const OFF_MMIO_DATA: usize = 40;
 /// `EINTR`.
 const EINTR: i32 = 4;
 /// `EAGAIN`.
@@ -370,6 +372,13 @@ impl Vcpu for KvmVcpu {
                 }
                 Exit::Hypercall(_) => {
                     self.pending = Pending::Kernel;
+                    return Ok(exit);
+                }
+                Exit::Mmio(m) if !m.write => {
+                    // No device answers: if the caller re-enters, the read
+                    // completes with all-ones (an open bus) instead of
+                    // whatever an earlier MMIO exit left in mmio.data.
+                    self.write_run_u64(OFF_MMIO_DATA, u64::MAX);
                     return Ok(exit);
                 }
                 other => return Ok(other),

@@ -245,3 +245,27 @@ fn guest_access_without_memslot_is_mmio_exit() {
 
     assert!(matches!(exit, Exit::Mmio(m) if m.gpa == Gpa(1 << 30) && m.write));
 }
+
+#[test]
+fn guest_mmio_read_completes_with_all_ones() {
+    let Some(hv) = kvm_or_skip("guest_mmio_read_completes_with_all_ones") else {
+        return;
+    };
+    let g = gmem_guest(&hv, 2 * MIB);
+    // Write then read 8 bytes where no memslot exists: two MMIO exits. The
+    // read must not see the write's data left in kvm_run.mmio.data.
+    let ops = [
+        write(1 << 30, 8, 0x01),
+        read(1 << 30, 8, 0xff),
+        GuestOp::Halt,
+    ];
+    let mut vcpu = vcpu_with(&g.vm, 0, &ops);
+
+    assert!(matches!(vcpu_next(&mut vcpu), Exit::Mmio(m) if m.write));
+    assert!(matches!(vcpu_next(&mut vcpu), Exit::Mmio(m) if !m.write));
+
+    assert_eq!(
+        run_to_hlt(&mut vcpu),
+        vec![Exit::Report(GuestReport::CheckPassed)]
+    );
+}
