@@ -2,6 +2,7 @@
 
 mod backends;
 mod caps;
+mod conformance;
 mod demo;
 mod picture;
 mod run;
@@ -55,6 +56,9 @@ enum Cmd {
         #[arg(long, default_value = "auto")]
         profile: String,
     },
+    /// The kernel-selftest conformance suite on every backend (or, with
+    /// --differential, the model-vs-KVM differential test).
+    Conformance(conformance::ConformanceArgs),
     /// The built-in showcase on the best backend.
     Demo {
         /// Backend (default: the best available for each scenario).
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
             run::main(&run::RunArgs { file, backend, json, timeout, profile })
         }
         Cmd::Demo { backend } => demo::main(backend),
+        Cmd::Conformance(args) => conformance::main(&args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -1,0 +1,211 @@
+//! `privmem conformance`: the kernel-selftest checklist (A1–A13, B1–B4,
+//! C1–C5, D1–D2, F26–F31) on every available backend, and with
+//! `--differential` the model-vs-KVM differential test.
+
+use clap::ValueEnum;
+use privmem_conformance::differential::{self, DiffConfig, DiffReport};
+use privmem_conformance::{run_suite, CaseResult};
+use privmem_kvm::KvmHypervisor;
+use privmem_model::{KernelProfile, ModelHypervisor};
+use serde_json::json;
+
+/// Which backends the suite runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SuiteBackend {
+    /// The model, and KVM if /dev/kvm opens.
+    Auto,
+    /// Only /dev/kvm (an error if it cannot be opened).
+    Kvm,
+    /// Only the model.
+    Model,
+    /// The model and KVM (an error if /dev/kvm cannot be opened).
+    All,
+}
+
+/// `privmem conformance` arguments.
+#[derive(clap::Args, Debug)]
+pub struct ConformanceArgs {
+    /// Backends to run the suite on.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: SuiteBackend,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Kernel profile for the model: 6.18, 6.12, or auto (the running kernel's).
+    #[arg(long, default_value = "auto")]
+    profile: String,
+    /// Run only these case ids (comma-separated, e.g. C1,D2).
+    #[arg(long)]
+    only: Option<String>,
+    /// Run the model-vs-KVM differential test instead of the suite.
+    #[arg(long)]
+    differential: bool,
+    /// Differential: number of generated sequences.
+    #[arg(long, default_value_t = 64)]
+    cases: u32,
+    /// Differential: RNG seed (default: a fixed seed, so runs repeat).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// True when `REQUIRE_KVM=1`: a missing /dev/kvm is an error, not a skip.
+fn kvm_required() -> bool {
+    std::env::var("REQUIRE_KVM").as_deref() == Ok("1")
+}
+
+/// Runs the command; the process exit code.
+pub fn main(args: &ConformanceArgs) -> i32 {
+    let profile = match crate::backends::model_profile(&args.profile) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("privmem: {e}");
+            return 2;
+        }
+    };
+    if args.differential {
+        return differential_main(args, profile);
+    }
+    let (model, kvm, must_kvm) = match args.backend {
+        SuiteBackend::Auto => (true, true, kvm_required()),
+        SuiteBackend::Kvm => (false, true, true),
+        SuiteBackend::Model => (true, false, false),
+        SuiteBackend::All => (true, true, true),
+    };
+    let kvm = if kvm {
+        match KvmHypervisor::open() {
+            Ok(h) => Some(h),
+            Err(e) if must_kvm => {
+                eprintln!("privmem: /dev/kvm unavailable: {e}");
+                return 2;
+            }
+            Err(e) => {
+                eprintln!("SKIP: kvm backend: /dev/kvm unavailable ({e})");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let only: Option<Vec<String>> = args.only.as_ref().map(|o| {
+        o.split(',')
+            .map(|s| s.trim().to_ascii_uppercase())
+            .collect()
+    });
+    let filter = |id: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == id));
+    let print = |r: &CaseResult| {
+        if !args.json {
+            println!("{}", line(r));
+        }
+    };
+    let mut results = Vec::new();
+    if model {
+        if !args.json {
+            eprintln!("model: kernel profile {}", profile.name());
+        }
+        results.extend(run_suite(&ModelHypervisor::new(profile), &filter, print));
+    }
+    if let Some(kvm) = &kvm {
+        results.extend(run_suite(kvm, &filter, print));
+    }
+    if args.json {
+        println!("{}", to_json(&results));
+    }
+    i32::from(results.iter().any(|r| r.outcome.status() == "fail"))
+}
+
+/// "A1   model  pass  guest_memfd flags", with the reason after a colon.
+fn line(r: &CaseResult) -> String {
+    let mut s = format!(
+        "{:<4} {:<6} {:<5} {}",
+        r.case.id,
+        r.backend,
+        r.outcome.status(),
+        r.case.name
+    );
+    if let Some(why) = r.outcome.reason() {
+        s.push_str(": ");
+        s.push_str(why);
+    }
+    s
+}
+
+fn to_json(results: &[CaseResult]) -> serde_json::Value {
+    let cases: Vec<_> = results
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.case.id,
+                "name": r.case.name,
+                "backend": r.backend,
+                "status": r.outcome.status(),
+                "reason": r.outcome.reason(),
+            })
+        })
+        .collect();
+    json!({ "cases": cases })
+}
+
+fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
+    let kvm = match KvmHypervisor::open() {
+        Ok(h) => h,
+        Err(e) if kvm_required() => {
+            eprintln!("privmem: differential: /dev/kvm unavailable ({e}) and REQUIRE_KVM=1");
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("SKIP: differential: /dev/kvm unavailable ({e})");
+            return 0;
+        }
+    };
+    let cfg = DiffConfig {
+        cases: args.cases,
+        seed: args.seed.unwrap_or(differential::DEFAULT_SEED),
+        ..DiffConfig::default()
+    };
+    let report = match differential::run(&ModelHypervisor::new(profile), &kvm, &cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("privmem: differential: {e}");
+            return 1;
+        }
+    };
+    if args.json {
+        println!("{}", diff_json(&report, profile));
+    } else {
+        print_diff(&report, profile);
+    }
+    i32::from(!report.agreed())
+}
+
+fn diff_json(r: &DiffReport, profile: KernelProfile) -> serde_json::Value {
+    let types: Vec<_> = r.vm_types.iter().map(|t| t.name()).collect();
+    json!({ "differential": {
+        "backends": [r.backends.0, r.backends.1],
+        "profile": profile.name(),
+        "vm_types": types,
+        "sequences": r.sequences,
+        "steps": r.steps,
+        "seed": r.seed,
+        "agreed": r.agreed(),
+        "difference": r.difference,
+        "coverage": r.coverage,
+    }})
+}
+
+fn print_diff(r: &DiffReport, profile: KernelProfile) {
+    let types: Vec<_> = r.vm_types.iter().map(|t| t.name()).collect();
+    println!(
+        "differential: {} (profile {}) vs {}: {} sequences, {} steps each, VM types {}, seed {:#x}",
+        r.backends.0,
+        profile.name(),
+        r.backends.1,
+        r.sequences,
+        r.steps,
+        types.join(", "),
+        r.seed
+    );
+    match &r.difference {
+        None => println!("no difference"),
+        Some(d) => println!("DIFFERENCE (minimal sequence):\n{d}"),
+    }
+}

@@ -1,0 +1,62 @@
+//! The differential test: the same proptest operation sequences on the
+//! model (profile matching the running kernel) and on real KVM must give
+//! identical results. Without /dev/kvm it skips visibly (a failure under
+//! `REQUIRE_KVM=1`). A model-vs-model run checks the harness itself is
+//! deterministic.
+
+mod common;
+
+use privmem_conformance::differential::{run, DiffConfig};
+use privmem_model::{KernelProfile, ModelHypervisor};
+
+/// The model profile matching the running kernel.
+fn profile() -> KernelProfile {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if release.starts_with("6.12") {
+        KernelProfile::V6_12
+    } else {
+        KernelProfile::V6_18
+    }
+}
+
+fn config() -> DiffConfig {
+    let mut cfg = DiffConfig::default();
+    if let Some(n) = std::env::var("PRIVMEM_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.cases = n;
+    }
+    if let Some(s) = std::env::var("PRIVMEM_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.seed = s;
+    }
+    cfg
+}
+
+#[test]
+fn model_against_itself_is_deterministic() {
+    let a = ModelHypervisor::new(profile());
+    let b = ModelHypervisor::new(profile());
+    let report = run(&a, &b, &config()).expect("differential ran");
+    assert!(report.agreed(), "{}", report.difference.unwrap_or_default());
+}
+
+#[test]
+fn model_and_kvm_agree() {
+    let Some(kvm) = common::kvm_or_skip("model_and_kvm_agree") else {
+        return;
+    };
+    let model = ModelHypervisor::new(profile());
+    let report = run(&model, &kvm, &config()).expect("differential ran");
+    eprintln!(
+        "differential: {} sequences, {} steps per backend, VM types {:?}, seed {:#x}",
+        report.sequences, report.steps, report.vm_types, report.seed
+    );
+    for (what, n) in &report.coverage {
+        eprintln!("  {n:6}  {what}");
+    }
+    assert!(report.agreed(), "{}", report.difference.unwrap_or_default());
+}
