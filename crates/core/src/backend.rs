@@ -281,6 +281,9 @@ pub enum GuestOp {
     },
     /// Stop (`KVM_EXIT_HLT`).
     Halt,
+    /// Loop forever without exiting (a hung or hostile guest): only a kick
+    /// (`--timeout`) ends the run.
+    Spin,
 }
 
 /// Why `Vcpu::run` returned without an exit.

@@ -617,10 +617,14 @@ fn parse_op(
             cx.check_keys(key, t, &["op"])?;
             Ok(GuestOp::Halt)
         }
+        "spin" => {
+            cx.check_keys(key, t, &["op"])?;
+            Ok(GuestOp::Spin)
+        }
         _ => Err(cx.err(
             &format!("{key}.op"),
             opv,
-            "expected write, read, map, sync or halt",
+            "expected write, read, map, sync, halt or spin",
         )),
     }
 }

@@ -259,3 +259,28 @@ ops = [
             || s[0].error.as_ref().map(|e| e.kind) == Some(ErrorKind::Timeout)
     );
 }
+
+#[test]
+fn guest_that_never_halts_is_stopped_by_timeout() {
+    let text = r#"
+[vm]
+type = "coco"
+memory = "1MiB"
+vcpus = 2
+[[vcpu]]
+ops = [ { op = "spin" } ]
+[[vcpu]]
+ops = [ { op = "write", gpa = "0x0", len = 4096, byte = 1 }, { op = "halt" } ]
+"#;
+    let (_hv, m) = common::machine(text);
+    let start = Instant::now();
+    let s = m.run(RunOptions {
+        timeout: Some(Duration::from_millis(200)),
+    });
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        s[0].error.as_ref().map(|e| e.kind),
+        Some(ErrorKind::Timeout)
+    );
+    assert_eq!(s[1].state, RunState::Halted);
+}

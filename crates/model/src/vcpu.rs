@@ -215,6 +215,7 @@ impl ModelVcpu {
                     self.done = true;
                     Flow::Exit(Exit::Hlt)
                 }
+                GuestOp::Spin => self.spin(),
             };
             match flow {
                 Flow::Continue => {}
@@ -222,6 +223,15 @@ impl ModelVcpu {
                 Flow::Yield => return Ok(None),
             }
         }
+    }
+
+    /// A guest looping forever: the vCPU thread stays in `run` until kicked,
+    /// as a real vCPU stays in `KVM_RUN` (sleeping briefly, not burning a core).
+    fn spin(&self) -> Flow {
+        while !self.kick.flag.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Flow::Yield
     }
 
     /// Finishes what the last exit left pending.

@@ -94,6 +94,11 @@ pub fn compile(ops: &[GuestOp], transport: Transport) -> Result<Vec<u8>, AsmErro
                 a.out_al(port8(ports::SYNC));
             }
             GuestOp::Halt => a.hlt(),
+            GuestOp::Spin => {
+                let here = a.label();
+                a.bind(here);
+                a.jmp(here);
+            }
         }
     }
     halt_forever(&mut a);
