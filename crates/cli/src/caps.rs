@@ -12,7 +12,12 @@ const TYPES: [VmType; 3] = [VmType::Default, VmType::SwProtected, VmType::Coco];
 fn cap_map(probe: impl Fn(Cap) -> Option<u64>) -> Map<String, Value> {
     Cap::ALL
         .iter()
-        .map(|&c| (c.name().to_string(), probe(c).map_or(Value::Null, Value::from)))
+        .map(|&c| {
+            (
+                c.name().to_string(),
+                probe(c).map_or(Value::Null, Value::from),
+            )
+        })
         .collect()
 }
 
@@ -31,7 +36,11 @@ fn vm_type_names(mask: u64) -> Vec<String> {
     let names = ["default", "sw-protected", "sev", "sev-es", "snp", "tdx"];
     (0..64)
         .filter(|b| mask & (1u64 << b) != 0)
-        .map(|b| names.get(b).map_or_else(|| format!("type{b}"), |s| (*s).to_string()))
+        .map(|b| {
+            names
+                .get(b)
+                .map_or_else(|| format!("type{b}"), |s| (*s).to_string())
+        })
         .collect()
 }
 
@@ -72,7 +81,10 @@ fn runnable(kvm: Option<&KvmHypervisor>) -> Value {
             .map(|t| json!({ "type": t.name(), "runs": false, "why": "/dev/kvm unavailable" }))
             .collect(),
     };
-    let model: Vec<Value> = TYPES.iter().map(|t| json!({ "type": t.name(), "runs": true })).collect();
+    let model: Vec<Value> = TYPES
+        .iter()
+        .map(|t| json!({ "type": t.name(), "runs": true }))
+        .collect();
     json!({ "kvm": kvm_types, "model": model })
 }
 
@@ -80,7 +92,9 @@ pub fn main(json_out: bool) -> i32 {
     let kvm = open_kvm();
     let doc = match &kvm {
         Ok(k) => json!({ "kvm": kvm_section(k), "backends": runnable(Some(k)) }),
-        Err(why) => json!({ "kvm": { "available": false, "error": why }, "backends": runnable(None) }),
+        Err(why) => {
+            json!({ "kvm": { "available": false, "error": why }, "backends": runnable(None) })
+        }
     };
     if json_out {
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
@@ -100,9 +114,19 @@ fn print_human(doc: &Value) {
         println!("kvm: unavailable: {}", k["error"].as_str().unwrap_or("?"));
     } else {
         println!("kvm api version {}", k["api_version"]);
-        println!("vm types: {} ({})", k["vm_types"].as_str().unwrap_or("?"), k["vm_type_names"]);
-        println!("guest_memfd flags: {} {}", k["guest_memfd_flags"]["value"], k["guest_memfd_flags"]["names"]);
-        println!("{:<28} {:>10} {}", "capability", "system", "per VM type (default / sw-protected / coco)");
+        println!(
+            "vm types: {} ({})",
+            k["vm_types"].as_str().unwrap_or("?"),
+            k["vm_type_names"]
+        );
+        println!(
+            "guest_memfd flags: {} {}",
+            k["guest_memfd_flags"]["value"], k["guest_memfd_flags"]["names"]
+        );
+        println!(
+            "{:<28} {:>10} per VM type (default / sw-protected / coco)",
+            "capability", "system"
+        );
         if let Some(sys) = k["system"].as_object() {
             for (name, v) in sys {
                 let per: Vec<String> = TYPES
@@ -123,9 +147,19 @@ fn print_human(doc: &Value) {
     println!("backends:");
     for backend in ["kvm", "model"] {
         for t in doc["backends"][backend].as_array().into_iter().flatten() {
-            let why = t["why"].as_str().map(|w| format!(" ({w})")).unwrap_or_default();
-            let runs = if t["runs"] == Value::Bool(true) { "runs" } else { "cannot run" };
-            println!("  {backend:<5} {runs} {}{why}", t["type"].as_str().unwrap_or("?"));
+            let why = t["why"]
+                .as_str()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default();
+            let runs = if t["runs"] == Value::Bool(true) {
+                "runs"
+            } else {
+                "cannot run"
+            };
+            println!(
+                "  {backend:<5} {runs} {}{why}",
+                t["type"].as_str().unwrap_or("?")
+            );
         }
     }
 }

@@ -51,10 +51,21 @@ pub fn draw(ranges: &[AttrRange], width: usize) -> String {
     let listed: Vec<String> = ranges
         .iter()
         .take(8)
-        .map(|r| format!("{}+{} {}", r.gpa, r.size, if r.private { "private" } else { "shared" }))
+        .map(|r| {
+            format!(
+                "{}+{} {}",
+                r.gpa,
+                r.size,
+                if r.private { "private" } else { "shared" }
+            )
+        })
         .collect();
     let more = ranges.len().saturating_sub(8);
-    let tail = if more > 0 { format!(" (+{more} more)") } else { String::new() };
+    let tail = if more > 0 {
+        format!(" (+{more} more)")
+    } else {
+        String::new()
+    };
     format!(
         "  memory map [{lo:#x}, {hi:#x}) ({}, # private . shared % mixed):\n  |{bar}|\n  {}{tail}",
         human(total),
@@ -64,9 +75,14 @@ pub fn draw(ranges: &[AttrRange], width: usize) -> String {
 
 /// Bytes as KiB/MiB/GiB.
 pub fn human(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (name, size) in UNITS {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{} {name}", bytes / size);
         }
     }
@@ -78,7 +94,11 @@ mod tests {
     use super::*;
 
     fn r(gpa: u64, size: u64, private: bool) -> AttrRange {
-        AttrRange { gpa: format!("{gpa:#x}"), size: format!("{size:#x}"), private }
+        AttrRange {
+            gpa: format!("{gpa:#x}"),
+            size: format!("{size:#x}"),
+            private,
+        }
     }
 
     #[test]
