@@ -269,6 +269,13 @@ impl<'h, H: Hypervisor> World<'h, H> {
                 m.fill(*offset, *len, *byte)
                     .map_or_else(|f| Res::HostFault(f.offset), |()| Res::Ok)
             }),
+            Op::SharedRead { offset, len } => {
+                let mut buf = vec![0u8; *len as usize];
+                match self.shared.read(*offset, &mut buf) {
+                    Ok(()) => Res::Bytes(rle(&buf)),
+                    Err(f) => Res::HostFault(f.offset),
+                }
+            }
             Op::SetRegion(r) => self.set_region(r),
             Op::SetAttributes {
                 addr,
@@ -537,4 +544,34 @@ fn summarize(exit: &Exit) -> (ExitSum, bool) {
 pub(crate) fn execute<H: Hypervisor>(hv: &H, seq: &Sequence) -> Result<Vec<Res>, String> {
     let mut world = World::new(hv, seq.vm_type)?;
     Ok(seq.ops.iter().map(|op| world.step(op)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rle_groups_runs() {
+        assert_eq!(rle(&[0, 0, 0xaa, 0, 0]), vec![(0, 2), (0xaa, 1), (0, 2)]);
+        assert!(rle(&[]).is_empty());
+    }
+
+    #[test]
+    fn mmio_summary_keeps_only_page_and_direction() {
+        let exit = Exit::Mmio(privmem_core::MmioExit {
+            gpa: Gpa(0x1234),
+            len: 1,
+            write: true,
+        });
+        assert_eq!(
+            summarize(&exit),
+            (
+                ExitSum::Mmio {
+                    page: 0x1000,
+                    write: true
+                },
+                true
+            )
+        );
+    }
 }

@@ -186,3 +186,34 @@ fn seed_bytes(seed: u64) -> [u8; 32] {
     }
     b
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ops::Op;
+
+    #[test]
+    fn compare_marks_the_first_differing_step() {
+        let seq = Sequence {
+            vm_type: VmType::Default,
+            ops: vec![
+                Op::EnableExitHypercall { mask: 0 },
+                Op::EnableExitHypercall { mask: 1 << 11 },
+            ],
+        };
+        let a = [Res::Ok, Res::Ok];
+        let b = [Res::Ok, Res::Err(22)];
+        let msg = compare(("model", "kvm"), &seq, &a, &b).unwrap_err();
+        assert!(
+            msg.starts_with("step 1 differs: model gave ok, kvm gave EINVAL"),
+            "{msg}"
+        );
+        assert!(msg.contains(">> 1: EnableExitHypercall"), "{msg}");
+        assert!(compare(("model", "kvm"), &seq, &a, &a).is_ok());
+    }
+
+    #[test]
+    fn seeds_give_distinct_rng_states() {
+        assert_ne!(seed_bytes(1), seed_bytes(2));
+    }
+}

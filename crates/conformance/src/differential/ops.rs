@@ -195,6 +195,14 @@ pub enum Op {
         /// Byte.
         byte: u8,
     },
+    /// Host read of the sequence's shared backing (what `userspace_addr`
+    /// slots see).
+    SharedRead {
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
     /// A memslot request.
     SetRegion(RegionOp),
     /// `KVM_SET_MEMORY_ATTRIBUTES`.
@@ -326,8 +334,9 @@ fn mapping_ops() -> impl Strategy<Value = Op> {
             .prop_map(|(gmem, len, shared)| Op::Mmap { gmem, len, shared }),
         1 => idx().prop_map(|map| Op::Unmap { map }),
         2 => (idx(), off.clone(), n.clone()).prop_map(|(map, offset, len)| Op::HostRead { map, offset, len }),
-        2 => (idx(), off, n, select(vec![0x11u8, 0xa5]))
+        2 => (idx(), off.clone(), n.clone(), select(vec![0x11u8, 0xa5]))
             .prop_map(|(map, offset, len, byte)| Op::HostWrite { map, offset, len, byte }),
+        1 => (off, n).prop_map(|(offset, len)| Op::SharedRead { offset, len }),
     ]
 }
 
@@ -421,7 +430,7 @@ fn attributes() -> impl Strategy<Value = Op> {
 /// the model's interpreter, which is not the kernel's business.
 fn target() -> impl Strategy<Value = Target> {
     let off = select(vec![0, 8, PG - 8, PG, M2 - 8]);
-    let abs = select(vec![0, PG, M2, 0xc000_0000, 1 << 32, 0x3000_0000_0000]);
+    let abs = select(vec![0, PG, M2, 0xc000_0000, 1 << 32, 1 << 36]);
     prop_oneof![
         4 => (idx(), off).prop_map(|(n, o)| Target::Slot(n, o)),
         1 => abs.prop_map(Target::Gpa),
