@@ -7,6 +7,7 @@
 mod common;
 
 use privmem_conformance::differential::{run, DiffConfig};
+use privmem_core::VmType;
 use privmem_model::{KernelProfile, ModelHypervisor};
 
 /// The model profile matching the running kernel.
@@ -42,6 +43,20 @@ fn model_against_itself_is_deterministic() {
     let b = ModelHypervisor::new(profile());
     let report = run(&a, &b, &config()).expect("differential ran");
     assert!(report.agreed(), "{}", report.difference.unwrap_or_default());
+    assert!(report.vm_types.contains(&VmType::SwProtected));
+    for what in [
+        "SetAttributes: ok",
+        "Run: Fault",
+        "Run: Hlt",
+        "SetRegion: ok",
+        "CreateGmem: ok",
+    ] {
+        assert!(
+            report.coverage.contains_key(what),
+            "no `{what}` in {:#?}",
+            report.coverage
+        );
+    }
 }
 
 #[test]

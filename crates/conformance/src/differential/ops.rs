@@ -482,8 +482,9 @@ fn setup_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => create,
         3 => slot,
-        1 => Just(Op::Mmap { gmem: 0, len: 4 * PG, shared: true }),
-        1 => select(vec![0u64, 8]).prop_map(|attrs| Op::SetAttributes { addr: 1 << 32, size: M2, attrs, flags: 0 }),
+        2 => idx().prop_map(|gmem| Op::Mmap { gmem, len: 4 * PG, shared: true }),
+        2 => (select(vec![0, M2, 1 << 32]), select(vec![0u64, 8]))
+            .prop_map(|(addr, attrs)| Op::SetAttributes { addr, size: M2, attrs, flags: 0 }),
     ]
 }
 
