@@ -1,4 +1,5 @@
 //! `privmem`: the command line (shared/docs/workload.md "Commands").
+#![forbid(unsafe_code)]
 
 mod backends;
 mod caps;
@@ -71,9 +72,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.cmd {
         Cmd::Caps { json } => caps::main(json),
-        Cmd::Run { file, backend, json, timeout, profile } => {
-            run::main(&run::RunArgs { file, backend, json, timeout, profile })
-        }
+        Cmd::Run {
+            file,
+            backend,
+            json,
+            timeout,
+            profile,
+        } => run::main(&run::RunArgs {
+            file,
+            backend,
+            json,
+            timeout,
+            profile,
+        }),
         Cmd::Demo { backend } => demo::main(backend),
         Cmd::Conformance(args) => conformance::main(&args),
     };
