@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use privmem_core::{Cap, Hypervisor, VmType};
 use privmem_core::workload::Workload;
+use privmem_core::{Cap, Hypervisor, VmType};
 use privmem_kvm::KvmHypervisor;
 use privmem_model::{KernelProfile, ModelHypervisor};
 
@@ -53,14 +53,24 @@ pub fn model_profile(requested: &str) -> Result<KernelProfile, String> {
         "6.18" => Ok(KernelProfile::V6_18),
         "auto" => {
             let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-            Ok(if release.starts_with("6.12") { KernelProfile::V6_12 } else { KernelProfile::V6_18 })
+            Ok(if release.starts_with("6.12") {
+                KernelProfile::V6_12
+            } else {
+                KernelProfile::V6_18
+            })
         }
-        other => Err(format!("unknown --profile `{other}` (expected 6.12, 6.18 or auto)")),
+        other => Err(format!(
+            "unknown --profile `{other}` (expected 6.12, 6.18 or auto)"
+        )),
     }
 }
 
 /// Picks the backend for a workload. `Err` is an exit-2 message.
-pub fn choose(arg: BackendArg, w: &Workload, profile: KernelProfile) -> Result<(Chosen, String), String> {
+pub fn choose(
+    arg: BackendArg,
+    w: &Workload,
+    profile: KernelProfile,
+) -> Result<(Chosen, String), String> {
     let needs_poison = !w.poison.is_empty();
     let model = || Chosen::Model(Arc::new(ModelHypervisor::new(profile)));
     match arg {

@@ -70,14 +70,24 @@ const SCENARIOS: &[Scenario] = &[
 ];
 
 fn kinds(r: &Report) -> Vec<Option<ErrorKind>> {
-    r.vcpus.iter().map(|v| v.error.as_ref().map(|e| e.kind)).collect()
+    r.vcpus
+        .iter()
+        .map(|v| v.error.as_ref().map(|e| e.kind))
+        .collect()
 }
 
 fn run_scenario(s: &Scenario, backend: BackendArg) -> Result<Report, String> {
     let w = workload::parse(s.file, s.text).map_err(|e| e.to_string())?;
     let profile = model_profile("auto")?;
     let (chosen, reason) = choose(backend, &w, profile)?;
-    execute(chosen, reason, &w, RunOptions { timeout: Some(std::time::Duration::from_secs(60)) })
+    execute(
+        chosen,
+        reason,
+        &w,
+        RunOptions {
+            timeout: Some(std::time::Duration::from_secs(60)),
+        },
+    )
 }
 
 fn summarize(r: &Report) {
@@ -103,7 +113,14 @@ pub fn main(backend: BackendArg) -> i32 {
                 print_report(&r, false);
                 summarize(&r);
                 let as_designed = kinds(&r) == s.expect;
-                println!("  => {}", if as_designed { "as designed" } else { "NOT as designed" });
+                println!(
+                    "  => {}",
+                    if as_designed {
+                        "as designed"
+                    } else {
+                        "NOT as designed"
+                    }
+                );
                 failures += usize::from(!as_designed);
             }
             Err(e) => {

@@ -23,17 +23,26 @@ pub struct RunArgs {
 }
 
 /// Runs a parsed workload on the chosen backend. `Err` is an exit-2 message.
-pub fn execute(chosen: Chosen, reason: String, w: &Workload, opts: RunOptions) -> Result<Report, String> {
+pub fn execute(
+    chosen: Chosen,
+    reason: String,
+    w: &Workload,
+    opts: RunOptions,
+) -> Result<Report, String> {
     let report = match chosen {
         Chosen::Kvm(hv) => run_on(hv, w, opts),
         Chosen::Model(hv) => run_on(hv, w, opts),
     }?;
-    Ok(Report { backend_reason: reason, ..report })
+    Ok(Report {
+        backend_reason: reason,
+        ..report
+    })
 }
 
 fn run_on<H: Hypervisor>(hv: Arc<H>, w: &Workload, opts: RunOptions) -> Result<Report, String> {
     let name = hv.name();
-    run_workload(hv, w, opts).map_err(|e| format!("the {name} backend can't run this workload: {}", chain(&e)))
+    run_workload(hv, w, opts)
+        .map_err(|e| format!("the {name} backend can't run this workload: {}", chain(&e)))
 }
 
 /// An error and its sources, joined.
@@ -52,7 +61,9 @@ fn timeout(t: Option<f64>) -> Result<Option<Duration>, String> {
     match t {
         None => Ok(None),
         Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(s) => Err(format!("--timeout {s}: must be a positive number of seconds")),
+        Some(s) => Err(format!(
+            "--timeout {s}: must be a positive number of seconds"
+        )),
     }
 }
 
@@ -71,7 +82,9 @@ pub fn main(a: &RunArgs) -> i32 {
 
 fn prepare_and_run(a: &RunArgs) -> Result<Report, String> {
     let w = workload::load(&a.file).map_err(|e| e.to_string())?;
-    let opts = RunOptions { timeout: timeout(a.timeout)? };
+    let opts = RunOptions {
+        timeout: timeout(a.timeout)?,
+    };
     let profile = model_profile(&a.profile)?;
     let (chosen, reason) = choose(a.backend, &w, profile)?;
     let backend = match chosen {

@@ -15,7 +15,10 @@ fn run_path(path: &str) -> (i32, String) {
         .args(["run", "--backend", "model", path])
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_rejected(text: &str, key: &str) {

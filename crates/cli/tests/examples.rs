@@ -24,13 +24,22 @@ fn parse_expect(text: &str) -> Expect {
         .lines()
         .find_map(|l| l.strip_prefix("# expect: "))
         .expect("example has an `# expect:` line");
-    let mut e = Expect { status: -1, kinds: vec![], kvm: false, implicit: None, memory_faults: None };
+    let mut e = Expect {
+        status: -1,
+        kinds: vec![],
+        kvm: false,
+        implicit: None,
+        memory_faults: None,
+    };
     for kv in line.split_whitespace() {
         let (k, v) = kv.split_once('=').expect("key=value");
         match k {
             "status" => e.status = v.parse().unwrap(),
             "kinds" => {
-                e.kinds = v.split(',').map(|s| (s != "-").then(|| s.to_string())).collect();
+                e.kinds = v
+                    .split(',')
+                    .map(|s| (s != "-").then(|| s.to_string()))
+                    .collect();
             }
             "backend" => e.kvm = v == "kvm",
             "implicit" => e.implicit = Some(v.parse().unwrap()),
@@ -67,20 +76,37 @@ fn check(file: &Path, backend: &str, e: &Expect) {
     assert_eq!(vcpus.len(), e.kinds.len(), "{name}: vcpu count");
     for (v, want) in vcpus.iter().zip(&e.kinds) {
         let got = v["error"]["kind"].as_str().map(str::to_string);
-        assert_eq!(&got, want, "{name}: vcpu {} error kind; report: {doc:#}", v["index"]);
+        assert_eq!(
+            &got, want,
+            "{name}: vcpu {} error kind; report: {doc:#}",
+            v["index"]
+        );
     }
     if let Some(n) = e.implicit {
-        assert_eq!(doc["conversions"]["implicit"], n, "{name}: implicit conversions");
+        assert_eq!(
+            doc["conversions"]["implicit"], n,
+            "{name}: implicit conversions"
+        );
     }
     if let Some(n) = e.memory_faults {
-        assert_eq!(vcpus[0]["exits"]["memory_fault"], n, "{name}: memory faults");
+        assert_eq!(
+            vcpus[0]["exits"]["memory_fault"], n,
+            "{name}: memory faults"
+        );
     }
 }
 
 fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     if !ok {
-        assert!(std::env::var("REQUIRE_KVM").as_deref() != Ok("1"), "REQUIRE_KVM=1 but /dev/kvm can't be opened");
+        assert!(
+            std::env::var("REQUIRE_KVM").as_deref() != Ok("1"),
+            "REQUIRE_KVM=1 but /dev/kvm can't be opened"
+        );
         eprintln!("SKIP: examples on kvm: /dev/kvm unavailable");
     }
     ok
