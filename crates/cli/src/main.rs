@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod backends;
+mod bench;
 mod caps;
 mod conformance;
 mod demo;
@@ -60,6 +61,8 @@ enum Cmd {
     /// The kernel-selftest conformance suite on every backend (or, with
     /// --differential, the model-vs-KVM differential test).
     Conformance(conformance::ConformanceArgs),
+    /// Benchmarks, each against a baseline measured in the same run.
+    Bench(bench::BenchArgs),
     /// The built-in showcase on the best backend.
     Demo {
         /// Backend (default: the best available for each scenario).
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Demo { backend } => demo::main(backend),
         Cmd::Conformance(args) => conformance::main(&args),
+        Cmd::Bench(args) => bench::main(&args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

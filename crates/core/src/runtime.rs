@@ -294,6 +294,17 @@ pub fn run_vcpu<H: Hypervisor>(
     policy: &Policy,
     stop: &AtomicBool,
 ) -> VcpuState {
+    run_vcpu_on(&mut vcpu, engine, policy, stop)
+}
+
+/// [`run_vcpu`] on a borrowed vCPU, which the caller keeps (e.g. to load
+/// another program and run it again, as `privmem bench` does).
+pub fn run_vcpu_on<H: Hypervisor>(
+    vcpu: &mut <H::Vm as Vm>::Vcpu,
+    engine: &Engine<H>,
+    policy: &Policy,
+    stop: &AtomicBool,
+) -> VcpuState {
     let mut st = VcpuState::new(vcpu.index());
     let mut retries = 0u32;
     while st.state == RunState::Running {
@@ -314,7 +325,7 @@ pub fn run_vcpu<H: Hypervisor>(
         };
         retries = 0;
         let decision = handle_exit(&mut st, policy, &exit);
-        act(&mut vcpu, &mut st, engine, decision);
+        act(vcpu, &mut st, engine, decision);
     }
     st
 }

@@ -61,6 +61,7 @@
 //! - `vmcall`/`vmmcall` never exit, so `map` uses the port-I/O transport.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod caps;
 pub mod guest;
 pub mod hypervisor;

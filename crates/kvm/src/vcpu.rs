@@ -161,6 +161,12 @@ impl KvmVcpu {
         })
     }
 
+    /// The vCPU fd and its `kvm_run` mapping, for [`crate::bench`]'s bare
+    /// `KVM_RUN` loop.
+    pub(crate) fn raw_parts(&self) -> (std::os::fd::BorrowedFd<'_>, &Mmap) {
+        (fd_of(&self.fd), &self.run)
+    }
+
     /// GPA and size of this vCPU's runtime area, once a program is loaded.
     pub fn runtime_area(&self) -> Option<(u64, u64)> {
         self.area.as_ref().map(|a| (a.layout.base, a.layout.size))
@@ -205,9 +211,15 @@ impl KvmVcpu {
 
     /// Copies `kvm_run` bytes 8..288 (header after `immediate_exit`, plus the
     /// exit union) and, for `out` exits, the data bytes at `data_offset`.
+    ///
+    /// The data bytes are stored right after the header and the snapshot's
+    /// `data_offset` is rewritten to point there, so the snapshot stays 292
+    /// bytes at most instead of growing to `data_offset + size` (usually one
+    /// page past `kvm_run`) and being zero-filled on every I/O exit.
     fn snapshot(&mut self) {
         let len = self.run.len() as usize;
-        self.buf.clear();
+        // Bytes 0..8 stay zero; 8..288 are overwritten below.
+        self.buf.truncate(RUN_HEADER_LEN);
         self.buf.resize(RUN_HEADER_LEN, 0);
         // SAFETY: bytes 8..288 are inside the mapping and only written by the
         // kernel during KVM_RUN on this thread, which has returned.
@@ -229,16 +241,19 @@ impl KvmVcpu {
         if off < RUN_HEADER_LEN || off.checked_add(size).is_none_or(|e| e > len) {
             return;
         }
-        self.buf.resize(off + size, 0);
+        self.buf.resize(RUN_HEADER_LEN + size, 0);
         // SAFETY: `[off, off+size)` was bounds-checked against the mapping
-        // length above; the kernel wrote it before KVM_RUN returned.
+        // length above; the kernel wrote it before KVM_RUN returned. The
+        // destination is the `size` bytes just added after the header.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.run.as_ptr().add(off),
-                self.buf.as_mut_ptr().add(off),
+                self.buf.as_mut_ptr().add(RUN_HEADER_LEN),
                 size,
             );
         }
+        // `io.data_offset` (union offset 8) now names the copy.
+        self.buf[40..48].copy_from_slice(&(RUN_HEADER_LEN as u64).to_ne_bytes());
     }
 
     /// Applies a completed port-I/O hypercall's return value to RAX.
@@ -254,6 +269,11 @@ impl KvmVcpu {
     /// `None` when the guest was resumed without an exit (emulated
     /// synchronous hypercall error).
     fn protocol(&mut self, io: IoExit) -> Result<Option<Exit>, BackendError> {
+        if io.port == ports::SYNC && io.size == 4 {
+            // A 32-bit tag travels as the port data: no register read.
+            let tag = u64::from(io.data);
+            return Ok(Some(Exit::Report(GuestReport::Sync { tag })));
+        }
         let r = self.get_regs()?;
         let report = match io.port {
             ports::SYNC => GuestReport::Sync { tag: r.rbx },

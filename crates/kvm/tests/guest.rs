@@ -233,6 +233,25 @@ fn guest_sync_reports_tag() {
 }
 
 #[test]
+fn guest_sync_tags_at_the_32_bit_boundary_are_exact() {
+    let Some(hv) = kvm_or_skip("guest_sync_tags_at_the_32_bit_boundary_are_exact") else {
+        return;
+    };
+    let g = gmem_guest(&hv, 2 * MIB);
+    // u32::MAX travels as port data; u32::MAX + 1 through RBX.
+    let tags = [0, u64::from(u32::MAX), u64::from(u32::MAX) + 1];
+    let mut ops: Vec<GuestOp> = tags.iter().map(|&tag| GuestOp::Sync { tag }).collect();
+    ops.push(GuestOp::Halt);
+    let mut vcpu = vcpu_with(&g.vm, 0, &ops);
+
+    let want: Vec<Exit> = tags
+        .iter()
+        .map(|&tag| Exit::Report(GuestReport::Sync { tag }))
+        .collect();
+    assert_eq!(run_to_hlt(&mut vcpu), want);
+}
+
+#[test]
 fn guest_access_without_memslot_is_mmio_exit() {
     let Some(hv) = kvm_or_skip("guest_access_without_memslot_is_mmio_exit") else {
         return;

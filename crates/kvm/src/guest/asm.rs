@@ -189,6 +189,11 @@ impl Asm {
         self.emit(&[0xe6, port]);
     }
 
+    /// `out imm8, eax` (a 4-byte write of EAX to the port).
+    pub fn out_eax(&mut self, port: u8) {
+        self.emit(&[0xe7, port]);
+    }
+
     /// `hlt`.
     pub fn hlt(&mut self) {
         self.emit(&[0xf4]);
@@ -267,6 +272,7 @@ mod tests {
         assert_eq!(one(|a| a.dec(Reg::Rcx)), [0x48, 0xff, 0xc9]);
         assert_eq!(one(|a| a.dec(Reg::Rsi)), [0x48, 0xff, 0xce]);
         assert_eq!(one(|a| a.out_al(0xd0)), [0xe6, 0xd0]);
+        assert_eq!(one(|a| a.out_eax(0xd0)), [0xe7, 0xd0]);
         assert_eq!(one(Asm::hlt), [0xf4]);
         assert_eq!(one(Asm::vmcall), [0x0f, 0x01, 0xc1]);
         assert_eq!(one(Asm::vmmcall), [0x0f, 0x01, 0xd9]);

@@ -1,12 +1,15 @@
 //! Compiles [`GuestOp`]s to x86-64 code (long mode, identity-mapped).
 //!
-//! Guest→host protocol: every report is an `out imm8, al` to one of privmem's
+//! Guest→host protocol: every report is an `out` to one of privmem's
 //! [`ports`]; the values travel in registers, which the backend reads with
-//! `KVM_GET_REGS` on the I/O exit.
+//! `KVM_GET_REGS` on the I/O exit, except a `sync` whose tag fits in 32 bits:
+//! that one is a 4-byte `out imm8, eax` and the tag is the port data itself,
+//! so the exit costs no `KVM_GET_REGS` (a sync is a progress report; its
+//! round trip is what `privmem bench exit` measures).
 //!
 //! | port | report | registers |
 //! |---|---|---|
-//! | `0xd0` | `Sync { tag }` | RBX = tag |
+//! | `0xd0` | `Sync { tag }` | 4-byte out: EAX = tag (tag < 2^32); 1-byte out: RBX = tag |
 //! | `0xd1` | `CheckPassed` | – |
 //! | `0xd2` | `CheckFailed { gpa, seen, expected }` | RDI = gpa, DL = seen, AL = expected |
 //! | `0xd3` | `RetMismatch { gpa, ret, expected }` | RBX = gpa, RAX = ret, RCX = expected |
@@ -89,10 +92,7 @@ pub fn compile(ops: &[GuestOp], transport: Transport) -> Result<Vec<u8>, AsmErro
                 attrs,
                 expect_ret,
             } => map(&mut a, &stubs, transport, [gpa, pages, attrs], expect_ret),
-            GuestOp::Sync { tag } => {
-                a.mov_imm(Reg::Rbx, tag);
-                a.out_al(port8(ports::SYNC));
-            }
+            GuestOp::Sync { tag } => sync(&mut a, tag),
             GuestOp::Halt => a.hlt(),
             GuestOp::Spin => {
                 let here = a.label();
@@ -109,6 +109,18 @@ pub fn compile(ops: &[GuestOp], transport: Transport) -> Result<Vec<u8>, AsmErro
     a.out_al(port8(ports::RET_MISMATCH));
     halt_forever(&mut a);
     a.finish()
+}
+
+/// `Sync { tag }`: the tag as 4-byte port data when it fits (no register
+/// read on the host), else in RBX with a 1-byte `out`.
+fn sync(a: &mut Asm, tag: u64) {
+    if u32::try_from(tag).is_ok() {
+        a.mov_imm(Reg::Rax, tag);
+        a.out_eax(port8(ports::SYNC));
+    } else {
+        a.mov_imm(Reg::Rbx, tag);
+        a.out_al(port8(ports::SYNC));
+    }
 }
 
 fn halt_forever(a: &mut Asm) {
@@ -233,6 +245,23 @@ mod tests {
         let mut want = vec![0xbf, 0, 0x10, 0, 0, 0x48, 0xb8];
         want.extend_from_slice(&[0xab; 8]);
         want.extend_from_slice(&[0xb9, 2, 0, 0, 0, 0xf3, 0x48, 0xab]);
+        assert_eq!(&code[..want.len()], &want[..]);
+    }
+
+    #[test]
+    fn compile_sync_small_tag_is_port_data() {
+        let code = compile(&[GuestOp::Sync { tag: 7 }], Transport::PortIo).unwrap();
+        // mov eax, 7; out 0xd0, eax
+        assert_eq!(&code[..7], &[0xb8, 7, 0, 0, 0, 0xe7, 0xd0]);
+    }
+
+    #[test]
+    fn compile_sync_large_tag_uses_rbx() {
+        let code = compile(&[GuestOp::Sync { tag: 1 << 40 }], Transport::PortIo).unwrap();
+        // movabs rbx, 1 << 40; out 0xd0, al
+        let mut want = vec![0x48, 0xbb];
+        want.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        want.extend_from_slice(&[0xe6, 0xd0]);
         assert_eq!(&code[..want.len()], &want[..]);
     }
 

@@ -1,0 +1,495 @@
+//! `privmem bench [NAME...] [--json] [--quick]`: every figure is a ratio
+//! against a baseline measured in the same run.
+//!
+//! These machines are shared and noisy, so each benchmark runs its baseline
+//! and privmem **alternately** (baseline first in even rounds, privmem first
+//! in odd ones), for several rounds, and reports the median of each side, the
+//! spread ((max - min) / median) and the ratio. The ratio is the median of the
+//! per-round ratios: both sides of a round ran back to back under the same
+//! load, so the paired ratio is steadier than a ratio of medians.
+//!
+//! | bench | module |
+//! |---|---|
+//! | `exit` | [`exit`] |
+//! | `fault` | [`fault`] |
+//! | `convert` | [`convert`] |
+//! | `attrmap` | [`attrmap`] |
+//! | `access` | [`access`] |
+//! | `scale` | [`scale`] |
+//! | `parallel` | [`parallel`] |
+
+mod access;
+mod attrmap;
+mod convert;
+mod exit;
+mod fault;
+mod parallel;
+mod scale;
+mod util;
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Counts heap bytes per thread (for the `attrmap` memory figure); plain
+/// `System` allocation otherwise.
+#[global_allocator]
+static ALLOC: privmem_kvm::bench::CountingAlloc = privmem_kvm::bench::CountingAlloc;
+
+/// The benchmarks, in run order.
+pub const ALL: [&str; 7] = [
+    "exit", "fault", "convert", "attrmap", "access", "scale", "parallel",
+];
+
+/// `privmem bench` arguments.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Benchmarks to run (default: all): exit, fault, convert, attrmap,
+    /// access, scale, parallel.
+    pub names: Vec<String>,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Small sizes and few rounds: all seven in under a minute (CI smoke).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// What a row's target compares.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// `ratio <= x`.
+    RatioAtMost(f64),
+    /// `ratio >= x`.
+    RatioAtLeast(f64),
+    /// `ratio < x` (strictly faster than the baseline: x = 1).
+    RatioBelow(f64),
+    /// The privmem figure itself `>= x` (an absolute target).
+    PrivmemAtLeast(f64),
+    /// The privmem figure itself `<= x` (an absolute target).
+    PrivmemAtMost(f64),
+}
+
+impl Target {
+    fn text(self, unit: &str) -> String {
+        match self {
+            Target::RatioAtMost(x) => format!("<= {x}"),
+            Target::RatioAtLeast(x) => format!(">= {x}"),
+            Target::RatioBelow(x) => format!("< {x}"),
+            Target::PrivmemAtLeast(x) => format!(">= {x} {unit}"),
+            Target::PrivmemAtMost(x) => format!("<= {x} {unit}"),
+        }
+    }
+
+    fn met(self, privmem: f64, ratio: f64) -> bool {
+        match self {
+            Target::RatioAtMost(x) => ratio <= x,
+            Target::RatioAtLeast(x) => ratio >= x,
+            Target::RatioBelow(x) => ratio < x,
+            Target::PrivmemAtLeast(x) => privmem >= x,
+            Target::PrivmemAtMost(x) => privmem <= x,
+        }
+    }
+}
+
+/// One result line (workload.md "`privmem bench --json`").
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    /// `bench` or `bench/variant`.
+    pub name: String,
+    /// Unit of `baseline` and `privmem`.
+    pub unit: &'static str,
+    /// Median of the baseline.
+    pub baseline: f64,
+    /// Median of privmem.
+    pub privmem: f64,
+    /// Median of the per-round ratios (privmem / baseline, or
+    /// privmem's throughput / the baseline's for `parallel`).
+    pub ratio: f64,
+    /// The target, as text.
+    pub target: String,
+    /// Whether the target is met.
+    pub met: bool,
+    /// What the baseline is.
+    pub baseline_is: String,
+    /// Rounds measured.
+    pub rounds: usize,
+    /// (max - min) / median of the baseline samples.
+    pub baseline_spread: f64,
+    /// (max - min) / median of the privmem samples.
+    pub privmem_spread: f64,
+    /// Further figures measured in the same rounds (e.g. a second baseline).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub context: BTreeMap<String, f64>,
+    /// Anything a reader needs to interpret the figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Paired samples of the two sides.
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    /// Baseline, one per round.
+    pub base: Vec<f64>,
+    /// privmem, one per round.
+    pub privmem: Vec<f64>,
+}
+
+/// The median of `v` (mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// (max - min) / median.
+pub fn spread(v: &[f64]) -> f64 {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    let m = median(v);
+    if m == 0.0 || v.is_empty() {
+        0.0
+    } else {
+        (hi - lo) / m
+    }
+}
+
+/// Which side a round step measures.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Side {
+    /// The baseline.
+    Baseline,
+    /// privmem.
+    Privmem,
+}
+
+/// Builder for a [`Row`] from samples.
+pub struct RowSpec<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Unit.
+    pub unit: &'static str,
+    /// Target.
+    pub target: Target,
+    /// What the baseline is.
+    pub baseline_is: &'a str,
+    /// Anything a reader needs to interpret the figures.
+    pub note: Option<String>,
+}
+
+impl RowSpec<'_> {
+    /// The row for `s`; `ratio` = median of per-round privmem / baseline.
+    pub fn row(self, s: &Samples) -> Row {
+        let ratios: Vec<f64> = s
+            .base
+            .iter()
+            .zip(&s.privmem)
+            .map(|(&b, &p)| p / b)
+            .collect();
+        self.row_with_ratio(s, median(&ratios))
+    }
+
+    /// The row for `s` with an explicitly computed ratio.
+    pub fn row_with_ratio(self, s: &Samples, ratio: f64) -> Row {
+        let privmem = median(&s.privmem);
+        Row {
+            name: self.name.to_string(),
+            unit: self.unit,
+            baseline: median(&s.base),
+            privmem,
+            ratio,
+            target: self.target.text(self.unit),
+            met: self.target.met(privmem, ratio),
+            baseline_is: self.baseline_is.to_string(),
+            rounds: s.base.len().min(s.privmem.len()),
+            baseline_spread: spread(&s.base),
+            privmem_spread: spread(&s.privmem),
+            context: BTreeMap::new(),
+            note: self.note,
+        }
+    }
+}
+
+/// Run-wide settings and the progress line.
+pub struct Ctx {
+    /// `--quick`.
+    pub quick: bool,
+    progress: Progress,
+}
+
+impl Ctx {
+    /// Rounds per benchmark: 7 normally, 3 with `--quick`.
+    pub fn rounds(&self) -> usize {
+        if self.quick {
+            3
+        } else {
+            7
+        }
+    }
+
+    /// Shows what is being measured now.
+    pub fn status(&mut self, what: &str) {
+        self.progress.status(what);
+    }
+
+    /// Runs `f(side)` for `rounds` rounds, alternating which side goes
+    /// first, after one unmeasured warm-up of each side. `f` returns the
+    /// figure for that side and round.
+    pub fn alternate(
+        &mut self,
+        label: &str,
+        rounds: usize,
+        mut f: impl FnMut(Side) -> anyhow::Result<f64>,
+    ) -> anyhow::Result<Samples> {
+        self.status(&format!("{label}: warm-up"));
+        f(Side::Baseline)?;
+        f(Side::Privmem)?;
+        let mut s = Samples::default();
+        for r in 0..rounds {
+            self.status(&format!("{label}: round {}/{rounds}", r + 1));
+            let order = if r % 2 == 0 {
+                [Side::Baseline, Side::Privmem]
+            } else {
+                [Side::Privmem, Side::Baseline]
+            };
+            for side in order {
+                let v = f(side)?;
+                match side {
+                    Side::Baseline => s.base.push(v),
+                    Side::Privmem => s.privmem.push(v),
+                }
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// The progress indicator on stderr: a redrawn status line on a terminal,
+/// one line per benchmark otherwise.
+struct Progress {
+    tty: bool,
+    index: usize,
+    total: usize,
+    name: String,
+    start: Instant,
+    bench_start: Instant,
+}
+
+impl Progress {
+    fn begin(&mut self, index: usize, name: &str) {
+        self.index = index;
+        self.name = name.to_string();
+        self.bench_start = Instant::now();
+        if !self.tty {
+            eprintln!("bench [{}/{}] {name} ...", index + 1, self.total);
+        }
+        self.status("starting");
+    }
+
+    fn status(&mut self, what: &str) {
+        if !self.tty {
+            return;
+        }
+        let done = self.index as f64 / self.total.max(1) as f64;
+        let width = 20usize;
+        let filled = ((done * width as f64) as usize).min(width);
+        let bar: String = "#".repeat(filled) + &"-".repeat(width - filled);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[K[{bar}] {}/{} {} | {what} | {:.1}s",
+            self.index + 1,
+            self.total,
+            self.name,
+            self.start.elapsed().as_secs_f64()
+        );
+        let _ = err.flush();
+    }
+
+    fn end(&mut self, outcome: &str) {
+        let secs = self.bench_start.elapsed().as_secs_f64();
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+        eprintln!("bench {}: {outcome} in {secs:.1} s", self.name);
+    }
+}
+
+/// One line describing the machine: CPUs, CPU model, kernel, KVM flavour.
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string());
+    let kvm = if privmem_kvm::caps::pvm_host() {
+        ", /dev/kvm: PVM (software virtualization)"
+    } else {
+        ""
+    };
+    format!("{cpus} CPUs ({model}), Linux {kernel}{kvm}")
+}
+
+#[derive(Serialize)]
+struct Doc<'a> {
+    machine: String,
+    quick: bool,
+    benches: &'a [Row],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<BenchError>,
+}
+
+#[derive(Serialize)]
+struct BenchError {
+    name: String,
+    error: String,
+}
+
+/// Runs one benchmark by name.
+fn run_one(name: &str, ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+    match name {
+        "exit" => exit::run(ctx),
+        "fault" => fault::run(ctx),
+        "convert" => convert::run(ctx),
+        "attrmap" => attrmap::run(ctx),
+        "access" => access::run(ctx),
+        "scale" => scale::run(ctx),
+        "parallel" => parallel::run(ctx),
+        other => anyhow::bail!("unknown benchmark `{other}`"),
+    }
+}
+
+/// The `bench` command. Exit status 0, or 2 for an unknown name.
+pub fn main(args: &BenchArgs) -> i32 {
+    let names: Vec<&str> = if args.names.is_empty() {
+        ALL.to_vec()
+    } else {
+        args.names.iter().map(String::as_str).collect()
+    };
+    if let Some(bad) = names.iter().find(|n| !ALL.contains(n)) {
+        eprintln!(
+            "privmem bench: unknown benchmark `{bad}` (expected one of: {})",
+            ALL.join(", ")
+        );
+        return 2;
+    }
+    let now = Instant::now();
+    let mut ctx = Ctx {
+        quick: args.quick,
+        progress: Progress {
+            tty: std::io::stderr().is_terminal(),
+            index: 0,
+            total: names.len(),
+            name: String::new(),
+            start: now,
+            bench_start: now,
+        },
+    };
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        ctx.progress.begin(i, name);
+        match run_one(name, &mut ctx) {
+            Ok(r) => {
+                let met = r.iter().filter(|r| r.met).count();
+                ctx.progress.end(&format!("{met}/{} targets met", r.len()));
+                rows.extend(r);
+            }
+            Err(e) => {
+                ctx.progress.end(&format!("failed: {e:#}"));
+                errors.push(BenchError {
+                    name: name.to_string(),
+                    error: format!("{e:#}"),
+                });
+            }
+        }
+    }
+    let machine = machine();
+    if args.json {
+        let doc = Doc {
+            machine,
+            quick: args.quick,
+            benches: &rows,
+            errors,
+        };
+        match serde_json::to_string_pretty(&doc) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("privmem bench: {e}"),
+        }
+    } else {
+        print_table(&machine, &rows, &errors);
+    }
+    0
+}
+
+fn fmt_num(x: f64) -> String {
+    let a = x.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 1000.0 {
+        format!("{x:.0}")
+    } else if a >= 100.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+fn print_table(machine: &str, rows: &[Row], errors: &[BenchError]) {
+    println!("machine: {machine}");
+    println!(
+        "{:<26} {:>9} {:>11} {:>11} {:>7} {:>13} {:>14} {:>4}",
+        "name", "unit", "baseline", "privmem", "ratio", "spread b/p", "target", "met"
+    );
+    for r in rows {
+        println!(
+            "{:<26} {:>9} {:>11} {:>11} {:>7.3} {:>13} {:>14} {:>4}",
+            r.name,
+            r.unit,
+            fmt_num(r.baseline),
+            fmt_num(r.privmem),
+            r.ratio,
+            format!(
+                "{:.0}%/{:.0}%",
+                r.baseline_spread * 100.0,
+                r.privmem_spread * 100.0
+            ),
+            r.target,
+            if r.met { "yes" } else { "NO" }
+        );
+    }
+    println!();
+    for r in rows {
+        let mut line = format!("{}: baseline = {}", r.name, r.baseline_is);
+        for (k, v) in &r.context {
+            line.push_str(&format!("; {k} = {}", fmt_num(*v)));
+        }
+        if let Some(n) = &r.note {
+            line.push_str(&format!("; {n}"));
+        }
+        println!("  {line}");
+    }
+    for e in errors {
+        println!("{}: FAILED: {}", e.name, e.error);
+    }
+}

@@ -1,0 +1,89 @@
+//! `parallel`: two vCPUs converting disjoint ranges concurrently, against
+//! one vCPU doing the same total work.
+//!
+//! A model `sw-protected` VM with two guest_memfd slots (each its own
+//! guest_memfd and shared memfd, as a VMM gives each RAM region its own),
+//! initially private, discard on. The work per slot: every page converted
+//! private→shared, then every page back, one 4 KiB `MAP_GPA_RANGE` per
+//! page (an exit, the engine with both discards, a re-entry). privmem: vCPU
+//! 0 works on slot 0 while vCPU 1 works on slot 1, each on its own thread
+//! (`Machine::run`). Baseline: one vCPU does slot 0 then slot 1. The figure
+//! is throughput; the ratio is the speedup.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use privmem_core::exit::MAP_GPA_RANGE_ENCRYPTED;
+use privmem_core::handle::RunState;
+use privmem_core::runtime::{Machine, RunOptions};
+use privmem_core::{GuestOp, VmType, PAGE_SIZE};
+use privmem_model::{KernelProfile, ModelHypervisor};
+
+use super::util::{size_name, slot, timed, workload, MIB};
+use super::{Ctx, Row, RowSpec, Side, Target};
+
+fn program(base: u64, size: u64) -> Vec<GuestOp> {
+    let mut ops = Vec::new();
+    for attrs in [0, MAP_GPA_RANGE_ENCRYPTED] {
+        for gpa in (base..base + size).step_by(PAGE_SIZE as usize) {
+            ops.push(GuestOp::Map {
+                gpa,
+                pages: 1,
+                attrs,
+                expect_ret: Some(0),
+            });
+        }
+    }
+    ops
+}
+
+/// Runs the benchmark.
+pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+    let size = if ctx.quick { 8 * MIB } else { 32 * MIB };
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let slots = vec![slot(0, size), slot(size, size)];
+    let (a, b) = (program(0, size), program(size, size));
+    let halt = [GuestOp::Halt];
+    let two = workload(
+        VmType::SwProtected,
+        true,
+        slots.clone(),
+        vec![
+            [a.as_slice(), &halt].concat(),
+            [b.as_slice(), &halt].concat(),
+        ],
+    );
+    let one = workload(
+        VmType::SwProtected,
+        true,
+        slots,
+        vec![[a.as_slice(), &b, &halt].concat()],
+    );
+    let conversions = (a.len() + b.len()) as f64;
+    let rounds = ctx.rounds();
+    let s = ctx.alternate("parallel", rounds, |side| {
+        let w = match side {
+            Side::Baseline => &one,
+            Side::Privmem => &two,
+        };
+        let m = Machine::new(hv.clone(), w).context("model setup")?;
+        let (t, states) = timed(|| m.run(RunOptions::default()));
+        let exits: u64 = states.iter().map(|s| s.exits.hypercall).sum();
+        if states.iter().any(|s| s.state != RunState::Halted) || exits as f64 != conversions {
+            bail!("a vCPU did not finish its conversions: {states:?}");
+        }
+        Ok(conversions / t / 1e3)
+    })?;
+    Ok(vec![RowSpec {
+        name: "parallel",
+        unit: "kconv/s",
+        target: Target::RatioAtLeast(1.6),
+        baseline_is: "one vCPU doing both slots' conversions",
+        note: Some(format!(
+            "model, sw-protected VM, 2 slots of {}: {} 4 KiB conversions in total; ratio = speedup",
+            size_name(size),
+            conversions
+        )),
+    }
+    .row(&s)])
+}

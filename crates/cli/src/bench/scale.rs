@@ -1,0 +1,181 @@
+//! `scale`: setup time and RSS of 1 GiB, 64 GiB and 1 TiB guests (sparse
+//! guest_memfd).
+//!
+//! - Model: `Machine::new` of a `sw-protected` VM (one guest_memfd slot,
+//!   initially private, its shared memfd, one vCPU). Baseline: the same
+//!   setup at 1 GiB, measured in the same rounds; target: 64 GiB and 1 TiB
+//!   within 2x of it, in time and in RSS.
+//! - KVM: privmem's setup of a `default` VM with one `MMAP|INIT_SHARED`
+//!   guest_memfd slot of that size (`Machine::new`: capability checks,
+//!   `KVM_CREATE_VM`, `KVM_ENABLE_CAP`, `KVM_CREATE_GUEST_MEMFD`, the
+//!   memslot, the engine; no vCPU) against the kernel's own ioctls for the
+//!   same setup timed alone (`KVM_CREATE_VM`, `KVM_CREATE_GUEST_MEMFD`, and
+//!   `KVM_SET_USER_MEMORY_REGION2`, plus the same gmem mmap privmem passes
+//!   as `userspace_addr` on hosts that need it). Binding a slot is linear in
+//!   its size in the kernel, so the figure at 1 TiB is mostly the kernel's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use privmem_core::runtime::Machine;
+use privmem_core::{GuestOp, VmType};
+use privmem_kvm::bench::{bare_gmem_vm, DevKvm};
+use privmem_kvm::KvmHypervisor;
+use privmem_model::{KernelProfile, ModelHypervisor};
+
+use super::util::{rss_kib, size_name, slot, timed, workload, GIB, TIB};
+use super::{median, Ctx, Row, RowSpec, Samples, Side, Target};
+
+/// Runs the benchmark.
+pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+    let mut rows = model(ctx)?;
+    rows.extend(kvm(ctx)?);
+    Ok(rows)
+}
+
+struct SetupFigure {
+    ms: f64,
+    rss_after_kib: f64,
+    rss_growth_kib: f64,
+}
+
+fn model_setup(hv: &Arc<ModelHypervisor>, size: u64) -> anyhow::Result<SetupFigure> {
+    let w = workload(
+        VmType::SwProtected,
+        true,
+        vec![slot(0, size)],
+        vec![vec![GuestOp::Halt]],
+    );
+    let before = rss_kib();
+    let (t, m) = timed(|| Machine::new(hv.clone(), &w));
+    let m = m.with_context(|| format!("model setup of {}", size_name(size)))?;
+    let after = rss_kib();
+    drop(m);
+    Ok(SetupFigure {
+        ms: t * 1e3,
+        rss_after_kib: after as f64,
+        rss_growth_kib: after.saturating_sub(before) as f64,
+    })
+}
+
+fn model(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+    let sizes = [GIB, 64 * GIB, TIB];
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let rounds = ctx.rounds() * 3;
+    let mut figs: [Vec<SetupFigure>; 3] = Default::default();
+    ctx.status("scale/model: warm-up");
+    for &s in &sizes {
+        model_setup(&hv, s)?;
+    }
+    for r in 0..rounds {
+        ctx.status(&format!("scale/model: round {}/{rounds}", r + 1));
+        for i in 0..3 {
+            let k = (r + i) % 3;
+            figs[k].push(model_setup(&hv, sizes[k])?);
+        }
+    }
+    let col = |k: usize, f: fn(&SetupFigure) -> f64| figs[k].iter().map(f).collect::<Vec<f64>>();
+    let mut rows = Vec::new();
+    for (k, &size) in sizes.iter().enumerate().skip(1) {
+        let name = size_name(size);
+        let t = Samples {
+            base: col(0, |f| f.ms),
+            privmem: col(k, |f| f.ms),
+        };
+        rows.push(
+            RowSpec {
+                name: &format!("scale/model-setup/{name}"),
+                unit: "ms",
+                target: Target::RatioAtMost(2.0),
+                baseline_is: "the same model setup at 1 GiB",
+                note: Some(
+                    "model sw-protected VM: guest_memfd + shared memfd + slot + initial private + 1 vCPU"
+                        .into(),
+                ),
+            }
+            .row(&t),
+        );
+        let rss = Samples {
+            base: col(0, |f| f.rss_after_kib),
+            privmem: col(k, |f| f.rss_after_kib),
+        };
+        let mut row = RowSpec {
+            name: &format!("scale/model-rss/{name}"),
+            unit: "KiB",
+            target: Target::RatioAtMost(2.0),
+            baseline_is: "process RSS after the same setup at 1 GiB",
+            note: Some(format!(
+                "process VmRSS with the machine alive; setup itself grew RSS by {} KiB at 1 GiB and {} KiB at {name} (medians)",
+                median(&col(0, |f| f.rss_growth_kib)),
+                median(&col(k, |f| f.rss_growth_kib))
+            )),
+        }
+        .row(&rss);
+        row.context = BTreeMap::from([
+            (
+                "baseline_rss_growth_kib".to_string(),
+                median(&col(0, |f| f.rss_growth_kib)),
+            ),
+            (
+                "privmem_rss_growth_kib".to_string(),
+                median(&col(k, |f| f.rss_growth_kib)),
+            ),
+        ]);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn kvm(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+    let sizes: &[u64] = if ctx.quick {
+        &[GIB, 64 * GIB]
+    } else {
+        &[GIB, 64 * GIB, TIB]
+    };
+    let hv = Arc::new(KvmHypervisor::open().context("the KVM scale benchmark needs /dev/kvm")?);
+    let dev = DevKvm::open()?;
+    let map_hva = privmem_kvm::caps::gmem_slots_need_hva();
+    let mut rows = Vec::new();
+    for &size in sizes {
+        let name = size_name(size);
+        let label = format!("scale/kvm-setup/{name}");
+        let w = workload(VmType::Default, false, vec![slot(0, size)], Vec::new());
+        let rounds = if size >= TIB { 3 } else { ctx.rounds() };
+        let mut growth = Vec::new();
+        let s = ctx.alternate(&label, rounds, |side| match side {
+            Side::Baseline => {
+                let (t, vm) = timed(|| bare_gmem_vm(&dev, size, map_hva));
+                drop(vm?);
+                Ok(t * 1e3)
+            }
+            Side::Privmem => {
+                let before = rss_kib();
+                let (t, m) = timed(|| Machine::new(hv.clone(), &w));
+                let m = m.context("KVM setup")?;
+                growth.push(rss_kib().saturating_sub(before) as f64);
+                drop(m);
+                Ok(t * 1e3)
+            }
+        })?;
+        let mut row = RowSpec {
+            name: &label,
+            unit: "ms",
+            target: Target::RatioAtMost(1.1),
+            baseline_is:
+                "KVM_CREATE_VM + KVM_CREATE_GUEST_MEMFD + KVM_SET_USER_MEMORY_REGION2 alone",
+            note: Some(format!(
+                "default VM, one MMAP|INIT_SHARED guest_memfd slot of {name}, no vCPU{}",
+                if map_hva {
+                    "; both sides mmap the gmem for userspace_addr (PVM)"
+                } else {
+                    ""
+                }
+            )),
+        }
+        .row(&s);
+        row.context = BTreeMap::from([("privmem_rss_growth_kib".to_string(), median(&growth))]);
+        rows.push(row);
+    }
+    Ok(rows)
+}
