@@ -95,13 +95,45 @@ impl AttrMap {
             .sum()
     }
 
-    /// True if every page of `range` has attribute `private`.
+    /// True if every page of `range` has attribute `private`. O(log n).
     pub fn is_uniform(&self, range: GpaRange, private: bool) -> bool {
-        let pages = self.private_pages_in(range);
+        let (start, end) = gfn_span(range);
+        let covering = self
+            .ranges
+            .range(..=start)
+            .next_back()
+            .filter(|(_, &e)| e > start)
+            .map(|(_, &e)| e);
         if private {
-            pages == range.pages()
+            // Canonical ranges never touch: one stored range must cover it.
+            covering.is_some_and(|e| e >= end)
         } else {
-            pages == 0
+            covering.is_none() && self.ranges.range(start..end).next().is_none()
+        }
+    }
+
+    /// The maximal same-attribute run that starts at `range`'s first page,
+    /// clipped to `range` (rounded out to pages): the first element of
+    /// [`AttrMap::runs`] without building the rest. O(log n).
+    pub fn first_run(&self, range: GpaRange) -> Run {
+        let (start, end) = gfn_span(range);
+        if let Some((_, &e)) = self.ranges.range(..=start).next_back() {
+            if e > start {
+                return Run {
+                    range: gfn_range(start, e.min(end)),
+                    private: true,
+                };
+            }
+        }
+        // A range starting at `start` would have been found above.
+        let next = self
+            .ranges
+            .range(start..end)
+            .next()
+            .map_or(end, |(&s, _)| s);
+        Run {
+            range: gfn_range(start, next),
+            private: false,
         }
     }
 
@@ -121,86 +153,103 @@ impl AttrMap {
     }
 
     /// Sets `range` (rounded out to pages) to `private`. Returns the number of
-    /// pages whose attribute changed.
+    /// pages whose attribute changed. O(log n + k), no allocation beyond the
+    /// map's own nodes.
     pub fn set(&mut self, range: GpaRange, private: bool) -> u64 {
         let (start, end) = gfn_span(range);
-        let before = self.private_pages_in(range);
-        if private {
-            self.insert_private(start, end);
+        let changed = if private {
+            self.insert_private(start, end)
         } else {
-            self.remove_private(start, end);
-        }
+            self.remove_private(start, end)
+        };
         self.debug_check_local(start, end);
-        if private {
-            (end - start) - before
-        } else {
-            before
-        }
+        changed
     }
 
-    fn insert_private(&mut self, start: u64, end: u64) {
-        let mut new_start = start;
+    /// Makes `[start, end)` private, merging every range it overlaps or
+    /// touches. Returns the pages that were shared before.
+    fn insert_private(&mut self, start: u64, end: u64) -> u64 {
+        // Private pages of [start, end) before the change.
+        let mut covered = 0;
         let mut new_end = end;
-        // A range ending at or after `start` that begins before it merges in
-        // (touching counts: invariant 3).
-        if let Some((&s, &e)) = self.ranges.range(..start).next_back() {
-            if e >= start {
-                new_start = s;
-                new_end = new_end.max(e);
-                self.ranges.remove(&s);
-            }
-        }
-        let absorbed: Vec<(u64, u64)> = self
-            .ranges
-            .range(start..=end)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in absorbed {
+        // Ranges beginning inside [start, end] (touching at `end` counts:
+        // invariant 3) are absorbed.
+        while let Some((&s, &e)) = self.ranges.range(start..=end).next() {
+            covered += e.min(end) - s;
             new_end = new_end.max(e);
             self.ranges.remove(&s);
         }
-        self.ranges.insert(new_start, new_end);
-    }
-
-    fn remove_private(&mut self, start: u64, end: u64) {
-        let hit: Vec<(u64, u64)> = self.overlapping(start, end).collect();
-        for (s, e) in hit {
-            self.ranges.remove(&s);
-            if s < start {
-                self.ranges.insert(s, start);
-            }
-            if e > end {
-                self.ranges.insert(end, e);
+        // A range beginning before `start` that reaches it is extended in
+        // place. Ranges never touch, so it ends before any absorbed one.
+        if let Some((_, e)) = self.ranges.range_mut(..start).next_back() {
+            if *e >= start {
+                covered += (*e).min(end) - start;
+                *e = (*e).max(new_end);
+                return (end - start) - covered;
             }
         }
+        self.ranges.insert(start, new_end);
+        (end - start) - covered
+    }
+
+    /// Makes `[start, end)` shared, trimming or splitting the ranges it
+    /// overlaps. Returns the pages that were private before.
+    fn remove_private(&mut self, start: u64, end: u64) -> u64 {
+        let mut removed = 0;
+        // A range beginning before `start` keeps its head; if it also
+        // reaches past `end`, its tail becomes a range of its own and
+        // nothing else can overlap (ranges are disjoint).
+        if let Some((_, e)) = self.ranges.range_mut(..start).next_back() {
+            let old_end = *e;
+            if old_end > start {
+                *e = start;
+                removed += old_end.min(end) - start;
+                if old_end > end {
+                    self.ranges.insert(end, old_end);
+                    return removed;
+                }
+            }
+        }
+        while let Some((&s, &e)) = self.ranges.range(start..end).next() {
+            self.ranges.remove(&s);
+            removed += e.min(end) - s;
+            if e > end {
+                self.ranges.insert(end, e);
+                break;
+            }
+        }
+        removed
     }
 
     /// The maximal same-attribute runs covering `range` (rounded out to pages).
     pub fn runs(&self, range: GpaRange) -> Vec<Run> {
+        self.runs_iter(range).collect()
+    }
+
+    /// [`AttrMap::runs`] as an iterator (no allocation).
+    pub fn runs_iter(&self, range: GpaRange) -> impl Iterator<Item = Run> + '_ {
         let (start, end) = gfn_span(range);
-        let mut out = Vec::new();
+        let mut stored = self.overlapping(start, end).peekable();
         let mut cursor = start;
-        for (s, e) in self.overlapping(start, end) {
-            let (s, e) = (s.max(start), e.min(end));
-            if s > cursor {
-                out.push(Run {
-                    range: gfn_range(cursor, s),
-                    private: false,
-                });
+        std::iter::from_fn(move || {
+            if cursor >= end {
+                return None;
             }
-            out.push(Run {
-                range: gfn_range(s, e),
-                private: true,
-            });
-            cursor = e;
-        }
-        if cursor < end {
-            out.push(Run {
-                range: gfn_range(cursor, end),
-                private: false,
-            });
-        }
-        out
+            let (next, private) = match stored.peek() {
+                Some(&(s, e)) if s <= cursor => {
+                    stored.next();
+                    (e.min(end), true)
+                }
+                Some(&(s, _)) => (s, false),
+                None => (end, false),
+            };
+            let run = Run {
+                range: gfn_range(cursor, next),
+                private,
+            };
+            cursor = next;
+            Some(run)
+        })
     }
 
     /// All private ranges, in address order.
@@ -374,6 +423,16 @@ mod tests {
             }
             prop_assert_eq!(page, 96);
             for w in runs.windows(2) { prop_assert_ne!(w[0].private, w[1].private); }
+            // is_uniform and first_run agree with the oracle on every window.
+            for a in (0..96u64).step_by(5) {
+                for b in (a + 1..=96).step_by(7) {
+                    let win = r(a, b - a);
+                    let slice = &dense[a as usize..b as usize];
+                    prop_assert_eq!(m.is_uniform(win, true), slice.iter().all(|&x| x));
+                    prop_assert_eq!(m.is_uniform(win, false), slice.iter().all(|&x| !x));
+                    prop_assert_eq!(Some(m.first_run(win)), m.runs(win).first().copied());
+                }
+            }
             // The canonical form: rebuilding from the oracle gives an equal map.
             let mut rebuilt = AttrMap::new();
             for (p, &priv_) in dense.iter().enumerate() {

@@ -243,13 +243,13 @@ impl<H: Hypervisor> Engine<H> {
         let range = validate(gpa, len)?;
         let _guard = self.locks.lock(range);
         self.settle_pending(range)?;
+        // The runs that change (usually one: a single allocation).
         let runs: Vec<Run> = {
             let map = self.lock_map();
             if map.is_uniform(range, to_private) {
                 return Ok(Outcome::NoOp);
             }
-            map.runs(range)
-                .into_iter()
+            map.runs_iter(range)
                 .filter(|r| r.private != to_private)
                 .collect()
         };
@@ -257,11 +257,7 @@ impl<H: Hypervisor> Engine<H> {
         self.set_kernel_attrs(range, to_private)
             .map_err(|source| ConvertError::Kernel { range, source })?;
         if self.discard {
-            let pieces: Vec<GpaRange> = runs
-                .iter()
-                .flat_map(|r| self.piece_ranges(r.range))
-                .collect();
-            if let Err((done, source)) = self.discard_pieces(&pieces, to_private) {
+            if let Err((done, rest, source)) = self.discard_runs(&runs, to_private) {
                 if done == 0 {
                     // Nothing was discarded yet: a clean rollback loses nothing.
                     let restored = self.restore(&runs);
@@ -274,7 +270,7 @@ impl<H: Hypervisor> Engine<H> {
                 // Some backing is already gone, so going back would lose data:
                 // roll forward. The rest is retried before any later
                 // conversion touches it, and refused there if it still fails.
-                self.defer(&pieces[done..], to_private);
+                self.defer(&rest, to_private);
             }
         }
         let pages = self.lock_map().set(range, to_private);
@@ -340,27 +336,38 @@ impl<H: Hypervisor> Engine<H> {
         o.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Splits `range` into per-slot pieces; `Err(first uncovered gpa)` on a gap.
-    fn pieces(&self, range: GpaRange) -> Result<Vec<Piece<'_, <H::Vm as Vm>::Shared>>, Gpa> {
-        let mut out = Vec::new();
+    /// Splits `range` into per-slot pieces, in order; the iterator ends
+    /// with `Err(first uncovered gpa)` at a gap. No allocation.
+    fn pieces_iter(
+        &self,
+        range: GpaRange,
+    ) -> impl Iterator<Item = Result<Piece<'_, <H::Vm as Vm>::Shared>, Gpa>> + '_ {
         let mut cursor = range.start();
         let first = self.slots.partition_point(|s| s.range.end() <= cursor);
-        for slot in &self.slots[first..] {
-            if cursor >= range.end() {
-                break;
+        let mut slots = self.slots[first..].iter();
+        let mut failed = false;
+        std::iter::from_fn(move || {
+            if failed || cursor >= range.end() {
+                return None;
             }
-            if !slot.range.contains(cursor) {
-                return Err(cursor);
+            let piece = slots
+                .next()
+                .filter(|s| s.range.contains(cursor))
+                .and_then(|slot| {
+                    let r = GpaRange::from_bounds(cursor, slot.range.end().min(range.end()))?;
+                    Some(Piece { slot, range: r })
+                });
+            match piece {
+                Some(p) => {
+                    cursor = p.range.end();
+                    Some(Ok(p))
+                }
+                None => {
+                    failed = true;
+                    Some(Err(cursor))
+                }
             }
-            let piece =
-                GpaRange::from_bounds(cursor, slot.range.end().min(range.end())).ok_or(cursor)?;
-            out.push(Piece { slot, range: piece });
-            cursor = piece.end();
-        }
-        if cursor < range.end() {
-            return Err(cursor);
-        }
-        Ok(out)
+        })
     }
 
     fn refuse_unconvertible(&self, range: GpaRange, to_private: bool) -> Result<(), ConvertError> {
@@ -370,11 +377,18 @@ impl<H: Hypervisor> Engine<H> {
                 why: format!("the {} VM has no private memory", self.vm.vm_type().name()),
             });
         }
-        let pieces = self.pieces(range).map_err(|gpa| ConvertError::Refused {
-            gpa: gpa.raw(),
-            why: format!("{range} is not fully covered by memslots (gap at {gpa})"),
-        })?;
-        if let Some(p) = pieces.iter().find(|p| p.slot.gmem.is_none()) {
+        // A gap anywhere is reported before a slot without guest_memfd.
+        if let Some(Err(gpa)) = self.pieces_iter(range).find(Result::is_err) {
+            return Err(ConvertError::Refused {
+                gpa: gpa.raw(),
+                why: format!("{range} is not fully covered by memslots (gap at {gpa})"),
+            });
+        }
+        let no_gmem = self
+            .pieces_iter(range)
+            .filter_map(Result::ok)
+            .find(|p| p.slot.gmem.is_none());
+        if let Some(p) = no_gmem {
             let why = format!(
                 "{} is not backed by guest_memfd (slot {}), so it cannot become {}",
                 p.range,
@@ -398,12 +412,41 @@ impl<H: Hypervisor> Engine<H> {
         )
     }
 
-    /// `range` split at slot boundaries (ranges outside slots are dropped:
-    /// `refuse_unconvertible` already rejected those).
-    fn piece_ranges(&self, range: GpaRange) -> Vec<GpaRange> {
-        self.pieces(range)
-            .map(|v| v.iter().map(|p| p.range).collect())
-            .unwrap_or_default()
+    /// Discards the side no longer in use for every run, split at slot
+    /// boundaries (pieces outside slots are skipped: `refuse_unconvertible`
+    /// already rejected those). On failure returns how many pieces were
+    /// discarded, the pieces left (the failed one first) and the error.
+    fn discard_runs(
+        &self,
+        runs: &[Run],
+        to_private: bool,
+    ) -> Result<(), (usize, Vec<GpaRange>, BackendError)> {
+        let mut done = 0;
+        let mut pieces = runs
+            .iter()
+            .flat_map(|r| self.pieces_iter(r.range).map_while(Result::ok));
+        while let Some(p) = pieces.next() {
+            if let Err(e) = self.discard_one(&p, to_private) {
+                let rest = std::iter::once(p.range)
+                    .chain(pieces.map(|p| p.range))
+                    .collect();
+                return Err((done, rest, e));
+            }
+            done += 1;
+        }
+        Ok(())
+    }
+
+    fn discard_one(
+        &self,
+        p: &Piece<'_, <H::Vm as Vm>::Shared>,
+        to_private: bool,
+    ) -> Result<(), BackendError> {
+        if to_private {
+            self.discard_shared(p)
+        } else {
+            self.discard_gmem(p)
+        }
     }
 
     /// Discards each piece in order; on failure returns how many succeeded.
@@ -413,10 +456,9 @@ impl<H: Hypervisor> Engine<H> {
         to_private: bool,
     ) -> Result<(), (usize, BackendError)> {
         for (i, &r) in pieces.iter().enumerate() {
-            let res = match self.pieces(r).ok().and_then(|v| v.into_iter().next()) {
-                Some(p) if to_private => self.discard_shared(&p),
-                Some(p) => self.discard_gmem(&p),
-                None => Ok(()),
+            let res = match self.pieces_iter(r).next() {
+                Some(Ok(p)) => self.discard_one(&p, to_private),
+                _ => Ok(()),
             };
             res.map_err(|e| (i, e))?;
         }

@@ -8,8 +8,17 @@ use crate::types::GpaRange;
 /// A set of held ranges.
 #[derive(Debug, Default)]
 pub struct RangeLocks {
-    held: Mutex<Vec<GpaRange>>,
+    held: Mutex<Held>,
     freed: Condvar,
+}
+
+/// The held ranges and how many lockers wait for one of them.
+#[derive(Debug, Default)]
+struct Held {
+    ranges: Vec<GpaRange>,
+    /// Lockers blocked in [`RangeLocks::lock`]: a release wakes them only if
+    /// there are any, so an uncontended unlock makes no futex syscall.
+    waiters: usize,
 }
 
 /// Holds a range until dropped.
@@ -28,13 +37,15 @@ impl RangeLocks {
     /// Blocks until no held range overlaps `range`, then holds it.
     pub fn lock(&self, range: GpaRange) -> RangeGuard<'_> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        while held.iter().any(|r| r.overlaps(range)) {
+        while held.ranges.iter().any(|r| r.overlaps(range)) {
+            held.waiters += 1;
             held = self
                 .freed
                 .wait(held)
                 .unwrap_or_else(PoisonError::into_inner);
+            held.waiters -= 1;
         }
-        held.push(range);
+        held.ranges.push(range);
         RangeGuard { locks: self, range }
     }
 
@@ -43,6 +54,7 @@ impl RangeLocks {
         self.held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .ranges
             .len()
     }
 }
@@ -54,11 +66,14 @@ impl Drop for RangeGuard<'_> {
             .held
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(i) = held.iter().position(|r| *r == self.range) {
-            held.swap_remove(i);
+        if let Some(i) = held.ranges.iter().position(|r| *r == self.range) {
+            held.ranges.swap_remove(i);
         }
+        let waiters = held.waiters > 0;
         drop(held);
-        self.locks.freed.notify_all();
+        if waiters {
+            self.locks.freed.notify_all();
+        }
     }
 }
 

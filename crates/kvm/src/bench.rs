@@ -120,6 +120,28 @@ impl BareMemfd {
         Ok(())
     }
 
+    /// Writes `len` bytes of `byte` at `off` with `pwrite` (allocating the
+    /// pages without mapping them, as the model writes its memfds).
+    ///
+    /// # Errors
+    /// `Os` if a write fails.
+    pub fn fill(&self, off: u64, len: u64, byte: u8) -> Result<(), BackendError> {
+        let file = File::from(
+            self.fd
+                .try_clone()
+                .map_err(|e| BackendError::os("dup", Errno::from_io(&e)))?,
+        );
+        let buf = vec![byte; 1 << 20];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            std::os::unix::fs::FileExt::write_all_at(&file, &buf[..n], off + done)
+                .map_err(|e| BackendError::os("pwrite", Errno::from_io(&e)))?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
     /// Maps the whole file shared, read/write.
     ///
     /// # Errors
@@ -312,6 +334,17 @@ mod tests {
         let s = map.as_mut_slice();
         assert!(s[..4096].iter().all(|&b| b == 0));
         assert!(s[4096..].iter().all(|&b| b == 0xab));
+    }
+
+    #[test]
+    fn bare_memfd_fill_writes_bytes() {
+        let m = BareMemfd::new(3 * PAGE_SIZE).unwrap();
+        m.fill(PAGE_SIZE, PAGE_SIZE, 7).unwrap();
+        let mut map = m.map().unwrap();
+        let s = map.as_mut_slice();
+        assert!(s[..4096].iter().all(|&b| b == 0));
+        assert!(s[4096..8192].iter().all(|&b| b == 7));
+        assert!(s[8192..].iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -152,22 +152,24 @@ impl AsFd for Memfd {
     }
 }
 
-/// Index of the first byte of `buf` that is not `expect`, word at a time.
+/// Index of the first byte of `buf` that is not `expect`: 256-byte blocks
+/// OR-reduced without early exit (the compiler vectorises the block), then
+/// the offending block or the tail byte by byte.
 pub(crate) fn first_not(buf: &[u8], expect: u8) -> Option<usize> {
-    let pattern = u64::from_ne_bytes([expect; 8]);
-    let mut chunks = buf.chunks_exact(8);
+    const BLOCK: usize = 256;
+    let mut blocks = buf.chunks_exact(BLOCK);
     let mut base = 0usize;
-    for c in chunks.by_ref() {
-        let w = u64::from_ne_bytes(c.try_into().expect("chunks_exact(8)"));
-        if w != pattern {
-            return c.iter().position(|&b| b != expect).map(|i| base + i);
+    for b in blocks.by_ref() {
+        let diff = b.iter().fold(0u8, |acc, &x| acc | (x ^ expect));
+        if diff != 0 {
+            return b.iter().position(|&x| x != expect).map(|i| base + i);
         }
-        base += 8;
+        base += BLOCK;
     }
-    chunks
+    blocks
         .remainder()
         .iter()
-        .position(|&b| b != expect)
+        .position(|&x| x != expect)
         .map(|i| base + i)
 }
 
@@ -362,6 +364,16 @@ mod tests {
         let mut scratch = Vec::new();
         let r = m.find_mismatch(0, 2 * PAGE_SIZE, 7, &mut scratch).unwrap();
         assert_eq!(r, Some((5000, 9)));
+    }
+
+    #[test]
+    fn first_not_finds_every_position_across_blocks() {
+        for at in [0usize, 7, 63, 64, 255, 256, 257, 511, 600, 700] {
+            let mut v = vec![3u8; 701];
+            v[at] = 4;
+            assert_eq!(first_not(&v, 3), Some(at));
+        }
+        assert_eq!(first_not(&[3u8; 701], 3), None);
     }
 
     #[test]

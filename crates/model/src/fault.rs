@@ -62,11 +62,7 @@ pub(crate) fn resolve(vm: &VmInner, gpa: u64, want: u64, access: Access, write: 
     let is_private = {
         let attrs = vm.attrs.read().expect("attrs");
         let range = GpaRange::new(Gpa(gpa), want).expect("caller checked wrap");
-        let first = attrs
-            .runs(range)
-            .into_iter()
-            .next()
-            .expect("nonempty range");
+        let first = attrs.first_run(range);
         let attr_private = first.private;
         len = len.min(first.range.end().raw() - gpa);
         let is_private = match vm.ty {

@@ -228,6 +228,9 @@ impl GmemFile {
 
     fn clear_poison(&self, first: u64, end: u64) {
         let mut p = self.poison.lock().expect("poison");
+        if p.is_empty() {
+            return;
+        }
         let hit: Vec<u64> = p.range(first..end).copied().collect();
         for pg in hit {
             p.remove(&pg);

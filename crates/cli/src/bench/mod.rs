@@ -120,6 +120,10 @@ pub struct Row {
     pub baseline_spread: f64,
     /// (max - min) / median of the privmem samples.
     pub privmem_spread: f64,
+    /// Every baseline sample, in round order.
+    pub baseline_samples: Vec<f64>,
+    /// Every privmem sample, in round order.
+    pub privmem_samples: Vec<f64>,
     /// Further figures measured in the same rounds (e.g. a second baseline).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub context: BTreeMap<String, f64>,
@@ -135,6 +139,19 @@ pub struct Samples {
     pub base: Vec<f64>,
     /// privmem, one per round.
     pub privmem: Vec<f64>,
+}
+
+impl Samples {
+    /// The median of the per-round ratios privmem / baseline.
+    pub fn ratio(&self) -> f64 {
+        let ratios: Vec<f64> = self
+            .base
+            .iter()
+            .zip(&self.privmem)
+            .map(|(&b, &p)| p / b)
+            .collect();
+        median(&ratios)
+    }
 }
 
 /// The median of `v` (mean of the middle two for an even count).
@@ -193,13 +210,7 @@ pub struct RowSpec<'a> {
 impl RowSpec<'_> {
     /// The row for `s`; `ratio` = median of per-round privmem / baseline.
     pub fn row(self, s: &Samples) -> Row {
-        let ratios: Vec<f64> = s
-            .base
-            .iter()
-            .zip(&s.privmem)
-            .map(|(&b, &p)| p / b)
-            .collect();
-        self.row_with_ratio(s, median(&ratios))
+        self.row_with_ratio(s, s.ratio())
     }
 
     /// The row for `s` with an explicitly computed ratio.
@@ -217,6 +228,8 @@ impl RowSpec<'_> {
             rounds: s.base.len().min(s.privmem.len()),
             baseline_spread: spread(&s.base),
             privmem_spread: spread(&s.privmem),
+            baseline_samples: s.base.clone(),
+            privmem_samples: s.privmem.clone(),
             context: BTreeMap::new(),
             note: self.note,
         }
