@@ -7,25 +7,26 @@
 //! Invariants (checked by [`AttrMap::check_invariants`], and locally after
 //! every mutation in debug builds):
 //! 1. every stored range `[start, end)` is non-empty: `start < end`;
-//! 2. ranges are disjoint and sorted (the `BTreeMap` key order);
+//! 2. ranges are disjoint and sorted (the tree's key order);
 //! 3. no two stored ranges touch: for neighbours `a`, `b`, `a.end < b.start`
 //!    (equal-valued neighbours are always merged, so the map is canonical:
 //!    one attribute assignment has exactly one representation).
 //!
 //! Set, point query and the range walk are O(log n + k) for k touched ranges.
-//! Memory is one `BTreeMap<u64, u64>` entry per private range, independent of
-//! the guest size (a 1 TiB guest with 10^6 fragments is ~10^6 entries).
+//! Storage is a cache-conscious B+ tree of `(start, end)` pairs ([`tree`]):
+//! one 16-byte pair per private range plus node slack, independent of the
+//! guest size (a 1 TiB guest with 10^6 fragments is ~10^6 pairs, ~25 MiB).
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
+mod tree;
 
 use crate::types::{Gpa, GpaRange, PAGE_SHIFT};
+use tree::Tree;
 
 /// The attribute map: a canonical set of private GFN ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AttrMap {
     /// start gfn → end gfn (exclusive), private ranges only.
-    ranges: BTreeMap<u64, u64>,
+    ranges: Tree,
 }
 
 /// A maximal run of pages with one attribute inside a queried range.
@@ -75,16 +76,13 @@ impl AttrMap {
 
     /// True if everything is shared.
     pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
+        self.ranges.len() == 0
     }
 
     /// Is the page holding `gpa` private?
     pub fn is_private(&self, gpa: Gpa) -> bool {
         let gfn = gpa.raw() >> PAGE_SHIFT;
-        self.ranges
-            .range(..=gfn)
-            .next_back()
-            .is_some_and(|(_, &end)| gfn < end)
+        self.ranges.pred_le(gfn).is_some_and(|(_, end)| gfn < end)
     }
 
     /// Number of private pages inside `range` (rounded out to pages).
@@ -100,15 +98,14 @@ impl AttrMap {
         let (start, end) = gfn_span(range);
         let covering = self
             .ranges
-            .range(..=start)
-            .next_back()
-            .filter(|(_, &e)| e > start)
-            .map(|(_, &e)| e);
+            .pred_le(start)
+            .map(|(_, e)| e)
+            .filter(|&e| e > start);
         if private {
             // Canonical ranges never touch: one stored range must cover it.
             covering.is_some_and(|e| e >= end)
         } else {
-            covering.is_none() && self.ranges.range(start..end).next().is_none()
+            covering.is_none() && self.ranges.first_ge(start).is_none_or(|(s, _)| s >= end)
         }
     }
 
@@ -117,7 +114,7 @@ impl AttrMap {
     /// [`AttrMap::runs`] without building the rest. O(log n).
     pub fn first_run(&self, range: GpaRange) -> Run {
         let (start, end) = gfn_span(range);
-        if let Some((_, &e)) = self.ranges.range(..=start).next_back() {
+        if let Some((_, e)) = self.ranges.pred_le(start) {
             if e > start {
                 return Run {
                     range: gfn_range(start, e.min(end)),
@@ -126,11 +123,7 @@ impl AttrMap {
             }
         }
         // A range starting at `start` would have been found above.
-        let next = self
-            .ranges
-            .range(start..end)
-            .next()
-            .map_or(end, |(&s, _)| s);
+        let next = self.ranges.first_ge(start).map_or(end, |(s, _)| s.min(end));
         Run {
             range: gfn_range(start, next),
             private: false,
@@ -139,16 +132,11 @@ impl AttrMap {
 
     /// Stored ranges overlapping `[start, end)` (gfns), in order.
     fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        let first = self
-            .ranges
-            .range(..start)
-            .next_back()
-            .filter(|(_, &e)| e > start)
-            .map(|(&s, &e)| (s, e));
+        let first = self.ranges.pred_lt(start).filter(|&(_, e)| e > start);
         let rest = self
             .ranges
-            .range((Bound::Included(start), Bound::Excluded(end)))
-            .map(|(&s, &e)| (s, e));
+            .iter_from(start)
+            .take_while(move |&(s, _)| s < end);
         first.into_iter().chain(rest)
     }
 
@@ -174,17 +162,17 @@ impl AttrMap {
         let mut new_end = end;
         // Ranges beginning inside [start, end] (touching at `end` counts:
         // invariant 3) are absorbed.
-        while let Some((&s, &e)) = self.ranges.range(start..=end).next() {
+        while let Some((s, e)) = self.ranges.first_ge(start).filter(|&(s, _)| s <= end) {
             covered += e.min(end) - s;
             new_end = new_end.max(e);
-            self.ranges.remove(&s);
+            self.ranges.remove(s);
         }
         // A range beginning before `start` that reaches it is extended in
         // place. Ranges never touch, so it ends before any absorbed one.
-        if let Some((_, e)) = self.ranges.range_mut(..start).next_back() {
-            if *e >= start {
-                covered += (*e).min(end) - start;
-                *e = (*e).max(new_end);
+        if let Some((s, e)) = self.ranges.pred_lt(start) {
+            if e >= start {
+                covered += e.min(end) - start;
+                self.ranges.set_value(s, e.max(new_end));
                 return (end - start) - covered;
             }
         }
@@ -199,10 +187,9 @@ impl AttrMap {
         // A range beginning before `start` keeps its head; if it also
         // reaches past `end`, its tail becomes a range of its own and
         // nothing else can overlap (ranges are disjoint).
-        if let Some((_, e)) = self.ranges.range_mut(..start).next_back() {
-            let old_end = *e;
+        if let Some((s, old_end)) = self.ranges.pred_lt(start) {
             if old_end > start {
-                *e = start;
+                self.ranges.set_value(s, start);
                 removed += old_end.min(end) - start;
                 if old_end > end {
                     self.ranges.insert(end, old_end);
@@ -210,13 +197,15 @@ impl AttrMap {
                 }
             }
         }
-        while let Some((&s, &e)) = self.ranges.range(start..end).next() {
-            self.ranges.remove(&s);
+        while let Some((s, e)) = self.ranges.first_ge(start).filter(|&(s, _)| s < end) {
             removed += e.min(end) - s;
             if e > end {
-                self.ranges.insert(end, e);
+                // Its tail [end, e) stays: same place in the order (the next
+                // range starts after e), so the key moves in place.
+                self.ranges.rekey_up(s, end);
                 break;
             }
+            self.ranges.remove(s);
         }
         removed
     }
@@ -254,21 +243,19 @@ impl AttrMap {
 
     /// All private ranges, in address order.
     pub fn private_ranges(&self) -> impl Iterator<Item = GpaRange> + '_ {
-        self.ranges.iter().map(|(&s, &e)| gfn_range(s, e))
+        self.ranges.iter().map(|(s, e)| gfn_range(s, e))
     }
 
-    /// Approximate heap bytes used (B-tree nodes hold up to 11 entries of 16 B).
+    /// Heap bytes held by the map's nodes (arena chunks, links, free list).
     pub fn heap_bytes(&self) -> usize {
-        // std's BTreeMap leaf node: 11 keys + 11 values + header (~200 B for u64/u64).
-        const LEAF_BYTES: usize = 11 * 16 + 16;
-        const FILL: usize = 8; // typical fill after random inserts
-        self.ranges.len().div_ceil(FILL) * LEAF_BYTES
+        self.ranges.heap_bytes()
     }
 
     /// Checks all invariants. O(n).
     pub fn check_invariants(&self) -> Result<(), String> {
+        self.ranges.check()?;
         let mut prev_end: Option<u64> = None;
-        for (&s, &e) in &self.ranges {
+        for (s, e) in self.ranges.iter() {
             if s >= e {
                 return Err(format!("empty range [{s:#x}, {e:#x})"));
             }
@@ -287,18 +274,10 @@ impl AttrMap {
     /// Checks the invariants around `[start, end)` only: O(log n + k).
     fn debug_check_local(&self, start: u64, end: u64) {
         if cfg!(debug_assertions) {
-            let lo = self
-                .ranges
-                .range(..start)
-                .next_back()
-                .map_or(0, |(&s, _)| s);
-            let hi = self
-                .ranges
-                .range(end..)
-                .next()
-                .map_or(u64::MAX, |(&s, _)| s);
+            let lo = self.ranges.pred_lt(start).map_or(0, |(s, _)| s);
+            let hi = self.ranges.first_ge(end).map_or(u64::MAX, |(s, _)| s);
             let mut prev_end: Option<u64> = None;
-            for (&s, &e) in self.ranges.range(lo..=hi) {
+            for (s, e) in self.ranges.iter_from(lo).take_while(|&(s, _)| s <= hi) {
                 assert!(s < e, "attrmap invariant 1 broken at gfn {s:#x}");
                 if let Some(pe) = prev_end {
                     assert!(pe < s, "attrmap invariant 3 broken at gfn {s:#x}");
