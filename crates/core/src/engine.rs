@@ -159,6 +159,48 @@ impl<H: Hypervisor> std::fmt::Debug for Engine<H> {
     }
 }
 
+/// The runs a conversion changes: up to two inline, more on the heap.
+struct Runs {
+    inline: [Run; 2],
+    n: usize,
+    heap: Vec<Run>,
+}
+
+impl Runs {
+    /// Empty; `filler` only initialises the unused inline slots.
+    fn new(filler: GpaRange) -> Runs {
+        let r = Run {
+            range: filler,
+            private: false,
+        };
+        Runs {
+            inline: [r; 2],
+            n: 0,
+            heap: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, run: Run) {
+        if self.heap.is_empty() && self.n < self.inline.len() {
+            self.inline[self.n] = run;
+            self.n += 1;
+            return;
+        }
+        if self.heap.is_empty() {
+            self.heap.extend_from_slice(&self.inline[..self.n]);
+        }
+        self.heap.push(run);
+    }
+
+    fn as_slice(&self) -> &[Run] {
+        if self.heap.is_empty() {
+            &self.inline[..self.n]
+        } else {
+            &self.heap
+        }
+    }
+}
+
 /// One slot-sized piece of a run: pages `[range)` in slot `slot`.
 struct Piece<'a, S> {
     slot: &'a SlotBacking<S>,
@@ -243,24 +285,26 @@ impl<H: Hypervisor> Engine<H> {
         let range = validate(gpa, len)?;
         let _guard = self.locks.lock(range);
         self.settle_pending(range)?;
-        // The runs that change (usually one: a single allocation).
-        let runs: Vec<Run> = {
+        // The runs that change (usually one; no allocation for up to two).
+        let mut changed = Runs::new(range);
+        {
             let map = self.lock_map();
             if map.is_uniform(range, to_private) {
                 return Ok(Outcome::NoOp);
             }
             map.runs_iter(range)
                 .filter(|r| r.private != to_private)
-                .collect()
-        };
+                .for_each(|r| changed.push(r));
+        }
+        let runs = changed.as_slice();
         self.refuse_unconvertible(range, to_private)?;
         self.set_kernel_attrs(range, to_private)
             .map_err(|source| ConvertError::Kernel { range, source })?;
         if self.discard {
-            if let Err((done, rest, source)) = self.discard_runs(&runs, to_private) {
+            if let Err((done, rest, source)) = self.discard_runs(runs, to_private) {
                 if done == 0 {
                     // Nothing was discarded yet: a clean rollback loses nothing.
-                    let restored = self.restore(&runs);
+                    let restored = self.restore(runs);
                     return Err(ConvertError::RolledBack {
                         range,
                         restored,
@@ -551,4 +595,27 @@ fn validate(gpa: Gpa, len: u64) -> Result<GpaRange, ConvertError> {
         return Err(invalid("beyond the 52-bit guest-physical limit"));
     }
     Ok(range)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(page: u64, private: bool) -> Run {
+        Run {
+            range: GpaRange::new(Gpa(page * PAGE_SIZE), PAGE_SIZE).unwrap(),
+            private,
+        }
+    }
+
+    #[test]
+    fn runs_spill_to_the_heap_in_order_after_two() {
+        let mut r = Runs::new(run(0, false).range);
+        assert!(r.as_slice().is_empty());
+        let all: Vec<Run> = (0..5).map(|p| run(p, p % 2 == 0)).collect();
+        for (i, x) in all.iter().enumerate() {
+            r.push(*x);
+            assert_eq!(r.as_slice(), &all[..=i]);
+        }
+    }
 }

@@ -101,6 +101,11 @@ impl Memfd {
 
     /// Reads `[off, off+len)` through `scratch` and returns the index (from
     /// `off`) and value of the first byte that is not `expect`.
+    ///
+    /// `scratch` holds a read buffer and, after it, a buffer of `expect`
+    /// bytes (kept between calls), so the common all-equal case is one
+    /// slice comparison (libc's vectorised `bcmp`); only a mismatching chunk
+    /// is scanned for the first bad byte.
     pub(crate) fn find_mismatch(
         &self,
         off: u64,
@@ -108,16 +113,21 @@ impl Memfd {
         expect: u8,
         scratch: &mut Vec<u8>,
     ) -> Result<Option<(u64, u8)>, Errno> {
-        if scratch.len() < FILL_CHUNK {
-            scratch.resize(FILL_CHUNK, 0);
+        // The pattern half starts as zeros: a valid pattern of 0.
+        let (read, pattern) = aligned(scratch, 2 * FILL_CHUNK).split_at_mut(FILL_CHUNK);
+        // The pattern half is only ever filled whole, so two bytes tell.
+        if pattern[0] != expect || pattern[FILL_CHUNK - 1] != expect {
+            pattern.fill(expect);
         }
         let mut done = 0u64;
         while done < len {
-            let take = (len - done).min(scratch.len() as u64) as usize;
-            let buf = &mut scratch[..take];
+            let take = (len - done).min(FILL_CHUNK as u64) as usize;
+            let buf = &mut read[..take];
             self.read_at(off + done, buf)?;
-            if let Some(i) = first_not(buf, expect) {
-                return Ok(Some((done + i as u64, buf[i])));
+            if *buf != pattern[..take] {
+                if let Some(i) = first_not(buf, expect) {
+                    return Ok(Some((done + i as u64, buf[i])));
+                }
             }
             done += take as u64;
         }
@@ -173,7 +183,27 @@ pub(crate) fn first_not(buf: &[u8], expect: u8) -> Option<usize> {
         .map(|i| base + i)
 }
 
-/// A buffer of `byte`s, rebuilt only when the byte changes.
+/// Alignment of the model's I/O buffers. The kernel copies between user
+/// buffers and page-cache pages with `rep movsb`, which on this host's CPUs
+/// runs 2x slower when the user address sits 8-24 bytes past the page
+/// offset of the page (a `malloc` of 128 KiB or more returns exactly such an
+/// address: page + 16). Measured: `pread` of 4 KiB into a buffer at page
+/// offset 16 takes 2.5 µs, at offset 0, 32 or 64 0.5 µs.
+const IO_ALIGN: usize = 64;
+
+/// `len` bytes of `buf` starting at an [`IO_ALIGN`]-aligned address (the
+/// buffer grows once; its contents are unspecified).
+pub(crate) fn aligned(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len + IO_ALIGN {
+        buf.clear();
+        buf.resize(len + IO_ALIGN, 0);
+    }
+    let pad = buf.as_ptr().align_offset(IO_ALIGN).min(IO_ALIGN);
+    &mut buf[pad..pad + len]
+}
+
+/// A buffer of `byte`s ([`IO_ALIGN`]-aligned), rebuilt only when the byte
+/// changes.
 #[derive(Debug, Default)]
 pub(crate) struct FillBuf {
     byte: Option<u8>,
@@ -181,13 +211,15 @@ pub(crate) struct FillBuf {
 }
 
 impl FillBuf {
-    /// A slice of at least one `byte` (up to 64 KiB).
+    /// A slice of at least one `byte` (64 KiB).
     pub(crate) fn get(&mut self, byte: u8) -> &[u8] {
-        if self.byte != Some(byte) {
-            self.buf = vec![byte; FILL_CHUNK];
+        let fresh = self.buf.is_empty();
+        let slice = aligned(&mut self.buf, FILL_CHUNK);
+        if fresh || self.byte != Some(byte) {
+            slice.fill(byte);
             self.byte = Some(byte);
         }
-        &self.buf
+        slice
     }
 }
 
@@ -297,9 +329,11 @@ impl HostMemory for ModelShared {
     fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), HostFault> {
         let (ok, fault) = self.clamp(offset, len);
         if ok > 0 {
-            let fill = vec![byte; ok.min(FILL_CHUNK as u64) as usize];
+            let mut v = Vec::new();
+            let fill = aligned(&mut v, ok.min(FILL_CHUNK as u64) as usize);
+            fill.fill(byte);
             let mem = &self.inner.mem;
-            mem.fill_at(offset, ok, &fill)
+            mem.fill_at(offset, ok, fill)
                 .map_err(|e| host_io(e, offset))?;
         }
         fault.map_or(Ok(()), Err)
@@ -374,6 +408,39 @@ mod tests {
             assert_eq!(first_not(&v, 3), Some(at));
         }
         assert_eq!(first_not(&[3u8; 701], 3), None);
+    }
+
+    #[test]
+    fn aligned_buffers_start_on_64_bytes() {
+        for len in [1usize, 100, 4096, 1 << 17] {
+            let mut v = Vec::new();
+            let b = aligned(&mut v, len);
+            assert_eq!(b.len(), len);
+            assert_eq!(b.as_ptr() as usize % IO_ALIGN, 0);
+        }
+        let mut f = FillBuf::default();
+        assert!(f.get(7).iter().all(|&b| b == 7));
+        assert_eq!(f.get(7).as_ptr() as usize % IO_ALIGN, 0);
+        assert!(f.get(9).iter().all(|&b| b == 9));
+    }
+
+    #[test]
+    fn find_mismatch_tracks_a_changing_expected_byte() {
+        let m = Memfd::create("t", 2 * PAGE_SIZE).unwrap();
+        let mut scratch = Vec::new();
+        // Zeros match 0; after filling with 5 they match 5 and not 0.
+        assert_eq!(m.find_mismatch(0, 8192, 0, &mut scratch).unwrap(), None);
+        m.fill_at(0, 2 * PAGE_SIZE, &[5; 7]).unwrap();
+        assert_eq!(m.find_mismatch(0, 8192, 5, &mut scratch).unwrap(), None);
+        assert_eq!(
+            m.find_mismatch(0, 8192, 0, &mut scratch).unwrap(),
+            Some((0, 5))
+        );
+        m.write_at(8191, &[6]).unwrap();
+        assert_eq!(
+            m.find_mismatch(0, 8192, 5, &mut scratch).unwrap(),
+            Some((8191, 6))
+        );
     }
 
     #[test]

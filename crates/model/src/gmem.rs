@@ -468,10 +468,12 @@ impl HostMemory for ModelGmemMapping {
     fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), HostFault> {
         let (ok, fault) = self.accessible(offset, len);
         if ok > 0 {
-            let buf = vec![byte; ok.min(64 << 10) as usize];
+            let mut v = Vec::new();
+            let buf = crate::backing::aligned(&mut v, ok.min(64 << 10) as usize);
+            buf.fill(byte);
             self.file
                 .mem
-                .fill_at(offset, ok, &buf)
+                .fill_at(offset, ok, buf)
                 .map_err(io_fault(offset))?;
         }
         fault.map_or(Ok(()), Err)

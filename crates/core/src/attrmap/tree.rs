@@ -283,7 +283,8 @@ impl Tree {
             Some(y) => self.leaf(id).rank(y),
             None => 0,
         };
-        if j < self.leaf(id).len() {
+        // Slot j is used iff it holds a real key (padding sorts last).
+        if self.leaf(id).ents.get(j).is_some_and(|e| e.0 != PAD) {
             (id, j)
         } else {
             (self.link(id).next, 0)
@@ -325,15 +326,17 @@ impl Tree {
     /// Changes the key of entry `old` to `new`, keeping its value. The
     /// caller guarantees `old < new <` the next key. In place when another
     /// entry of the same leaf follows (then `new` is below it and so below
-    /// the leaf's upper separator); otherwise, since a stale separator may
-    /// lie between `old` and the next key, by removal and insertion.
+    /// the leaf's upper separator) or the leaf is the root; otherwise, since
+    /// a stale separator may lie between `old` and the next key, by removal
+    /// and insertion.
     pub(super) fn rekey_up(&mut self, old: u64, new: u64) {
         let id = self.find_leaf(old);
         let leaf = self.leaves.get_mut(id);
         let j = leaf.rank(old);
         debug_assert!(j > 0 && leaf.ents[j - 1].0 == old, "rekey of a missing key");
-        if j < leaf.len() {
-            debug_assert!(old < new && new < leaf.ents[j].0);
+        // A root leaf has no separators at all.
+        if self.height == 0 || leaf.ents.get(j).is_some_and(|e| e.0 != PAD) {
+            debug_assert!(old < new && leaf.ents.get(j).is_none_or(|e| e.0 > new));
             leaf.ents[j - 1].0 = new;
             return;
         }
