@@ -120,17 +120,25 @@ impl BareMemfd {
         Ok(())
     }
 
+    /// A `dup` of the fd as a `File`, for plain `pread`/`pwrite`.
+    ///
+    /// # Errors
+    /// `Os` if `dup` fails.
+    pub fn file(&self) -> Result<File, BackendError> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| BackendError::os("dup", Errno::from_io(&e)))?;
+        Ok(File::from(fd))
+    }
+
     /// Writes `len` bytes of `byte` at `off` with `pwrite` (allocating the
     /// pages without mapping them, as the model writes its memfds).
     ///
     /// # Errors
     /// `Os` if a write fails.
     pub fn fill(&self, off: u64, len: u64, byte: u8) -> Result<(), BackendError> {
-        let file = File::from(
-            self.fd
-                .try_clone()
-                .map_err(|e| BackendError::os("dup", Errno::from_io(&e)))?,
-        );
+        let file = self.file()?;
         let buf = vec![byte; 1 << 20];
         let mut done = 0;
         while done < len {

@@ -193,6 +193,14 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     }
     let mut rng = Rng::new(42);
     let gfns: Vec<u64> = (0..nq).map(|_| rng.below(GUEST_PAGES)).collect();
+    // A guest walking its memory: increasing pages, 1-512 apart, wrapping.
+    let mut at = 0u64;
+    let sweep: Vec<u64> = (0..nq)
+        .map(|_| {
+            at = (at + 1 + rng.below(512)) % GUEST_PAGES;
+            at
+        })
+        .collect();
     let ops: Vec<(Range<u64>, bool)> = (0..nset)
         .map(|_| {
             let start = rng.below(GUEST_PAGES - 64);
@@ -214,6 +222,18 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     })?;
     if hits[0] != hits[1] || hits[0] != hits[2] {
         bail!("structures disagree on queries: {hits:?}");
+    }
+    let qs = rotate(ctx, "attrmap/query-sweep", rounds, |k| {
+        let (t, h) = match k {
+            0 => query(&p.set, &sweep),
+            1 => query(&rm.set, &sweep),
+            _ => query(&bm.set, &sweep),
+        };
+        hits[k] = h;
+        Ok(t * 1e9 / nq as f64)
+    })?;
+    if hits[0] != hits[1] || hits[0] != hits[2] {
+        bail!("structures disagree on sweep queries: {hits:?}");
     }
 
     // Sets, each round on a fresh clone.
@@ -265,10 +285,27 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         unit: "M/s",
         target: Target::PrivmemAtLeast(10.0),
         baseline_is: "rangemap::RangeSet<u64> lookups per second",
-        note: None,
+        note: Some("uniformly random pages, as attrmap/query".into()),
     }
     .row(&rate_samples);
     row.context = ctx_of("bitmap_m_per_s", median(&rate(&q[2])));
+    rows.push(row);
+
+    let sweep_rate = Samples {
+        base: rate(&qs[1]),
+        privmem: rate(&qs[0]),
+    };
+    let mut row = RowSpec {
+        name: "attrmap/query-sweep-rate",
+        unit: "M/s",
+        target: Target::PrivmemAtLeast(10.0),
+        baseline_is: "rangemap::RangeSet<u64> lookups per second",
+        note: Some(format!(
+            "{nq} lookups of increasing pages 1-512 apart (a guest walking its memory), same maps"
+        )),
+    }
+    .row(&sweep_rate);
+    row.context = ctx_of("bitmap_m_per_s", median(&rate(&qs[2])));
     rows.push(row);
 
     let mut row = RowSpec {
