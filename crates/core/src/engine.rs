@@ -19,7 +19,7 @@
 //!    retried before any later conversion touches them, and that conversion
 //!    is refused if they still fail, so stale data never shows across it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::attrmap::{AttrMap, Run};
@@ -147,6 +147,12 @@ pub struct Engine<H: Hypervisor> {
     locks: RangeLocks,
     /// Discards deferred after a partial failure: (pages, toward private).
     pending: Mutex<Vec<(GpaRange, bool)>>,
+    /// `!pending.is_empty()`, readable without the lock: conversions on
+    /// other vCPUs skip the mutex (and its cache-line traffic) when nothing
+    /// is deferred. Written only under the `pending` lock; a conversion that
+    /// overlaps a deferred range orders after the one that deferred it
+    /// through the range lock.
+    has_pending: AtomicBool,
     /// Counters.
     pub stats: Stats,
 }
@@ -236,6 +242,7 @@ impl<H: Hypervisor> Engine<H> {
             map: Mutex::new(AttrMap::new()),
             locks: RangeLocks::new(),
             pending: Mutex::new(Vec::new()),
+            has_pending: AtomicBool::new(false),
             stats: Stats::default(),
         }
     }
@@ -326,6 +333,8 @@ impl<H: Hypervisor> Engine<H> {
     fn defer(&self, pieces: &[GpaRange], to_private: bool) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         pending.extend(pieces.iter().map(|&r| (r, to_private)));
+        self.has_pending
+            .store(!pending.is_empty(), Ordering::Release);
         self.stats
             .deferred_discards
             .fetch_add(pieces.len() as u64, Ordering::Relaxed);
@@ -334,6 +343,9 @@ impl<H: Hypervisor> Engine<H> {
     /// Retries deferred discards overlapping `range`; refuses the conversion if
     /// one still fails, so stale data can never show across it.
     fn settle_pending(&self, range: GpaRange) -> Result<(), ConvertError> {
+        if !self.has_pending.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if pending.is_empty() {
             return Ok(());
@@ -356,6 +368,8 @@ impl<H: Hypervisor> Engine<H> {
             }
         }
         *pending = kept;
+        self.has_pending
+            .store(!pending.is_empty(), Ordering::Release);
         failure.map_or(Ok(()), Err)
     }
 
