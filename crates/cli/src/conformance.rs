@@ -6,7 +6,7 @@ use clap::ValueEnum;
 use privmem_conformance::differential::{self, DiffConfig, DiffReport};
 use privmem_conformance::{run_suite, CaseResult};
 use privmem_kvm::KvmHypervisor;
-use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_model::{host_max_gpa_bits, KernelProfile, ModelHypervisor};
 use serde_json::json;
 
 /// Which backends the suite runs on.
@@ -162,7 +162,8 @@ fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
         seed: args.seed.unwrap_or(differential::DEFAULT_SEED),
         ..DiffConfig::default()
     };
-    let report = match differential::run(&ModelHypervisor::new(profile), &kvm, &cfg) {
+    let model = ModelHypervisor::new(profile).with_max_gpa_bits(host_max_gpa_bits());
+    let report = match differential::run(&model, &kvm, &cfg) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("privmem: differential: {e}");

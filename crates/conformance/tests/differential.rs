@@ -8,7 +8,7 @@ mod common;
 
 use privmem_conformance::differential::{run, DiffConfig};
 use privmem_core::VmType;
-use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_model::{host_max_gpa_bits, KernelProfile, ModelHypervisor};
 
 /// The model profile matching the running kernel.
 fn profile() -> KernelProfile {
@@ -64,7 +64,7 @@ fn model_and_kvm_agree() {
     let Some(kvm) = common::kvm_or_skip("model_and_kvm_agree") else {
         return;
     };
-    let model = ModelHypervisor::new(profile());
+    let model = ModelHypervisor::new(profile()).with_max_gpa_bits(host_max_gpa_bits());
     let report = run(&model, &kvm, &config()).expect("differential ran");
     eprintln!(
         "differential: {} sequences, {} steps per backend, VM types {:?}, seed {:#x}",

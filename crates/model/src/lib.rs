@@ -43,7 +43,7 @@ use privmem_core::{BackendError, Errno, GuestMemfd, VmType, PAGE_SIZE};
 pub use backing::ModelShared;
 pub use gmem::ModelGmemMapping;
 pub use inject::InjectOp;
-pub use profile::{KernelProfile, NR_MEMSLOTS, VM_TYPES};
+pub use profile::{host_max_gpa_bits, KernelProfile, NR_MEMSLOTS, VM_TYPES};
 pub use vcpu::{ModelKick, ModelVcpu};
 pub use vm::ModelVm;
 
@@ -54,6 +54,7 @@ use inject::Injector;
 pub struct ModelHypervisor {
     profile: KernelProfile,
     inject: Arc<Injector>,
+    max_gpa_bits: u32,
 }
 
 impl ModelHypervisor {
@@ -62,7 +63,17 @@ impl ModelHypervisor {
         ModelHypervisor {
             profile,
             inject: Arc::default(),
+            max_gpa_bits: profile::DEFAULT_MAX_GPA_BITS,
         }
+    }
+
+    /// The same model with the MMU's guest-physical width set to `bits`
+    /// (`kvm_mmu_max_gfn()`: memslots ending above `2^bits` get EINVAL).
+    /// Upstream uses 52 with shadow paging and the host's physical address
+    /// width with TDP; [`profile::host_max_gpa_bits`] reads it off this host.
+    pub fn with_max_gpa_bits(mut self, bits: u32) -> ModelHypervisor {
+        self.max_gpa_bits = bits.clamp(32, 52);
+        self
     }
 
     /// The profile.
@@ -169,7 +180,12 @@ impl Hypervisor for ModelHypervisor {
             .vm_type_from_raw(ty)
             .ok_or(BackendError::os("KVM_CREATE_VM", Errno::EINVAL))?;
         Ok(ModelVm {
-            inner: Arc::new(vm::VmInner::new(ty, self.profile, self.inject.clone())),
+            inner: Arc::new(vm::VmInner::new(
+                ty,
+                self.profile,
+                self.inject.clone(),
+                self.max_gpa_bits,
+            )),
         })
     }
 

@@ -272,6 +272,10 @@ impl VmInner {
         if let Some(e) = self.inject.check(InjectOp::SetUserMemoryRegion) {
             return Err(e);
         }
+        // x86 kvm_arch_prepare_memory_region: the slot must end at or below
+        // kvm_mmu_max_gfn(); checked after kvm_gmem_bind (undone on failure).
+        let beyond_mmu =
+            matches!(change, Change::Create | Change::Move) && base_gfn + npages - 1 > self.max_gfn;
         match change {
             Change::Create => {
                 let gmem = if is_gmem {
@@ -279,6 +283,12 @@ impl VmInner {
                 } else {
                     None
                 };
+                if beyond_mmu {
+                    if let Some(g) = gmem.as_ref().and_then(|g| g.file.upgrade()) {
+                        g.unbind(gmem_offset >> PAGE_SHIFT, self.id, id);
+                    }
+                    return einval;
+                }
                 let slot = Slot {
                     id,
                     flags: r.flags,
@@ -290,6 +300,9 @@ impl VmInner {
                 self.slots.write().expect("slots").insert(slot);
             }
             Change::Move | Change::FlagsOnly => {
+                if beyond_mmu {
+                    return einval;
+                }
                 let mut slots = self.slots.write().expect("slots");
                 let mut slot = slots.remove(id).expect("slot checked above");
                 slot.base_gfn = base_gfn;

@@ -135,6 +135,28 @@ impl KernelProfile {
     }
 }
 
+/// `kvm_mmu_max_gfn()` width with shadow paging (and the model's default).
+pub const DEFAULT_MAX_GPA_BITS: u32 = 52;
+
+/// The guest-physical width KVM's MMU allows on this host: 52 with shadow
+/// paging (PVM, or TDP off), else the CPU's physical address width.
+pub fn host_max_gpa_bits() -> u32 {
+    let on = |p: &str| std::fs::read_to_string(p).is_ok_and(|v| v.trim() == "Y" || v.trim() == "1");
+    let tdp = !std::path::Path::new("/sys/module/kvm_pvm").exists()
+        && (on("/sys/module/kvm_amd/parameters/npt") || on("/sys/module/kvm_intel/parameters/ept"));
+    if !tdp {
+        return DEFAULT_MAX_GPA_BITS;
+    }
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            let line = c.lines().find(|l| l.starts_with("address sizes"))?;
+            let bits = line.split(':').nth(1)?.split_whitespace().next()?;
+            bits.parse().ok()
+        })
+        .unwrap_or(DEFAULT_MAX_GPA_BITS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,11 +36,18 @@ pub(crate) struct VmInner {
     /// `kvm->arch.hypercall_exit_enabled`.
     pub(crate) hc_mask: AtomicU64,
     pub(crate) slots_lock: Mutex<()>,
+    /// `kvm_mmu_max_gfn()`.
+    pub(crate) max_gfn: u64,
     vcpus: Mutex<BTreeSet<u32>>,
 }
 
 impl VmInner {
-    pub(crate) fn new(ty: VmType, profile: KernelProfile, inject: Arc<Injector>) -> VmInner {
+    pub(crate) fn new(
+        ty: VmType,
+        profile: KernelProfile,
+        inject: Arc<Injector>,
+        max_gpa_bits: u32,
+    ) -> VmInner {
         VmInner {
             id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
             ty,
@@ -50,6 +57,7 @@ impl VmInner {
             attrs: RwLock::default(),
             hc_mask: AtomicU64::new(0),
             slots_lock: Mutex::new(()),
+            max_gfn: (1u64 << (max_gpa_bits - PAGE_SHIFT)) - 1,
             vcpus: Mutex::default(),
         }
     }

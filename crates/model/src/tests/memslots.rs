@@ -490,3 +490,35 @@ fn region_delete_unbinds_gmem() {
     delete_slot(&vm, 10).unwrap();
     assert_eq!(hv.gmem_binding_count(&g).unwrap(), 0);
 }
+
+#[test]
+fn region_ending_above_mmu_max_gfn_returns_einval() {
+    // x86 kvm_arch_prepare_memory_region: shadow paging allows 52 bits.
+    let (_hv, vm) = setup_vm(VmType::Default);
+    let last = (1u64 << 52) - 4096;
+    assert_eq!(
+        errno(vm.set_user_memory_region(&plain(0, 0, last, 4096))),
+        None
+    );
+    assert_eq!(
+        errno(vm.set_user_memory_region(&plain(1, 0, last - 4096, 8192))),
+        Some(Errno::EEXIST)
+    );
+    assert_eq!(
+        errno(vm.set_user_memory_region(&plain(2, 0, 1 << 52, 4096))),
+        Some(Errno::EINVAL)
+    );
+}
+
+#[test]
+fn region_beyond_narrow_mmu_returns_einval_and_unbinds_gmem() {
+    // With TDP the width is the host's physical address bits (here 40).
+    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_max_gpa_bits(40);
+    let vm = hv.create_vm(VmType::SwProtected).expect("vm");
+    let g = vm.create_guest_memfd(M2, GmemFlags(0)).expect("gmem");
+    let high = region_raw(0, MEM_GUEST_MEMFD, 1 << 40, M2, GmemRef::File(&g), 0);
+    assert_eq!(errno(vm.set_user_memory_region(&high)), Some(Errno::EINVAL));
+    // The failed bind was undone: the same file range binds below the limit.
+    let low = region_raw(0, MEM_GUEST_MEMFD, (1 << 40) - M2, M2, GmemRef::File(&g), 0);
+    assert_eq!(errno(vm.set_user_memory_region(&low)), None);
+}
