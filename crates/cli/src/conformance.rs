@@ -4,9 +4,10 @@
 
 use clap::ValueEnum;
 use privmem_conformance::differential::{self, DiffConfig, DiffReport};
-use privmem_conformance::{run_suite, CaseResult};
+use privmem_conformance::{host_model, run_suite, CaseResult};
+use privmem_core::Hypervisor;
 use privmem_kvm::KvmHypervisor;
-use privmem_model::{host_max_gpa_bits, KernelProfile, ModelHypervisor};
+use privmem_model::{KernelProfile, ModelHypervisor};
 use serde_json::json;
 
 /// Which backends the suite runs on.
@@ -99,10 +100,22 @@ pub fn main(args: &ConformanceArgs) -> i32 {
     };
     let mut results = Vec::new();
     if model {
+        // `--profile auto` models this host: its MMU width and its quirks
+        // (PVM); an explicit profile models upstream.
+        let hv = if args.profile == "auto" {
+            host_model(profile)
+        } else {
+            ModelHypervisor::new(profile)
+        };
         if !args.json {
-            eprintln!("model: kernel profile {}", profile.name());
+            eprintln!(
+                "model: kernel profile {}, max_gpa_bits {}, quirks {}",
+                profile.name(),
+                hv.max_gpa_bits(),
+                quirk_names(hv.quirks())
+            );
         }
-        results.extend(run_suite(&ModelHypervisor::new(profile), &filter, print));
+        results.extend(run_suite(&hv, &filter, print));
     }
     if let Some(kvm) = &kvm {
         results.extend(run_suite(kvm, &filter, print));
@@ -111,6 +124,19 @@ pub fn main(args: &ConformanceArgs) -> i32 {
         println!("{}", to_json(&results));
     }
     i32::from(results.iter().any(|r| r.outcome.status() == "fail"))
+}
+
+/// "pvm, gmem_hva", or "none".
+fn quirk_names(q: privmem_core::Quirks) -> String {
+    let names: Vec<&str> = [("pvm", q.pvm), ("gmem_hva", q.gmem_hva)]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 /// "A1   model  pass  guest_memfd flags", with the reason after a colon.
@@ -162,7 +188,8 @@ fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
         seed: args.seed.unwrap_or(differential::DEFAULT_SEED),
         ..DiffConfig::default()
     };
-    let model = ModelHypervisor::new(profile).with_max_gpa_bits(host_max_gpa_bits());
+    // The model as this host's KVM should look (MMU width, PVM quirks).
+    let model = host_model(profile);
     let report = match differential::run(&model, &kvm, &cfg) {
         Ok(r) => r,
         Err(e) => {
@@ -171,18 +198,20 @@ fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
         }
     };
     if args.json {
-        println!("{}", diff_json(&report, profile));
+        println!("{}", diff_json(&report, profile, &model));
     } else {
-        print_diff(&report, profile);
+        print_diff(&report, profile, &model);
     }
     i32::from(!report.agreed())
 }
 
-fn diff_json(r: &DiffReport, profile: KernelProfile) -> serde_json::Value {
+fn diff_json(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) -> serde_json::Value {
     let types: Vec<_> = r.vm_types.iter().map(|t| t.name()).collect();
     json!({ "differential": {
         "backends": [r.backends.0, r.backends.1],
         "profile": profile.name(),
+        "max_gpa_bits": model.max_gpa_bits(),
+        "quirks": { "pvm": model.quirks().pvm, "gmem_hva": model.quirks().gmem_hva },
         "vm_types": types,
         "sequences": r.sequences,
         "steps": r.steps,
@@ -193,12 +222,14 @@ fn diff_json(r: &DiffReport, profile: KernelProfile) -> serde_json::Value {
     }})
 }
 
-fn print_diff(r: &DiffReport, profile: KernelProfile) {
+fn print_diff(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) {
     let types: Vec<_> = r.vm_types.iter().map(|t| t.name()).collect();
     println!(
-        "differential: {} (profile {}) vs {}: {} sequences, {} steps each, VM types {}, seed {:#x}",
+        "differential: {} (profile {}, max_gpa_bits {}, quirks {}) vs {}: {} sequences, {} steps each, VM types {}, seed {:#x}",
         r.backends.0,
         profile.name(),
+        model.max_gpa_bits(),
+        quirk_names(model.quirks()),
         r.backends.1,
         r.sequences,
         r.steps,

@@ -5,7 +5,7 @@
 use std::fmt::Display;
 
 use privmem_core::backend::{GmemRef, Region, RegionApi, UserAddr};
-use privmem_core::{BackendError, Cap, Errno, GmemFlags, Hypervisor, Vm, VmType};
+use privmem_core::{BackendError, Cap, Errno, GmemFlags, Hypervisor, Quirks, Vm, VmType};
 
 /// Why a case stopped early.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +246,45 @@ pub(crate) fn require_gmem_flags<V: Vm>(vm: &V, want: GmemFlags) -> Check {
         vm_type_name(vm.vm_type().kvm_type()),
         gmem_flag_names(want.0 & !have)
     )))
+}
+
+/// Skip reason: the host's KVM is PVM ([`Quirks::pvm`]).
+pub(crate) const PVM_SKIP: &str =
+    "host KVM is PVM: guest_memfd-only slots are not served from guest_memfd (kvm_pvm)";
+/// Skip reason: the KVM backend's guest_memfd mapping ([`Quirks::gmem_hva`]).
+pub(crate) const GMEM_HVA_SKIP: &str = "privmem's KVM backend maps the guest_memfd for a NULL \
+     userspace_addr (PRIVMEM_GMEM_HVA) and the mapping keeps the file open";
+
+/// True for a skip caused by a host quirk rather than a missing capability:
+/// such a skip is reported even when other flavors of the case ran.
+pub(crate) fn is_quirk_skip(reason: &str) -> bool {
+    reason.contains(PVM_SKIP) || reason.contains(GMEM_HVA_SKIP)
+}
+
+/// Skips if a default VM's gmem-only slot with a NULL `userspace_addr` and
+/// a guest_memfd with `flags` cannot serve the guest from guest_memfd on
+/// this backend: on PVM only the KVM backend's mapping of a
+/// `MMAP|INIT_SHARED` file reaches it.
+pub(crate) fn require_gmem_only_faults(quirks: Quirks, flags: GmemFlags) -> Check {
+    let mapped = quirks.gmem_hva && flags.contains(GmemFlags::MMAP.union(GmemFlags::INIT_SHARED));
+    if quirks.pvm && !mapped {
+        return Err(Stop::Skip(PVM_SKIP.into()));
+    }
+    Ok(())
+}
+
+/// Skips unless releasing a default VM's gmem-only guest_memfd is visible
+/// to the guest: on PVM it never is, and the KVM backend's mapping of a
+/// `MMAP|INIT_SHARED` file holds the file.
+pub(crate) fn require_gmem_release_visible(quirks: Quirks, flags: GmemFlags) -> Check {
+    require_gmem_only_faults(quirks, flags)?;
+    if quirks.pvm {
+        return Err(Stop::Skip(PVM_SKIP.into()));
+    }
+    if quirks.gmem_hva && flags.contains(GmemFlags::MMAP.union(GmemFlags::INIT_SHARED)) {
+        return Err(Stop::Skip(GMEM_HVA_SKIP.into()));
+    }
+    Ok(())
 }
 
 /// A memslot request; `userspace` and `gmem` default to NULL and fd -1.

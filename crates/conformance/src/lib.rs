@@ -136,3 +136,12 @@ fn run_case<H: Hypervisor>(cx: &ctx::Ctx<'_, H>, run: cases::CaseFn<H>) -> Outco
 pub fn probe<H: Hypervisor>(hv: &H) -> SysCaps {
     SysCaps::probe(hv)
 }
+
+/// The model as this host's KVM backend should look: `profile`, the host's
+/// `kvm_mmu_max_gfn()` width and the backend's host quirks (PVM). What the
+/// differential compares against KVM, and what `--profile auto` runs.
+pub fn host_model(profile: privmem_model::KernelProfile) -> privmem_model::ModelHypervisor {
+    privmem_model::ModelHypervisor::new(profile)
+        .with_max_gpa_bits(privmem_model::host_max_gpa_bits())
+        .with_quirks(privmem_kvm::caps::host_quirks())
+}

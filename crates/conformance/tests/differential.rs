@@ -7,8 +7,9 @@
 mod common;
 
 use privmem_conformance::differential::{run, DiffConfig};
+use privmem_conformance::host_model;
 use privmem_core::VmType;
-use privmem_model::{host_max_gpa_bits, KernelProfile, ModelHypervisor};
+use privmem_model::{KernelProfile, ModelHypervisor};
 
 /// The model profile matching the running kernel.
 fn profile() -> KernelProfile {
@@ -60,15 +61,30 @@ fn model_against_itself_is_deterministic() {
 }
 
 #[test]
+fn pvm_quirked_model_against_itself_is_deterministic() {
+    let quirked = || ModelHypervisor::new(profile()).with_quirks(privmem_core::Quirks::PVM);
+    let report = run(&quirked(), &quirked(), &config()).expect("differential ran");
+    assert!(report.agreed(), "{}", report.difference.unwrap_or_default());
+}
+
+#[test]
 fn model_and_kvm_agree() {
     let Some(kvm) = common::kvm_or_skip("model_and_kvm_agree") else {
         return;
     };
-    let model = ModelHypervisor::new(profile()).with_max_gpa_bits(host_max_gpa_bits());
+    // The model as this host should look: its MMU width and its quirks
+    // (PVM here; none on the rig's upstream 6.12).
+    let model = host_model(profile());
     let report = run(&model, &kvm, &config()).expect("differential ran");
     eprintln!(
-        "differential: {} sequences, {} steps per backend, VM types {:?}, seed {:#x}",
-        report.sequences, report.steps, report.vm_types, report.seed
+        "differential: {} sequences, {} steps per backend, VM types {:?}, seed {:#x}, \
+         model max_gpa_bits {}, quirks {:?}",
+        report.sequences,
+        report.steps,
+        report.vm_types,
+        report.seed,
+        model.max_gpa_bits(),
+        privmem_core::Hypervisor::quirks(&model)
     );
     for (what, n) in &report.coverage {
         eprintln!("  {n:6}  {what}");

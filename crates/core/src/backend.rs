@@ -303,6 +303,40 @@ pub enum RunError {
     Backend(#[from] BackendError),
 }
 
+/// Ways a backend's host deviates from upstream KVM: not kernel semantics,
+/// but what privmem observes through these traits there. All off means
+/// upstream behaviour (the model's default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Quirks {
+    /// The host's KVM is PVM (`kvm_pvm`, software virtualization): default
+    /// VMs' guest faults are always served through `userspace_addr`, never
+    /// from guest_memfd, whatever the slot's gmem flags (NULL or unmapped →
+    /// `KVM_EXIT_MMIO`), and releasing a bound guest_memfd changes nothing
+    /// for the guest. Upstream serves gmem-only (MMAP) slots from
+    /// guest_memfd.
+    pub pvm: bool,
+    /// privmem's KVM backend stands in a `MAP_SHARED` mmap of the slot's
+    /// guest_memfd range for `userspace_addr` when a
+    /// `KVM_SET_USER_MEMORY_REGION2` request has `KVM_MEM_GUEST_MEMFD`,
+    /// [`UserAddr::Raw`]`(0)` and a `MMAP|INIT_SHARED` [`GmemRef::File`];
+    /// the mapping holds a file reference until the slot is deleted (on by
+    /// default on PVM hosts, `PRIVMEM_GMEM_HVA`).
+    pub gmem_hva: bool,
+}
+
+impl Quirks {
+    /// What privmem's KVM backend shows on a PVM host by default.
+    pub const PVM: Quirks = Quirks {
+        pvm: true,
+        gmem_hva: true,
+    };
+
+    /// True if no quirk is on.
+    pub fn is_upstream(self) -> bool {
+        self == Quirks::default()
+    }
+}
+
 /// A hypervisor: `/dev/kvm`, or the model of it.
 pub trait Hypervisor: Send + Sync + 'static {
     /// The VM type.
@@ -329,6 +363,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn gmem_stat(&self, gmem: &GuestMemfd) -> Result<FileStat>;
     /// `mmap(NULL, len, PROT_READ|PROT_WRITE, shared ? MAP_SHARED : MAP_PRIVATE, gmem, 0)`.
     fn gmem_mmap(&self, gmem: &GuestMemfd, len: u64, shared: bool) -> Result<Self::Mapping>;
+    /// The host quirks this backend shows (none: upstream behaviour).
+    fn quirks(&self) -> Quirks {
+        Quirks::default()
+    }
 }
 
 /// A VM.

@@ -18,7 +18,7 @@ pub mod workload;
 
 pub use backend::{
     Access, Cap, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, Hypervisor, Kick,
-    Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr, Vcpu, Vm,
+    Quirks, Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr, Vcpu, Vm,
 };
 pub use error::{BackendError, Errno};
 pub use exit::{

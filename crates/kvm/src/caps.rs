@@ -1,5 +1,7 @@
 //! Host probing: which hypercall transport guest code must use.
 
+use privmem_core::Quirks;
+
 use crate::guest::Transport;
 
 /// Environment variable that forces the transport ("vmcall", "vmmcall" or
@@ -28,6 +30,15 @@ pub fn gmem_slots_need_hva() -> bool {
         Ok("1") => true,
         Ok("0") => false,
         _ => pvm_host(),
+    }
+}
+
+/// The [`Quirks`] privmem's KVM backend shows on this host: PVM, and the
+/// guest_memfd HVA workaround ([`gmem_slots_need_hva`]).
+pub fn host_quirks() -> Quirks {
+    Quirks {
+        pvm: pvm_host(),
+        gmem_hva: gmem_slots_need_hva(),
     }
 }
 

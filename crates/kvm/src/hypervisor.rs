@@ -4,9 +4,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
 use kvm_ioctls::Kvm;
-use privmem_core::{BackendError, Cap, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, VmType};
+use privmem_core::{
+    BackendError, Cap, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, Quirks, VmType,
+};
 
-use crate::caps::{detect_transport, gmem_slots_need_hva};
+use crate::caps::{detect_transport, host_quirks};
 use crate::mem::KvmMapping;
 use crate::sys::{self, os_err};
 use crate::vm::{HostQuirks, KvmVm};
@@ -19,6 +21,7 @@ const CPUID_ENTRIES: usize = 256;
 pub struct KvmHypervisor {
     kvm: Kvm,
     host: HostQuirks,
+    pvm: bool,
 }
 
 fn kvm_err(op: &'static str, e: &kvm_ioctls::Error) -> BackendError {
@@ -37,13 +40,15 @@ impl KvmHypervisor {
         // optional (the guest code needs no feature bits), so a failure
         // only means the vCPU keeps KVM's default (empty) CPUID.
         let cpuid = kvm.get_supported_cpuid(CPUID_ENTRIES).ok().map(Arc::new);
+        let quirks = host_quirks();
         Ok(KvmHypervisor {
             kvm,
             host: HostQuirks {
                 transport: detect_transport(),
-                gmem_hva: gmem_slots_need_hva(),
+                gmem_hva: quirks.gmem_hva,
                 cpuid,
             },
+            pvm: quirks.pvm,
         })
     }
 
@@ -164,5 +169,12 @@ impl Hypervisor for KvmHypervisor {
         shared: bool,
     ) -> Result<KvmMapping, BackendError> {
         KvmMapping::new(gmem_fd(gmem), len, shared)
+    }
+
+    fn quirks(&self) -> Quirks {
+        Quirks {
+            pvm: self.pvm,
+            gmem_hva: self.host.gmem_hva,
+        }
     }
 }

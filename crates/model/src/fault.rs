@@ -91,7 +91,10 @@ pub(crate) fn resolve(vm: &VmInner, gpa: u64, want: u64, access: Access, write: 
     len = len.min(slot_end - gpa);
     let off_in_slot = gpa - (slot.base_gfn << PAGE_SHIFT);
     let gmem_only = slot.gmem.as_ref().is_some_and(|g| g.gmem_only);
-    if is_private || gmem_only {
+    // Host quirk, not upstream (PVM): a default VM's faults are always
+    // served through userspace_addr, whatever the slot's gmem flags.
+    let through_hva = vm.quirks.pvm && vm.ty == VmType::Default;
+    if is_private || (gmem_only && !through_hva) {
         return resolve_gmem(slot, gpa, off_in_slot, len, is_private);
     }
     resolve_shared(slot, gpa, off_in_slot, len, write)
@@ -107,7 +110,18 @@ fn resolve_gmem(slot: &Slot, gpa: u64, off_in_slot: u64, len: u64, private: bool
         // The file was released: slot->gmem.file is NULL.
         return fault(gpa, private, FaultErrno::Efault);
     };
-    let offset = (g.pgoff << PAGE_SHIFT) + off_in_slot;
+    gmem_run(
+        file,
+        (g.pgoff << PAGE_SHIFT) + off_in_slot,
+        gpa,
+        len,
+        private,
+    )
+}
+
+/// guest_memfd bytes at file `offset` for `[gpa, gpa+len)`, up to the first
+/// hardware-poisoned page (a poisoned first page is an EHWPOISON fault).
+fn gmem_run(file: Arc<GmemFile>, offset: u64, gpa: u64, len: u64, private: bool) -> Resolved {
     let first = offset >> PAGE_SHIFT;
     let npages = (offset + len - 1) / PAGE_SIZE - first + 1;
     let mut len = len;
@@ -146,6 +160,16 @@ fn resolve_shared(slot: &Slot, gpa: u64, off_in_slot: u64, len: u64, write: bool
         }
         UserBacking::Raw(_) => Resolved::Mmio {
             len: to_page_end(gpa, len),
+        },
+        // A mapping of the guest_memfd (Quirks::gmem_hva). Reached only with
+        // Quirks::pvm: otherwise such a slot is gmem-only and faults go to
+        // guest_memfd directly. (Poison through the HVA would be SIGBUS on
+        // a real host; the model keeps its EHWPOISON exit, unverified.)
+        UserBacking::GmemMap { file, pgoff } => match file.upgrade() {
+            Some(file) => gmem_run(file, (pgoff << PAGE_SHIFT) + off_in_slot, gpa, len, false),
+            None => Resolved::Mmio {
+                len: to_page_end(gpa, len),
+            },
         },
     }
 }

@@ -14,7 +14,10 @@
 //!   [`ModelVm`]), [`ModelHypervisor::poison_gmem`], [`ModelVm::poison_gpa`];
 //! - introspection: [`ModelVm::attributes`], [`ModelHypervisor::gmem_read`],
 //!   [`ModelHypervisor::gmem_allocated_pages`], [`ModelShared::allocated_pages`];
-//! - stepping: [`ModelVcpu::step`], [`ModelVcpu::set_step_limit`].
+//! - stepping: [`ModelVcpu::step`], [`ModelVcpu::set_step_limit`];
+//! - host parameters: [`ModelHypervisor::with_max_gpa_bits`] (the MMU's
+//!   guest-physical width, 52 by default) and [`ModelHypervisor::with_quirks`]
+//!   (host behaviour that is not upstream, e.g. PVM; off by default).
 //!
 //! `KVM_CAP_VM_TYPES` is `0x13`: default (0), sw-protected (1) and SNP (4),
 //! the type [`privmem_core::VmType::Coco`] is created with.
@@ -40,10 +43,12 @@ use privmem_core::backend::{Cap, FileIo, FileStat, Hypervisor};
 use privmem_core::error::Result;
 use privmem_core::{BackendError, Errno, GuestMemfd, VmType, PAGE_SIZE};
 
+pub use privmem_core::Quirks;
+
 pub use backing::ModelShared;
 pub use gmem::ModelGmemMapping;
 pub use inject::InjectOp;
-pub use profile::{host_max_gpa_bits, KernelProfile, NR_MEMSLOTS, VM_TYPES};
+pub use profile::{host_max_gpa_bits, max_gpa_bits_for, KernelProfile, NR_MEMSLOTS, VM_TYPES};
 pub use vcpu::{ModelKick, ModelVcpu};
 pub use vm::ModelVm;
 
@@ -55,6 +60,7 @@ pub struct ModelHypervisor {
     profile: KernelProfile,
     inject: Arc<Injector>,
     max_gpa_bits: u32,
+    quirks: Quirks,
 }
 
 impl ModelHypervisor {
@@ -64,6 +70,7 @@ impl ModelHypervisor {
             profile,
             inject: Arc::default(),
             max_gpa_bits: profile::DEFAULT_MAX_GPA_BITS,
+            quirks: Quirks::default(),
         }
     }
 
@@ -74,6 +81,22 @@ impl ModelHypervisor {
     pub fn with_max_gpa_bits(mut self, bits: u32) -> ModelHypervisor {
         self.max_gpa_bits = bits.clamp(32, 52);
         self
+    }
+
+    /// The same model with host quirks (host behaviour, not upstream; all
+    /// off by default). [`Quirks::pvm`]: default VMs' guest faults go
+    /// through `userspace_addr` only; [`Quirks::gmem_hva`]: the KVM
+    /// backend's guest_memfd mapping stands in for a NULL `userspace_addr`
+    /// and keeps the file alive while the slot lives. See README.md.
+    pub fn with_quirks(mut self, quirks: Quirks) -> ModelHypervisor {
+        self.quirks = quirks;
+        self
+    }
+
+    /// The MMU's guest-physical width (`kvm_mmu_max_gfn()` is
+    /// `2^bits / 4096 - 1`).
+    pub fn max_gpa_bits(&self) -> u32 {
+        self.max_gpa_bits
     }
 
     /// The profile.
@@ -179,14 +202,13 @@ impl Hypervisor for ModelHypervisor {
             .profile
             .vm_type_from_raw(ty)
             .ok_or(BackendError::os("KVM_CREATE_VM", Errno::EINVAL))?;
-        Ok(ModelVm {
-            inner: Arc::new(vm::VmInner::new(
-                ty,
-                self.profile,
-                self.inject.clone(),
-                self.max_gpa_bits,
-            )),
-        })
+        Ok(ModelVm::new(vm::VmInner::new(
+            ty,
+            self.profile,
+            self.inject.clone(),
+            self.max_gpa_bits,
+            self.quirks,
+        )))
     }
 
     fn gmem_fallocate(&self, gmem: &GuestMemfd, mode: i32, offset: i64, len: i64) -> Result<()> {
@@ -207,5 +229,9 @@ impl Hypervisor for ModelHypervisor {
 
     fn gmem_mmap(&self, gmem: &GuestMemfd, len: u64, shared: bool) -> Result<ModelGmemMapping> {
         gmem::mmap(&self.inject, gmem, len, shared)
+    }
+
+    fn quirks(&self) -> Quirks {
+        self.quirks
     }
 }

@@ -32,6 +32,15 @@ pub(crate) enum UserBacking {
         /// Byte offset of the slot's first page.
         offset: u64,
     },
+    /// [`privmem_core::Quirks::gmem_hva`]: a `MAP_SHARED` mapping of the
+    /// slot's guest_memfd range that the KVM backend passed instead of the
+    /// caller's NULL (the VM's `Userspace` holds the file).
+    GmemMap {
+        /// The file.
+        file: Weak<GmemFile>,
+        /// File page the mapping (the slot's first page) starts at.
+        pgoff: u64,
+    },
 }
 
 impl UserBacking {
@@ -40,6 +49,7 @@ impl UserBacking {
         match self {
             UserBacking::Raw(v) => (0, *v),
             UserBacking::Shared { mem, offset } => (mem.id(), *offset),
+            UserBacking::GmemMap { pgoff, .. } => (u64::MAX, *pgoff),
         }
     }
 }
@@ -150,8 +160,14 @@ enum Change {
 }
 
 impl VmInner {
-    /// `KVM_SET_USER_MEMORY_REGION{,2}`.
-    pub(crate) fn set_region(&self, r: &Region<'_, ModelShared>) -> Result<()> {
+    /// `KVM_SET_USER_MEMORY_REGION{,2}`; `hva_gmem` is the guest_memfd
+    /// whose mapping stands in for a NULL `userspace_addr`
+    /// ([`privmem_core::Quirks::gmem_hva`]).
+    pub(crate) fn set_region(
+        &self,
+        r: &Region<'_, ModelShared>,
+        hva_gmem: Option<&Arc<GmemFile>>,
+    ) -> Result<()> {
         let op = op_name(r.api);
         // Backend-level refusals every privmem backend applies before the
         // kernel sees the call (see `UserAddr::Raw`, and the KVM backend's
@@ -177,11 +193,15 @@ impl VmInner {
             }
             _ => {}
         }
-        self.set_region_checked(r)
+        self.set_region_checked(r, hva_gmem)
             .map_err(|e| BackendError::os(op, e))
     }
 
-    fn set_region_checked(&self, r: &Region<'_, ModelShared>) -> Result<(), Errno> {
+    fn set_region_checked(
+        &self,
+        r: &Region<'_, ModelShared>,
+        hva_gmem: Option<&Arc<GmemFile>>,
+    ) -> Result<(), Errno> {
         let einval = Err(Errno::EINVAL);
         // v1 carries no gmem fields: the v2 tail is zeroed.
         let (gmem_offset, v1) = match r.api {
@@ -203,6 +223,16 @@ impl VmInner {
             return einval;
         }
         let user = match r.userspace {
+            // The mapping's HVA: aligned, and `access_ok` as any mapping.
+            UserAddr::Raw(_) if hva_gmem.is_some() => {
+                if r.size > TASK_SIZE_MAX {
+                    return einval;
+                }
+                UserBacking::GmemMap {
+                    file: hva_gmem.map(Arc::downgrade).unwrap_or_default(),
+                    pgoff: gmem_offset >> PAGE_SHIFT,
+                }
+            }
             UserAddr::Raw(v) => {
                 if v % PAGE_SIZE != 0 || !access_ok(v, r.size) {
                     return einval;

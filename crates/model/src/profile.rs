@@ -141,25 +141,59 @@ pub const DEFAULT_MAX_GPA_BITS: u32 = 52;
 /// The guest-physical width KVM's MMU allows on this host: 52 with shadow
 /// paging (PVM, or TDP off), else the CPU's physical address width.
 pub fn host_max_gpa_bits() -> u32 {
-    let on = |p: &str| std::fs::read_to_string(p).is_ok_and(|v| v.trim() == "Y" || v.trim() == "1");
-    let tdp = !std::path::Path::new("/sys/module/kvm_pvm").exists()
-        && (on("/sys/module/kvm_amd/parameters/npt") || on("/sys/module/kvm_intel/parameters/ept"));
-    if !tdp {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    max_gpa_bits_for(
+        std::path::Path::new("/sys/module/kvm_pvm").exists(),
+        read("/sys/module/kvm_amd/parameters/npt").as_deref(),
+        read("/sys/module/kvm_intel/parameters/ept").as_deref(),
+        &read("/proc/cpuinfo").unwrap_or_default(),
+    )
+}
+
+/// `kvm_mmu_max_gfn()`'s width from what a host shows: `tdp_enabled ?
+/// host MAXPHYADDR : 52`. TDP is on when KVM is not PVM and `kvm_amd.npt`
+/// or `kvm_intel.ept` reads `Y`/`1`; the width is then the "address sizes :
+/// NN bits physical" of `cpuinfo` (the kernel reads CPUID 0x80000008, which
+/// differs only when SME/MKTME steal address bits).
+pub fn max_gpa_bits_for(pvm: bool, npt: Option<&str>, ept: Option<&str>, cpuinfo: &str) -> u32 {
+    let on = |v: Option<&str>| v.is_some_and(|v| matches!(v.trim(), "Y" | "y" | "1"));
+    if pvm || !(on(npt) || on(ept)) {
         return DEFAULT_MAX_GPA_BITS;
     }
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            let line = c.lines().find(|l| l.starts_with("address sizes"))?;
-            let bits = line.split(':').nth(1)?.split_whitespace().next()?;
-            bits.parse().ok()
-        })
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("address sizes"))
+        .and_then(|l| l.split(':').nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter(|b| (32..=52).contains(b))
         .unwrap_or(DEFAULT_MAX_GPA_BITS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CPUINFO_40: &str = "processor\t: 0\naddress sizes\t: 40 bits physical, 48 bits virtual\n";
+
+    #[test]
+    fn max_gpa_bits_is_52_with_shadow_paging() {
+        // PVM is shadow paging whatever the vendor modules say.
+        assert_eq!(max_gpa_bits_for(true, Some("Y\n"), None, CPUINFO_40), 52);
+        // TDP disabled or vendor module absent.
+        assert_eq!(max_gpa_bits_for(false, Some("N\n"), None, CPUINFO_40), 52);
+        assert_eq!(max_gpa_bits_for(false, None, Some("N\n"), CPUINFO_40), 52);
+        assert_eq!(max_gpa_bits_for(false, None, None, CPUINFO_40), 52);
+    }
+
+    #[test]
+    fn max_gpa_bits_is_host_phys_bits_with_tdp() {
+        assert_eq!(max_gpa_bits_for(false, Some("Y\n"), None, CPUINFO_40), 40);
+        assert_eq!(max_gpa_bits_for(false, None, Some("1\n"), CPUINFO_40), 40);
+        // No parsable width: the shadow-paging default.
+        assert_eq!(
+            max_gpa_bits_for(false, Some("Y"), None, "flags : svm\n"),
+            52
+        );
+    }
 
     #[test]
     fn vm_types_is_default_swprot_and_snp() {

@@ -35,7 +35,7 @@ use privmem_core::{BackendError, Errno, Exit, Gpa, GuestReport, Hypercall, MmioE
 use crate::backing::{FillBuf, Memfd, MAX_IO};
 use crate::fault::{resolve, Resolved};
 use crate::inject::InjectOp;
-use crate::vm::VmInner;
+use crate::vm::{Userspace, VmInner};
 
 const OP_RUN: &str = "KVM_RUN";
 
@@ -80,6 +80,9 @@ enum Flow {
 #[derive(Debug)]
 pub struct ModelVcpu {
     vm: Arc<VmInner>,
+    /// Keeps the VM's userspace-held guest_memfd mappings alive (as a KVM
+    /// backend vCPU keeps its VM's slot table).
+    _user: Arc<Userspace>,
     index: u32,
     program: Vec<GuestOp>,
     pc: usize,
@@ -101,9 +104,10 @@ pub struct ModelVcpu {
 }
 
 impl ModelVcpu {
-    pub(crate) fn new(vm: Arc<VmInner>, index: u32) -> ModelVcpu {
+    pub(crate) fn new(vm: Arc<VmInner>, user: Arc<Userspace>, index: u32) -> ModelVcpu {
         ModelVcpu {
             vm,
+            _user: user,
             index,
             program: Vec::new(),
             pc: 0,

@@ -5,21 +5,22 @@
 //! access and never held across an exit or across I/O on page contents;
 //! `slots_lock` (a mutex) serialises memslot updates like `kvm->slots_lock`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use privmem_core::attrmap::AttrMap;
-use privmem_core::backend::{Cap, Region, SharedKind, Vm};
+use privmem_core::backend::MEM_GUEST_MEMFD;
+use privmem_core::backend::{Cap, GmemRef, Region, RegionApi, SharedKind, UserAddr, Vm};
 use privmem_core::error::Result;
 use privmem_core::types::PAGE_SHIFT;
-use privmem_core::{BackendError, Errno, GmemFlags, Gpa, GuestMemfd, VmType, PAGE_SIZE};
+use privmem_core::{BackendError, Errno, GmemFlags, Gpa, GuestMemfd, Quirks, VmType, PAGE_SIZE};
 
 use crate::backing::ModelShared;
-use crate::gmem::{GmemFile, OP_CREATE};
+use crate::gmem::{self, GmemFile, OP_CREATE};
 use crate::inject::{InjectOp, Injector};
 use crate::memslot::Slots;
-use crate::profile::{KernelProfile, EXIT_HYPERCALL_VALID_MASK, MAX_VCPU_IDS};
+use crate::profile::{KernelProfile, EXIT_HYPERCALL_VALID_MASK, MAX_VCPU_IDS, TASK_SIZE_MAX};
 use crate::vcpu::ModelVcpu;
 
 static NEXT_VM_ID: AtomicU64 = AtomicU64::new(1);
@@ -38,6 +39,8 @@ pub(crate) struct VmInner {
     pub(crate) slots_lock: Mutex<()>,
     /// `kvm_mmu_max_gfn()`.
     pub(crate) max_gfn: u64,
+    /// Host quirks (not upstream; see README.md).
+    pub(crate) quirks: Quirks,
     vcpus: Mutex<BTreeSet<u32>>,
 }
 
@@ -47,6 +50,7 @@ impl VmInner {
         profile: KernelProfile,
         inject: Arc<Injector>,
         max_gpa_bits: u32,
+        quirks: Quirks,
     ) -> VmInner {
         VmInner {
             id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
@@ -58,18 +62,67 @@ impl VmInner {
             hc_mask: AtomicU64::new(0),
             slots_lock: Mutex::new(()),
             max_gfn: (1u64 << (max_gpa_bits - PAGE_SHIFT)) - 1,
+            quirks,
             vcpus: Mutex::default(),
         }
     }
+}
+
+/// What privmem's userspace, not the kernel, holds for a VM: with
+/// [`Quirks::gmem_hva`], the guest_memfd mapping that stands in for a slot's
+/// NULL `userspace_addr`, by raw slot id (the KVM backend's
+/// `SlotEntry::_gmem_map`). Shared by the VM's handles and its vCPUs, as the
+/// KVM backend's slot table is; outside [`VmInner`] because a file holds its
+/// VM (a reference from the VM would be a cycle).
+#[derive(Debug, Default)]
+pub(crate) struct Userspace {
+    gmem_maps: Mutex<BTreeMap<u32, Arc<GmemFile>>>,
 }
 
 /// A model VM. Cheap to clone (all clones are the same VM).
 #[derive(Clone, Debug)]
 pub struct ModelVm {
     pub(crate) inner: Arc<VmInner>,
+    user: Arc<Userspace>,
 }
 
 impl ModelVm {
+    pub(crate) fn new(inner: VmInner) -> ModelVm {
+        ModelVm {
+            inner: Arc::new(inner),
+            user: Arc::default(),
+        }
+    }
+
+    /// [`Quirks::gmem_hva`]: the guest_memfd whose mapping the KVM backend
+    /// would pass as `userspace_addr` for `r` (`crates/kvm/src/vm.rs`
+    /// `gmem_hva_mapping`: v2, GUEST_MEMFD, NULL `userspace_addr`, a
+    /// `MMAP|INIT_SHARED` file handle, an aligned range inside the file).
+    fn gmem_hva_file(&self, r: &Region<'_, ModelShared>) -> Option<Arc<GmemFile>> {
+        let wanted = self.inner.quirks.gmem_hva
+            && r.api == RegionApi::V2
+            && r.flags & MEM_GUEST_MEMFD != 0
+            && r.size > 0
+            && r.size <= TASK_SIZE_MAX
+            && matches!(r.userspace, UserAddr::Raw(0));
+        let GmemRef::File(g) = r.gmem else {
+            return None;
+        };
+        let shared = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
+        let in_file = r
+            .gmem_offset
+            .checked_add(r.size)
+            .is_some_and(|e| e <= g.size());
+        if !wanted
+            || !g.flags().contains(shared)
+            || !in_file
+            || !r.gmem_offset.is_multiple_of(PAGE_SIZE)
+        {
+            return None;
+        }
+        gmem::file_of(g)
+    }
+
     /// The kernel profile the VM behaves as.
     pub fn profile(&self) -> KernelProfile {
         self.inner.profile
@@ -159,7 +212,16 @@ impl Vm for ModelVm {
     }
 
     fn set_user_memory_region(&self, region: &Region<'_, ModelShared>) -> Result<()> {
-        self.inner.set_region(region)
+        let map = self.gmem_hva_file(region);
+        self.inner.set_region(region, map.as_ref())?;
+        // As the KVM backend's slot table: a successful call replaces the
+        // slot's entry (dropping its old mapping), a delete removes it.
+        let mut maps = self.user.gmem_maps.lock().expect("gmem maps");
+        match map {
+            Some(file) if region.size > 0 => maps.insert(region.slot, file),
+            _ => maps.remove(&region.slot),
+        };
+        Ok(())
     }
 
     fn set_memory_attributes(
@@ -184,7 +246,7 @@ impl Vm for ModelVm {
         if !self.inner.vcpus.lock().expect("vcpus").insert(index) {
             return Err(BackendError::os(OP, Errno::EEXIST));
         }
-        Ok(ModelVcpu::new(self.inner.clone(), index))
+        Ok(ModelVcpu::new(self.inner.clone(), self.user.clone(), index))
     }
 
     fn hypercall_transport(&self) -> &'static str {

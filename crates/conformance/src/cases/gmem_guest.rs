@@ -5,7 +5,8 @@ use privmem_core::backend::{GmemRef, HostMemory, MEM_GUEST_MEMFD};
 use privmem_core::{Access, GmemFlags, Gpa, GuestOp, Hypervisor, Vm, VmType};
 
 use super::gmem::{expect_bytes, PG};
-use crate::ctx::{fail, region, require_gmem_flags, Check, Ctx, OrFail, Shared, Stop};
+use crate::ctx::{fail, region, require_gmem_flags, require_gmem_only_faults};
+use crate::ctx::{Check, Ctx, OrFail, Shared, Stop};
 use crate::guest::{run_ops, unexpected};
 
 /// The selftest's GPA: 4 GiB.
@@ -42,6 +43,7 @@ pub(crate) fn a13_guest<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
     let want = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
     let vm = cx.create_vm(VmType::Default)?;
     require_gmem_flags(&vm, want)?;
+    require_gmem_only_faults(cx.hv.quirks(), want)?;
     let g = vm
         .create_guest_memfd(PG, want)
         .or_fail("KVM_CREATE_GUEST_MEMFD(1p, MMAP|INIT_SHARED)")?;

@@ -454,13 +454,6 @@ impl<'h, H: Hypervisor> World<'h, H> {
     }
 
     fn run(&mut self, specs: &[GuestSpec]) -> Res {
-        if self.vm_type == VmType::Default && pvm_host() && self.slots.values().any(|s| s.gmem) {
-            // Host quirk, not upstream: PVM never serves a default VM's
-            // guest_memfd slots from guest_memfd (crates/kvm/src/vm.rs), so
-            // guest runs with such slots are left to the conformance cases
-            // (A13, F27, F28) rather than compared here.
-            return Res::NotApplicable;
-        }
         let ops = self.guest_ops(specs);
         let index = self.next_vcpu;
         self.next_vcpu += 1;
@@ -474,11 +467,6 @@ impl<'h, H: Hypervisor> World<'h, H> {
         let dog = Watchdog::start(vec![vcpu.kicker()], RUN_TIMEOUT);
         Res::Exits(collect_exits(&mut vcpu, &dog))
     }
-}
-
-/// True when the host's KVM is PVM (`kvm_pvm` loaded).
-fn pvm_host() -> bool {
-    std::path::Path::new("/sys/module/kvm_pvm").exists()
 }
 
 /// Runs until a stopping exit, completing hypercalls with 0.

@@ -7,6 +7,7 @@ mod fault_path;
 mod gmem_create;
 mod gmem_fallocate;
 mod gmem_file;
+mod host;
 mod hypercall;
 mod lifecycle;
 mod memslots;
