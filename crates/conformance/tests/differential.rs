@@ -91,3 +91,183 @@ fn model_and_kvm_agree() {
     }
     assert!(report.agreed(), "{}", report.difference.unwrap_or_default());
 }
+
+mod pinned {
+    //! Hand-written sequences for the host-dependent rules (the MMU width,
+    //! the PVM quirks), which random sequences reach only now and then:
+    //! the host-derived model must agree with KVM on each, step by step.
+
+    use privmem_conformance::differential::ops::{
+        GmemSel, GuestSpec, Op, RegionOp, Sequence, Target, UserSel, VmSel,
+    };
+    use privmem_core::backend::MEM_GUEST_MEMFD;
+    use privmem_core::VmType;
+
+    const PG: u64 = 4096;
+    const M2: u64 = 2 << 20;
+
+    fn gmem(flags: u64) -> Op {
+        Op::CreateGmem {
+            vm: VmSel::Main,
+            size: M2,
+            flags,
+        }
+    }
+
+    fn slot(slot: u32, flags: u32, gpa: u64, size: u64, user: UserSel) -> Op {
+        Op::SetRegion(RegionOp {
+            v1: false,
+            slot,
+            flags,
+            gpa,
+            size,
+            user,
+            gmem: GmemSel::File(0),
+            gmem_offset: 0,
+        })
+    }
+
+    fn write(len: u64, byte: u8) -> GuestSpec {
+        GuestSpec::Write {
+            at: Target::Slot(0, 0),
+            len,
+            byte,
+            private: false,
+        }
+    }
+
+    fn read(len: u64, expect: u8) -> GuestSpec {
+        GuestSpec::Read {
+            at: Target::Slot(0, 0),
+            len,
+            expect,
+            private: false,
+        }
+    }
+
+    fn run(ops: &[GuestSpec]) -> Op {
+        Op::Run { ops: ops.to_vec() }
+    }
+
+    fn host_read(len: u64) -> Op {
+        Op::HostRead {
+            map: 0,
+            offset: 0,
+            len,
+        }
+    }
+
+    fn seq(ops: Vec<Op>) -> Sequence {
+        Sequence {
+            vm_type: VmType::Default,
+            ops,
+        }
+    }
+
+    /// Every pinned sequence.
+    pub fn all() -> Vec<(&'static str, Sequence)> {
+        let gmem_only = MEM_GUEST_MEMFD;
+        vec![
+            (
+                "memslots at the MMU's highest gfn",
+                seq(vec![
+                    slot(0, 0, (1 << 52) - PG, PG, UserSel::Backing(0)),
+                    slot(1, 0, 1 << 52, PG, UserSel::Backing(0)),
+                    slot(2, 0, (1 << 52) - 2 * PG, 2 * PG, UserSel::Backing(0)),
+                    slot(3, 0, (1 << 40) - PG, PG, UserSel::Backing(0)),
+                    slot(4, 0, 1 << 40, PG, UserSel::Backing(0)),
+                    slot(5, 0, (1 << 48) - PG, PG, UserSel::Backing(0)),
+                    slot(6, 0, 1 << 48, PG, UserSel::Backing(0)),
+                    slot(5, 0, 1 << 52, PG, UserSel::Backing(0)),
+                    gmem(0),
+                    slot(7, gmem_only, 1 << 52, PG, UserSel::Backing(0)),
+                ]),
+            ),
+            (
+                "gmem-only slot with a shared backing",
+                seq(vec![
+                    gmem(3),
+                    slot(1, gmem_only, 0, M2, UserSel::Backing(0)),
+                    run(&[write(PG, 0x5a), read(PG, 0x5a)]),
+                    Op::SharedRead { offset: 0, len: PG },
+                    Op::Mmap {
+                        gmem: 0,
+                        len: 4 * PG,
+                        shared: true,
+                    },
+                    host_read(PG),
+                    Op::Unmap { map: 0 },
+                    Op::CloseGmem { gmem: 0 },
+                    run(&[read(PG, 0x5a), write(8, 0x11)]),
+                    Op::SharedRead { offset: 0, len: 16 },
+                ]),
+            ),
+            (
+                "gmem-only slot, NULL userspace_addr, MMAP|INIT_SHARED",
+                seq(vec![
+                    gmem(3),
+                    slot(1, gmem_only, 1 << 32, M2, UserSel::Raw(0)),
+                    Op::Mmap {
+                        gmem: 0,
+                        len: 4 * PG,
+                        shared: true,
+                    },
+                    Op::HostWrite {
+                        map: 0,
+                        offset: 0,
+                        len: PG,
+                        byte: 0xa5,
+                    },
+                    run(&[read(PG, 0xa5), write(PG, 0x11)]),
+                    host_read(PG),
+                    Op::Unmap { map: 0 },
+                    Op::CloseGmem { gmem: 0 },
+                    run(&[read(PG, 0x11), write(PG, 0x22), read(PG, 0x22)]),
+                    slot(1, 0, 0, 0, UserSel::Raw(0)),
+                    run(&[write(8, 0x33)]),
+                ]),
+            ),
+            (
+                "gmem-only slot, NULL userspace_addr, MMAP only",
+                seq(vec![
+                    gmem(1),
+                    slot(1, gmem_only, 0, M2, UserSel::Raw(0)),
+                    run(&[write(8, 0x11)]),
+                    run(&[read(8, 0)]),
+                    Op::CloseGmem { gmem: 0 },
+                    run(&[write(8, 0x11)]),
+                ]),
+            ),
+            (
+                "gmem slot without MMAP, shared backing, closed",
+                seq(vec![
+                    gmem(0),
+                    slot(1, gmem_only, M2, M2, UserSel::Backing(M2)),
+                    run(&[write(PG, 0x44)]),
+                    Op::CloseGmem { gmem: 0 },
+                    run(&[read(PG, 0x44)]),
+                    Op::SharedRead {
+                        offset: M2,
+                        len: PG,
+                    },
+                ]),
+            ),
+        ]
+    }
+}
+
+#[test]
+fn pinned_sequences_agree() {
+    use privmem_conformance::differential::check;
+    let model = ModelHypervisor::new(profile());
+    for (what, seq) in pinned::all() {
+        check(&model, &model, &seq).unwrap_or_else(|d| panic!("{what}: model vs model: {d}"));
+    }
+    let Some(kvm) = common::kvm_or_skip("pinned_sequences_agree") else {
+        return;
+    };
+    let model = host_model(profile());
+    for (what, seq) in pinned::all() {
+        check(&model, &kvm, &seq).unwrap_or_else(|d| panic!("{what}: {d}"));
+    }
+}

@@ -155,6 +155,18 @@ pub fn run<A: Hypervisor, B: Hypervisor>(
     })
 }
 
+/// Runs one given sequence on `a` and `b` and compares them step by step
+/// (pinned regression sequences); the difference, formatted as [`run`]
+/// reports it.
+///
+/// # Errors
+/// The formatted first difference, or why a backend could not run it.
+pub fn check<A: Hypervisor, B: Hypervisor>(a: &A, b: &B, seq: &Sequence) -> Result<(), String> {
+    let ra = execute(a, seq)?;
+    let rb = execute(b, seq)?;
+    compare((a.name(), b.name()), seq, &ra, &rb)
+}
+
 /// Counts `"<op kind>: <result kind>"` for every step of `seq`.
 fn tally(cov: &mut BTreeMap<String, u64>, seq: &Sequence, res: &[Res]) {
     for (op, r) in seq.ops.iter().zip(res) {
