@@ -11,8 +11,8 @@
 //! - an inner node is 16 separator keys + 16 child indices (three lines),
 //!   searched the same way; with ~11 entries per node, a million ranges
 //!   need 3 inner levels, the upper two of which stay in cache;
-//! - nodes live in two arenas (`Vec`s) addressed by `u32`: no per-node
-//!   malloc header, and a child id is a plain index.
+//! - nodes live in chunked arenas addressed by `u32`: no per-node malloc
+//!   header, and growth never copies nodes (see [`Arena`]).
 //!
 //! Leaves are linked both ways for ordered iteration and for predecessor
 //! queries. Separators are lower bounds: every key in child `i > 0` is
@@ -29,6 +29,8 @@ const MIN: usize = CAP / 4;
 const NIL: u32 = u32::MAX;
 /// Padding of unused key slots: above every gfn (< 2^52).
 const PAD: u64 = u64::MAX;
+/// Nodes per arena chunk (64 KiB of leaves).
+const CHUNK: usize = 256;
 /// Deepest tree: each level multiplies the entries by at least MIN.
 const MAX_DEPTH: usize = 32;
 
@@ -65,11 +67,14 @@ struct Links {
     next: u32,
 }
 
-/// An arena of `T` (one `Vec`, so a node id is a plain index) with a free
-/// list.
+/// A chunked arena of `T` with a free list. Growth allocates one more
+/// chunk and never moves nodes, so no insertion ever pays for copying the
+/// whole tree (a `Vec` arena would, on doubling: ~10 ms at a million
+/// ranges), and the slack is at most one partly used chunk.
 #[derive(Clone, Debug)]
 struct Arena<T: Copy> {
-    items: Vec<T>,
+    chunks: Vec<Box<[T; CHUNK]>>,
+    used: usize,
     free: Vec<u32>,
     empty: T,
 }
@@ -77,7 +82,8 @@ struct Arena<T: Copy> {
 impl<T: Copy> Arena<T> {
     fn new(empty: T) -> Arena<T> {
         Arena {
-            items: Vec::new(),
+            chunks: Vec::new(),
+            used: 0,
             free: Vec::new(),
             empty,
         }
@@ -88,8 +94,11 @@ impl<T: Copy> Arena<T> {
             *self.get_mut(id) = self.empty;
             return id;
         }
-        self.items.push(self.empty);
-        u32::try_from(self.items.len() - 1).expect("fewer than 2^32 nodes")
+        if self.used == self.chunks.len() * CHUNK {
+            self.chunks.push(Box::new([self.empty; CHUNK]));
+        }
+        self.used += 1;
+        u32::try_from(self.used - 1).expect("fewer than 2^32 nodes")
     }
 
     fn release(&mut self, id: u32) {
@@ -98,16 +107,20 @@ impl<T: Copy> Arena<T> {
 
     #[inline]
     fn get(&self, id: u32) -> &T {
-        &self.items[id as usize]
+        let i = id as usize;
+        &self.chunks[i / CHUNK][i % CHUNK]
     }
 
     #[inline]
     fn get_mut(&mut self, id: u32) -> &mut T {
-        &mut self.items[id as usize]
+        let i = id as usize;
+        &mut self.chunks[i / CHUNK][i % CHUNK]
     }
 
     fn heap_bytes(&self) -> usize {
-        self.items.capacity() * std::mem::size_of::<T>() + self.free.capacity() * 4
+        self.chunks.len() * CHUNK * std::mem::size_of::<T>()
+            + self.chunks.capacity() * std::mem::size_of::<Box<[T; CHUNK]>>()
+            + self.free.capacity() * 4
     }
 }
 
