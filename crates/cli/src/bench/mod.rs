@@ -376,6 +376,51 @@ struct BenchError {
     error: String,
 }
 
+/// CPU time used by everything on the machine (`/proc/stat`, all CPUs) and
+/// by this process, at one instant.
+struct LoadMark {
+    wall: Instant,
+    system_busy_s: f64,
+    own_s: f64,
+}
+
+impl LoadMark {
+    fn now() -> LoadMark {
+        // /proc/stat counts in USER_HZ (100 on Linux) ticks.
+        let busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().next()?.to_string();
+                let v: Vec<f64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                // user nice system idle iowait irq softirq steal ...
+                Some(v.iter().take(8).sum::<f64>() - v.get(3)? - v.get(4)?)
+            })
+            .unwrap_or(0.0);
+        LoadMark {
+            wall: Instant::now(),
+            system_busy_s: busy / 100.0,
+            own_s: privmem_kvm::bench::process_cpu_time().as_secs_f64(),
+        }
+    }
+
+    /// Share of all CPUs that *other* processes kept busy since `self`
+    /// (0 = the machine was ours alone, 0.5 = one of two cores was taken).
+    fn others_since(&self) -> f64 {
+        let now = LoadMark::now();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let wall = now.wall.duration_since(self.wall).as_secs_f64();
+        let others = (now.system_busy_s - self.system_busy_s) - (now.own_s - self.own_s);
+        if wall <= 0.0 {
+            return 0.0;
+        }
+        (others / (wall * cpus)).clamp(0.0, 1.0)
+    }
+}
+
 /// Runs one benchmark by name.
 fn run_one(name: &str, ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     match name {
@@ -420,8 +465,15 @@ pub fn main(args: &BenchArgs) -> i32 {
     let mut errors = Vec::new();
     for (i, name) in names.iter().enumerate() {
         ctx.progress.begin(i, name);
+        let mark = LoadMark::now();
         match run_one(name, &mut ctx) {
-            Ok(r) => {
+            Ok(mut r) => {
+                // How much of the machine others used meanwhile: figures
+                // taken under load are noisier (see README, Performance).
+                let load = mark.others_since();
+                for row in &mut r {
+                    row.context.insert("machine_load_others".into(), load);
+                }
                 let met = r.iter().filter(|r| r.met).count();
                 ctx.progress.end(&format!("{met}/{} targets met", r.len()));
                 rows.extend(r);

@@ -141,7 +141,11 @@ fn kvm(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         let name = size_name(size);
         let label = format!("scale/kvm-setup/{name}");
         let w = workload(VmType::Default, false, vec![slot(0, size)], Vec::new());
-        let rounds = if size >= TIB { 3 } else { ctx.rounds() };
+        let rounds = if size >= TIB && ctx.quick {
+            3
+        } else {
+            ctx.rounds()
+        };
         let mut growth = Vec::new();
         let s = ctx.alternate(&label, rounds, |side| match side {
             Side::Baseline => {
