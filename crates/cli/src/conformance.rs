@@ -47,6 +47,9 @@ pub struct ConformanceArgs {
     /// Differential: RNG seed (default: a fixed seed, so runs repeat).
     #[arg(long)]
     seed: Option<u64>,
+    /// Differential: longest sequence, in steps.
+    #[arg(long, default_value_t = 16)]
+    steps: usize,
 }
 
 /// True when `REQUIRE_KVM=1`: a missing /dev/kvm is an error, not a skip.
@@ -186,7 +189,7 @@ fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
     let cfg = DiffConfig {
         cases: args.cases,
         seed: args.seed.unwrap_or(differential::DEFAULT_SEED),
-        ..DiffConfig::default()
+        max_steps: args.steps,
     };
     // The model as this host's KVM should look (MMU width, PVM quirks).
     let model = host_model(profile);

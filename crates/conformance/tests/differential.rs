@@ -29,6 +29,12 @@ fn config() -> DiffConfig {
     {
         cfg.cases = n;
     }
+    if let Some(n) = std::env::var("PRIVMEM_DIFF_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.max_steps = n;
+    }
     if let Some(s) = std::env::var("PRIVMEM_DIFF_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
