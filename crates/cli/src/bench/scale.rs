@@ -40,6 +40,9 @@ struct SetupFigure {
     rss_growth_kib: f64,
 }
 
+/// Model setups per sample: one takes ~10 µs, too short to time alone.
+const MODEL_REPS: usize = 32;
+
 fn model_setup(hv: &Arc<ModelHypervisor>, size: u64) -> anyhow::Result<SetupFigure> {
     let w = workload(
         VmType::SwProtected,
@@ -47,13 +50,18 @@ fn model_setup(hv: &Arc<ModelHypervisor>, size: u64) -> anyhow::Result<SetupFigu
         vec![slot(0, size)],
         vec![vec![GuestOp::Halt]],
     );
-    let before = rss_kib();
-    let (t, m) = timed(|| Machine::new(hv.clone(), &w));
-    let m = m.with_context(|| format!("model setup of {}", size_name(size)))?;
-    let after = rss_kib();
-    drop(m);
+    let mut total = 0.0;
+    let (mut before, mut after) = (0, 0);
+    for _ in 0..MODEL_REPS {
+        before = rss_kib();
+        let (t, m) = timed(|| Machine::new(hv.clone(), &w));
+        let m = m.with_context(|| format!("model setup of {}", size_name(size)))?;
+        after = rss_kib();
+        total += t;
+        drop(m);
+    }
     Ok(SetupFigure {
-        ms: t * 1e3,
+        ms: total * 1e3 / MODEL_REPS as f64,
         rss_after_kib: after as f64,
         rss_growth_kib: after.saturating_sub(before) as f64,
     })
@@ -62,7 +70,7 @@ fn model_setup(hv: &Arc<ModelHypervisor>, size: u64) -> anyhow::Result<SetupFigu
 fn model(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let sizes = [GIB, 64 * GIB, TIB];
     let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
-    let rounds = ctx.rounds() * 3;
+    let rounds = ctx.rounds();
     let mut figs: [Vec<SetupFigure>; 3] = Default::default();
     ctx.status("scale/model: warm-up");
     for &s in &sizes {
@@ -146,21 +154,29 @@ fn kvm(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         } else {
             ctx.rounds()
         };
+        // Setups per sample, so that a sample lasts at least ~10 ms.
+        let reps = (GIB * 16 / size).max(1) as usize;
         let mut growth = Vec::new();
-        let s = ctx.alternate(&label, rounds, |side| match side {
-            Side::Baseline => {
-                let (t, vm) = timed(|| bare_gmem_vm(&dev, size, map_hva));
-                drop(vm?);
-                Ok(t * 1e3)
+        let s = ctx.alternate(&label, rounds, |side| {
+            let mut total = 0.0;
+            for _ in 0..reps {
+                total += match side {
+                    Side::Baseline => {
+                        let (t, vm) = timed(|| bare_gmem_vm(&dev, size, map_hva));
+                        drop(vm?);
+                        t
+                    }
+                    Side::Privmem => {
+                        let before = rss_kib();
+                        let (t, m) = timed(|| Machine::new(hv.clone(), &w));
+                        let m = m.context("KVM setup")?;
+                        growth.push(rss_kib().saturating_sub(before) as f64);
+                        drop(m);
+                        t
+                    }
+                };
             }
-            Side::Privmem => {
-                let before = rss_kib();
-                let (t, m) = timed(|| Machine::new(hv.clone(), &w));
-                let m = m.context("KVM setup")?;
-                growth.push(rss_kib().saturating_sub(before) as f64);
-                drop(m);
-                Ok(t * 1e3)
-            }
+            Ok(total * 1e3 / reps as f64)
         })?;
         let mut row = RowSpec {
             name: &label,
