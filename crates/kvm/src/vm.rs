@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use privmem_core::attrmap::AttrMap;
+use privmem_core::{Attrs, Gpa, GpaRange};
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::VmFd;
@@ -68,6 +71,11 @@ pub(crate) struct VmInner {
     pub(crate) cpuid: Option<Arc<CpuId>>,
     /// The mask last enabled with `KVM_CAP_EXIT_HYPERCALL` (port-I/O emulation).
     pub(crate) exit_hypercall_mask: AtomicU64,
+    /// The pages the caller made private (KVM has no get API, so the backend
+    /// mirrors its own successful `KVM_SET_MEMORY_ATTRIBUTES` calls): the
+    /// runtime area is placed where no page is private, so privmem's own code
+    /// and page tables never sit on pages made private (even slotless ones).
+    private: Mutex<AttrMap>,
     slots: Mutex<BTreeMap<u32, SlotEntry>>,
 }
 
@@ -105,6 +113,7 @@ impl KvmVm {
                 gmem_hva: host.gmem_hva,
                 cpuid: host.cpuid,
                 exit_hypercall_mask: AtomicU64::new(0),
+                private: Mutex::new(AttrMap::new()),
                 slots: Mutex::new(BTreeMap::new()),
             }),
         }
@@ -124,6 +133,40 @@ impl AsFd for KvmVm {
 }
 
 impl VmInner {
+    /// Lays out the runtime area at the first 2 MiB boundary at or above
+    /// `top` whose pages are all shared.
+    fn plan_clear_of_private(
+        &self,
+        top: u64,
+        ranges: &[(u64, u64)],
+        code: u64,
+    ) -> Result<Layout, BackendError> {
+        const OP: &str = "load_program";
+        let no_room = || invalid(OP, "no room for the runtime area");
+        let private = self.private.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut base = top.checked_next_multiple_of(HUGE).ok_or_else(no_room)?;
+        loop {
+            let layout =
+                Layout::plan(base, ranges, code).map_err(|e| invalid(OP, e.to_string()))?;
+            let area = GpaRange::new(Gpa(base), layout.size).map_err(|_| no_room())?;
+            match private
+                .runs(area)
+                .iter()
+                .filter(|r| r.private)
+                .map(|r| r.range.end())
+                .max()
+            {
+                None => return Ok(layout),
+                Some(end) => {
+                    base = end
+                        .raw()
+                        .checked_next_multiple_of(HUGE)
+                        .ok_or_else(no_room)?
+                }
+            }
+        }
+    }
+
     fn slots(&self) -> MutexGuard<'_, BTreeMap<u32, SlotEntry>> {
         self.slots
             .lock()
@@ -205,11 +248,7 @@ impl VmInner {
             .chain(ranges.iter().map(|r| r.1))
             .max()
             .unwrap_or(0);
-        let base = top
-            .checked_next_multiple_of(HUGE)
-            .ok_or_else(|| invalid(OP, "no room for the runtime area"))?;
-        let layout = Layout::plan(base, ranges, code.len() as u64)
-            .map_err(|e| invalid(OP, e.to_string()))?;
+        let layout = self.plan_clear_of_private(top, ranges, code.len() as u64)?;
         let image = layout.image(code);
         let (backing, region) = self.area_backing(slot, &layout, &image)?;
         sys::set_user_memory_region2(fd_of(&self.fd), &region)?;
@@ -430,7 +469,16 @@ impl Vm for KvmVm {
                 attributes,
                 flags,
             },
-        )
+        )?;
+        if let Ok(range) = GpaRange::new(Gpa(address), size) {
+            let mut private = self
+                .inner
+                .private
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            private.set(range, attributes & Attrs::PRIVATE.0 != 0);
+        }
+        Ok(())
     }
 
     fn create_shared(&self, size: u64, kind: SharedKind) -> Result<KvmShared, BackendError> {
