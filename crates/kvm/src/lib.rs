@@ -40,7 +40,8 @@
 //!
 //! # Guest→host protocol
 //! `out imm8, al` to ports `0xd0..=0xd5` (see [`guest::ports`]), values in
-//! registers. `KVM_HC_MAP_GPA_RANGE` uses `vmmcall`/`vmcall` with hardware
+//! registers; a `sync` with a 32-bit tag is a 4-byte `out imm8, eax` whose
+//! data is the tag, so it needs no `KVM_GET_REGS`. `KVM_HC_MAP_GPA_RANGE` uses `vmmcall`/`vmcall` with hardware
 //! virtualization, or port `0xd5` on PVM where the backend emulates KVM's
 //! synchronous checks (-1000 when the exit is not enabled, -22 for bad args).
 //!
