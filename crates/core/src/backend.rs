@@ -197,6 +197,32 @@ pub struct Region<'a, S> {
     pub gmem_offset: u64,
 }
 
+impl<'a, S> Region<'a, S> {
+    /// [`Quirks::gmem_hva`]: the guest_memfd whose own mapping privmem's KVM
+    /// backend stands in for `userspace_addr`: a v2 `KVM_MEM_GUEST_MEMFD`
+    /// request with a NULL `userspace_addr`, a `MMAP|INIT_SHARED` file and a
+    /// page-aligned, non-empty range inside the file. One predicate for the
+    /// backend and the model that mirrors it.
+    pub fn gmem_hva_file(&self) -> Option<&'a GuestMemfd> {
+        let GmemRef::File(g) = self.gmem else {
+            return None;
+        };
+        let shared = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
+        let in_file = self
+            .gmem_offset
+            .checked_add(self.size)
+            .is_some_and(|e| e <= g.size());
+        let eligible = self.api == RegionApi::V2
+            && self.flags & MEM_GUEST_MEMFD != 0
+            && self.size > 0
+            && matches!(self.userspace, UserAddr::Raw(0))
+            && g.flags().contains(shared)
+            && in_file
+            && self.gmem_offset.is_multiple_of(crate::types::PAGE_SIZE);
+        eligible.then_some(g)
+    }
+}
+
 /// `fstat` of a guest_memfd.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct FileStat {

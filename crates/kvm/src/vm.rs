@@ -362,26 +362,10 @@ impl KvmVm {
     /// a raw fd, a bad offset, an mmap failure) returns `None` and the
     /// request goes to KVM unchanged, so KVM's own errno still decides.
     fn gmem_hva_mapping(&self, region: &Region<'_, KvmShared>) -> Option<KvmMapping> {
-        let wanted = self.inner.gmem_hva
-            && region.api == RegionApi::V2
-            && region.flags & MEM_GUEST_MEMFD != 0
-            && region.size > 0
-            && matches!(region.userspace, UserAddr::Raw(0));
-        let GmemRef::File(g) = region.gmem else {
-            return None;
-        };
-        let shared = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
-        let in_file = region
-            .gmem_offset
-            .checked_add(region.size)
-            .is_some_and(|e| e <= g.size());
-        if !wanted
-            || !g.flags().contains(shared)
-            || !in_file
-            || !region.gmem_offset.is_multiple_of(PAGE_SIZE)
-        {
+        if !self.inner.gmem_hva {
             return None;
         }
+        let g = region.gmem_hva_file()?;
         KvmMapping::new_at(g.as_fd(), region.gmem_offset, region.size).ok()
     }
 }

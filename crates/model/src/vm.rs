@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use privmem_core::attrmap::AttrMap;
-use privmem_core::backend::MEM_GUEST_MEMFD;
-use privmem_core::backend::{Cap, GmemRef, Region, RegionApi, SharedKind, UserAddr, Vm};
+use privmem_core::backend::{Cap, Region, SharedKind, Vm};
 use privmem_core::error::Result;
 use privmem_core::types::PAGE_SHIFT;
 use privmem_core::{BackendError, Errno, GmemFlags, Gpa, GuestMemfd, Quirks, VmType, PAGE_SIZE};
@@ -99,28 +98,10 @@ impl ModelVm {
     /// `gmem_hva_mapping`: v2, GUEST_MEMFD, NULL `userspace_addr`, a
     /// `MMAP|INIT_SHARED` file handle, an aligned range inside the file).
     fn gmem_hva_file(&self, r: &Region<'_, ModelShared>) -> Option<Arc<GmemFile>> {
-        let wanted = self.inner.quirks.gmem_hva
-            && r.api == RegionApi::V2
-            && r.flags & MEM_GUEST_MEMFD != 0
-            && r.size > 0
-            && r.size <= TASK_SIZE_MAX
-            && matches!(r.userspace, UserAddr::Raw(0));
-        let GmemRef::File(g) = r.gmem else {
-            return None;
-        };
-        let shared = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
-        let in_file = r
-            .gmem_offset
-            .checked_add(r.size)
-            .is_some_and(|e| e <= g.size());
-        if !wanted
-            || !g.flags().contains(shared)
-            || !in_file
-            || !r.gmem_offset.is_multiple_of(PAGE_SIZE)
-        {
+        if !self.inner.quirks.gmem_hva || r.size > TASK_SIZE_MAX {
             return None;
         }
-        gmem::file_of(g)
+        gmem::file_of(r.gmem_hva_file()?)
     }
 
     /// The kernel profile the VM behaves as.
