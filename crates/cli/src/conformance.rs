@@ -112,9 +112,10 @@ pub fn main(args: &ConformanceArgs) -> i32 {
         };
         if !args.json {
             eprintln!(
-                "model: kernel profile {}, max_gpa_bits {}, quirks {}",
+                "model: kernel profile {}, max_gpa_bits {}, smm {}, quirks {}",
                 profile.name(),
                 hv.max_gpa_bits(),
+                on_off(hv.smm()),
                 quirk_names(hv.quirks())
             );
         }
@@ -225,13 +226,22 @@ fn diff_json(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) ->
     }})
 }
 
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
 fn print_diff(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) {
     let types: Vec<_> = r.vm_types.iter().map(|t| t.name()).collect();
     println!(
-        "differential: {} (profile {}, max_gpa_bits {}, quirks {}) vs {}: {} sequences, {} steps each, VM types {}, seed {:#x}",
+        "differential: {} (profile {}, max_gpa_bits {}, smm {}, quirks {}) vs {}: {} sequences, {} steps each, VM types {}, seed {:#x}",
         r.backends.0,
         profile.name(),
         model.max_gpa_bits(),
+        on_off(model.smm()),
         quirk_names(model.quirks()),
         r.backends.1,
         r.sequences,

@@ -34,11 +34,14 @@ pub enum Cap {
     GuestMemfdFlags,
     /// `KVM_CAP_NR_MEMSLOTS` (10).
     NrMemslots,
+    /// `KVM_CAP_MULTI_ADDRESS_SPACE` (118): memslot address spaces (0 when
+    /// the kernel has no SMM support, meaning one).
+    MultiAddressSpace,
 }
 
 impl Cap {
     /// Every capability, in report order.
-    pub const ALL: [Cap; 10] = [
+    pub const ALL: [Cap; 11] = [
         Cap::UserMemory2,
         Cap::MemoryFaultInfo,
         Cap::MemoryAttributes,
@@ -49,6 +52,7 @@ impl Cap {
         Cap::NrMemslots,
         Cap::ReadonlyMem,
         Cap::PreFaultMemory,
+        Cap::MultiAddressSpace,
     ];
     /// The `KVM_CAP_*` number.
     pub const fn number(self) -> u32 {
@@ -63,6 +67,7 @@ impl Cap {
             Cap::PreFaultMemory => 236,
             Cap::GuestMemfdFlags => 244,
             Cap::NrMemslots => 10,
+            Cap::MultiAddressSpace => 118,
         }
     }
     /// The `KVM_CAP_*` name.
@@ -78,6 +83,7 @@ impl Cap {
             Cap::PreFaultMemory => "KVM_CAP_PRE_FAULT_MEMORY",
             Cap::GuestMemfdFlags => "KVM_CAP_GUEST_MEMFD_FLAGS",
             Cap::NrMemslots => "KVM_CAP_NR_MEMSLOTS",
+            Cap::MultiAddressSpace => "KVM_CAP_MULTI_ADDRESS_SPACE",
         }
     }
 }

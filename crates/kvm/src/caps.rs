@@ -1,6 +1,6 @@
 //! Host probing: which hypercall transport guest code must use.
 
-use privmem_core::Quirks;
+use privmem_core::{Cap, Quirks};
 
 use crate::guest::Transport;
 
@@ -40,6 +40,17 @@ pub fn host_quirks() -> Quirks {
         pvm: pvm_host(),
         gmem_hva: gmem_slots_need_hva(),
     }
+}
+
+/// True if this host's KVM was built with `CONFIG_KVM_SMM`: its
+/// `KVM_CAP_MULTI_ADDRESS_SPACE` at system scope is 2 or more (the
+/// capability does not exist without SMM, so it reads 0, as under PVM).
+/// False when `/dev/kvm` cannot be opened.
+pub fn host_smm() -> bool {
+    kvm_ioctls::Kvm::new().is_ok_and(|kvm| {
+        crate::sys::check_extension(crate::sys::fd_of(&kvm), Cap::MultiAddressSpace.number())
+            .is_ok_and(|n| n >= 2)
+    })
 }
 
 /// Picks the transport for `KVM_HC_MAP_GPA_RANGE`.

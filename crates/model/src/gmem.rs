@@ -64,7 +64,8 @@ fn registry() -> &'static Registry {
 struct Binding {
     end: u64,
     vm_id: u64,
-    slot: u16,
+    /// Slot number (`as_id << 16 | id`).
+    slot: u32,
 }
 
 /// The kernel-side guest_memfd file and inode.
@@ -186,7 +187,7 @@ impl GmemFile {
 
     /// Binds file pages `[start, start+npages)` to `(vm, slot)`; EINVAL if any
     /// page is already bound (6.18: `xa_find` hit → EINVAL).
-    pub(crate) fn bind(&self, start: u64, npages: u64, vm_id: u64, slot: u16) -> Result<(), Errno> {
+    pub(crate) fn bind(&self, start: u64, npages: u64, vm_id: u64, slot: u32) -> Result<(), Errno> {
         let end = start + npages;
         let mut b = self.bindings.lock().expect("bindings");
         let before = b.range(..end).next_back();
@@ -198,7 +199,7 @@ impl GmemFile {
     }
 
     /// Removes the binding that starts at `start` for `(vm, slot)`.
-    pub(crate) fn unbind(&self, start: u64, vm_id: u64, slot: u16) {
+    pub(crate) fn unbind(&self, start: u64, vm_id: u64, slot: u32) {
         let mut b = self.bindings.lock().expect("bindings");
         if b.get(&start)
             .is_some_and(|x| x.vm_id == vm_id && x.slot == slot)

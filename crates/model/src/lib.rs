@@ -48,7 +48,9 @@ pub use privmem_core::Quirks;
 pub use backing::ModelShared;
 pub use gmem::ModelGmemMapping;
 pub use inject::InjectOp;
-pub use profile::{host_max_gpa_bits, max_gpa_bits_for, KernelProfile, NR_MEMSLOTS, VM_TYPES};
+pub use profile::{
+    host_max_gpa_bits, max_gpa_bits_for, nr_memslot_as_ids, KernelProfile, NR_MEMSLOTS, VM_TYPES,
+};
 pub use vcpu::{ModelKick, ModelVcpu};
 pub use vm::ModelVm;
 
@@ -61,6 +63,7 @@ pub struct ModelHypervisor {
     inject: Arc<Injector>,
     max_gpa_bits: u32,
     quirks: Quirks,
+    smm: bool,
 }
 
 impl ModelHypervisor {
@@ -71,6 +74,7 @@ impl ModelHypervisor {
             inject: Arc::default(),
             max_gpa_bits: profile::DEFAULT_MAX_GPA_BITS,
             quirks: Quirks::default(),
+            smm: false,
         }
     }
 
@@ -91,6 +95,21 @@ impl ModelHypervisor {
     pub fn with_quirks(mut self, quirks: Quirks) -> ModelHypervisor {
         self.quirks = quirks;
         self
+    }
+
+    /// The same model built as a kernel with (`true`) or without
+    /// `CONFIG_KVM_SMM` (the default, as this host's PVM KVM): with SMM,
+    /// VMs without private memory have a second memslot address space
+    /// (`as_id` 1, `KVM_CAP_MULTI_ADDRESS_SPACE` = 2), as on the rig's 6.12
+    /// kernel.
+    pub fn with_smm(mut self, smm: bool) -> ModelHypervisor {
+        self.smm = smm;
+        self
+    }
+
+    /// True if the model is built with `CONFIG_KVM_SMM`.
+    pub fn smm(&self) -> bool {
+        self.smm
     }
 
     /// The MMU's guest-physical width (`kvm_mmu_max_gfn()` is
@@ -190,7 +209,10 @@ impl Hypervisor for ModelHypervisor {
     }
 
     fn check_extension(&self, cap: Cap) -> Result<u64> {
-        Ok(self.profile.check_extension(cap, None))
+        Ok(match cap {
+            Cap::MultiAddressSpace => profile::multi_address_space(self.smm, None),
+            _ => self.profile.check_extension(cap, None),
+        })
     }
 
     fn create_vm(&self, ty: VmType) -> Result<ModelVm> {
@@ -208,6 +230,7 @@ impl Hypervisor for ModelHypervisor {
             self.inject.clone(),
             self.max_gpa_bits,
             self.quirks,
+            self.smm,
         )))
     }
 

@@ -17,7 +17,7 @@ use std::os::fd::AsFd;
 use crate::backing::ModelShared;
 use crate::gmem::{self, GmemFile};
 use crate::inject::InjectOp;
-use crate::profile::{MEM_MAX_NR_PAGES, NR_MEMSLOTS, TASK_SIZE_MAX};
+use crate::profile::{nr_memslot_as_ids, MEM_MAX_NR_PAGES, NR_MEMSLOTS, TASK_SIZE_MAX};
 use crate::vm::VmInner;
 
 /// What backs a slot's `userspace_addr`.
@@ -68,7 +68,8 @@ pub(crate) struct SlotGmem {
 /// A memslot.
 #[derive(Clone, Debug)]
 pub(crate) struct Slot {
-    pub(crate) id: u16,
+    /// Slot number: `as_id << 16 | id`.
+    pub(crate) id: u32,
     pub(crate) flags: u32,
     pub(crate) base_gfn: u64,
     pub(crate) npages: u64,
@@ -89,23 +90,25 @@ impl Slot {
     }
 }
 
-/// The slots of address space 0, indexed by id and by base gfn.
+/// The memslots of every address space, indexed by slot number (`as_id <<
+/// 16 | id`) and, per address space, by base gfn.
 #[derive(Debug, Default)]
 pub(crate) struct Slots {
-    by_id: BTreeMap<u16, Slot>,
-    by_gfn: BTreeMap<u64, u16>,
+    by_id: BTreeMap<u32, Slot>,
+    by_gfn: BTreeMap<(u16, u64), u32>,
 }
 
 impl Slots {
-    /// The slot containing `gfn`.
+    /// The slot of address space 0 containing `gfn` (guests never run in
+    /// SMM here, so their faults see address space 0 only).
     pub(crate) fn find(&self, gfn: u64) -> Option<&Slot> {
-        let (_, id) = self.by_gfn.range(..=gfn).next_back()?;
+        let (_, id) = self.by_gfn.range((0, 0)..=(0, gfn)).next_back()?;
         let s = &self.by_id[id];
         (gfn < s.end_gfn()).then_some(s)
     }
 
-    /// The slot with id `id`.
-    pub(crate) fn get(&self, id: u16) -> Option<&Slot> {
+    /// The slot numbered `id` (address space in the high 16 bits).
+    pub(crate) fn get(&self, id: u32) -> Option<&Slot> {
         self.by_id.get(&id)
     }
 
@@ -114,13 +117,15 @@ impl Slots {
         self.by_id.len()
     }
 
-    /// `kvm_check_memslot_overlap`: another slot intersects `[base, base+n)`.
-    fn overlaps(&self, id: u16, base: u64, npages: u64) -> bool {
+    /// `kvm_check_memslot_overlap`: another slot of `id`'s address space
+    /// intersects `[base, base+n)`.
+    fn overlaps(&self, id: u32, base: u64, npages: u64) -> bool {
+        let space = as_id(id);
         let end = base + npages;
         // Slots are disjoint: only the other slot with the highest base
         // below `end` can reach into the range.
         self.by_gfn
-            .range(..end)
+            .range((space, 0)..(space, end))
             .rev()
             .map(|(_, i)| &self.by_id[i])
             .find(|s| s.id != id)
@@ -128,15 +133,20 @@ impl Slots {
     }
 
     fn insert(&mut self, slot: Slot) {
-        self.by_gfn.insert(slot.base_gfn, slot.id);
+        self.by_gfn.insert((as_id(slot.id), slot.base_gfn), slot.id);
         self.by_id.insert(slot.id, slot);
     }
 
-    fn remove(&mut self, id: u16) -> Option<Slot> {
+    fn remove(&mut self, id: u32) -> Option<Slot> {
         let s = self.by_id.remove(&id)?;
-        self.by_gfn.remove(&s.base_gfn);
+        self.by_gfn.remove(&(as_id(id), s.base_gfn));
         Some(s)
     }
+}
+
+/// The address space of slot number `slot`.
+fn as_id(slot: u32) -> u16 {
+    (slot >> 16) as u16
 }
 
 /// `access_ok(addr, size)` on x86-64 (4-level paging).
@@ -211,9 +221,8 @@ impl VmInner {
         if v1 && r.flags & !(MEM_LOG_DIRTY_PAGES | MEM_READONLY) != 0 {
             return einval;
         }
-        let id = r.slot as u16;
-        let as_id = r.slot >> 16;
-        if id >= NR_MEMSLOTS {
+        let id = r.slot;
+        if (id as u16) >= NR_MEMSLOTS {
             return einval;
         }
         if r.flags & !self.profile.valid_region_flags(self.ty, r.flags) != 0 {
@@ -253,9 +262,9 @@ impl VmInner {
         if is_gmem && (gmem_offset % PAGE_SIZE != 0 || gmem_offset.checked_add(r.size).is_none()) {
             return einval;
         }
-        // This host rejected as_id 1 even for default VMs (no SMM under PVM);
-        // private-memory VMs have a single address space anyway.
-        if as_id >= 1 {
+        // `kvm_arch_nr_memslot_as_ids`: 2 with CONFIG_KVM_SMM for VMs
+        // without private memory, else 1 (this PVM host has no SMM).
+        if u32::from(as_id(id)) >= nr_memslot_as_ids(self.smm, self.ty) {
             return einval;
         }
         if r.gpa.checked_add(r.size).is_none() {
@@ -344,7 +353,7 @@ impl VmInner {
     }
 
     /// `KVM_MR_DELETE`: EINVAL if the slot does not exist; unbinds gmem.
-    fn delete_slot(&self, id: u16) -> Result<(), Errno> {
+    fn delete_slot(&self, id: u32) -> Result<(), Errno> {
         let removed = self.slots.write().expect("slots").remove(id);
         let Some(slot) = removed else {
             return Err(Errno::EINVAL);
@@ -362,7 +371,7 @@ impl VmInner {
         &self,
         gref: GmemRef<'_>,
         offset: u64,
-        id: u16,
+        id: u32,
         npages: u64,
     ) -> Result<SlotGmem, Errno> {
         let file = match gref {
@@ -395,7 +404,7 @@ impl VmInner {
 mod tests {
     use super::*;
 
-    fn slot(id: u16, base_gfn: u64, npages: u64) -> Slot {
+    fn slot(id: u32, base_gfn: u64, npages: u64) -> Slot {
         Slot {
             id,
             flags: 0,

@@ -131,8 +131,30 @@ impl KernelProfile {
             Cap::ExitHypercall => EXIT_HYPERCALL_VALID_MASK,
             Cap::NrMemslots => u64::from(NR_MEMSLOTS),
             Cap::ReadonlyMem => u64::from(vm.is_none_or(|t| self.has_readonly_mem(t))),
+            // Without CONFIG_KVM_SMM the capability is not compiled in; the
+            // model's SMM setting lives outside the profile (see
+            // [`multi_address_space`]), and this is its answer without SMM.
+            Cap::MultiAddressSpace => 0,
         }
     }
+}
+
+/// `KVM_CAP_MULTI_ADDRESS_SPACE`: 0 without `CONFIG_KVM_SMM` (one address
+/// space); with it `KVM_MAX_NR_ADDRESS_SPACES` (2) at system scope and
+/// `kvm_arch_nr_memslot_as_ids(kvm)` at VM scope: 1 for VMs with private
+/// memory (no SMM for them), else 2.
+pub fn multi_address_space(smm: bool, vm: Option<VmType>) -> u64 {
+    match (smm, vm) {
+        (false, _) => 0,
+        (true, Some(t)) if t.has_private_mem() => 1,
+        (true, _) => 2,
+    }
+}
+
+/// `kvm_arch_nr_memslot_as_ids(kvm)`: how many memslot address spaces a VM
+/// of type `ty` has (`as_id` must be below it).
+pub fn nr_memslot_as_ids(smm: bool, ty: VmType) -> u32 {
+    multi_address_space(smm, Some(ty)).max(1) as u32
 }
 
 /// `kvm_mmu_max_gfn()` width with shadow paging (and the model's default).

@@ -40,6 +40,8 @@ pub(crate) struct VmInner {
     pub(crate) max_gfn: u64,
     /// Host quirks (not upstream; see README.md).
     pub(crate) quirks: Quirks,
+    /// Built with `CONFIG_KVM_SMM`.
+    pub(crate) smm: bool,
     vcpus: Mutex<BTreeSet<u32>>,
 }
 
@@ -50,6 +52,7 @@ impl VmInner {
         inject: Arc<Injector>,
         max_gpa_bits: u32,
         quirks: Quirks,
+        smm: bool,
     ) -> VmInner {
         VmInner {
             id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
@@ -62,6 +65,7 @@ impl VmInner {
             slots_lock: Mutex::new(()),
             max_gfn: (1u64 << (max_gpa_bits - PAGE_SHIFT)) - 1,
             quirks,
+            smm,
             vcpus: Mutex::default(),
         }
     }
@@ -119,9 +123,16 @@ impl ModelVm {
         self.inner.attrs.read().expect("attrs").is_private(gpa)
     }
 
-    /// Introspection: number of memslots.
+    /// Introspection: number of memslots (every address space).
     pub fn slot_count(&self) -> usize {
         self.inner.slots.read().expect("slots").len()
+    }
+
+    /// Introspection: the number of the memslot a guest access to `gpa`
+    /// resolves to (address space 0), if any.
+    pub fn slot_of(&self, gpa: Gpa) -> Option<u32> {
+        let slots = self.inner.slots.read().expect("slots");
+        slots.find(gpa.raw() >> PAGE_SHIFT).map(|s| s.id)
     }
 
     /// Introspection: the `KVM_CAP_EXIT_HYPERCALL` mask in force.
@@ -166,7 +177,11 @@ impl Vm for ModelVm {
     }
 
     fn check_extension(&self, cap: Cap) -> Result<u64> {
-        Ok(self.inner.profile.check_extension(cap, Some(self.inner.ty)))
+        let ty = Some(self.inner.ty);
+        Ok(match cap {
+            Cap::MultiAddressSpace => crate::profile::multi_address_space(self.inner.smm, ty),
+            _ => self.inner.profile.check_extension(cap, ty),
+        })
     }
 
     fn enable_exit_hypercall(&self, mask: u64) -> Result<()> {

@@ -199,3 +199,63 @@ pub(crate) fn b4_overlapping<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
     )?;
     add(10, GPA_C0, 0).or_fail("slot 10 re-added at its old place")
 }
+
+/// B5: memslot address spaces (`kvm_arch_nr_memslot_as_ids`). Every VM
+/// type accepts a slot in each of its `KVM_CAP_MULTI_ADDRESS_SPACE`
+/// address spaces (at least one) at the same GPA, since overlap is checked
+/// per address space; within one it is still EEXIST; the next `as_id` is
+/// EINVAL. VMs with private memory have one address space (no SMM).
+pub(crate) fn b5_address_spaces<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
+    for ty in [VmType::Default, VmType::SwProtected] {
+        if !cx.has_vm_type(ty) {
+            continue;
+        }
+        let vm = cx.create_vm(ty)?;
+        let n = vm
+            .check_extension(Cap::MultiAddressSpace)
+            .or_fail("KVM_CHECK_EXTENSION(KVM_CAP_MULTI_ADDRESS_SPACE)")?
+            .max(1);
+        ensure!(
+            n <= 2,
+            "{} VM: {n} address spaces (x86 has at most 2)",
+            ty.name()
+        );
+        if ty.has_private_mem() {
+            ensure!(
+                n == 1,
+                "{} VM: {n} address spaces, want 1 (no SMM)",
+                ty.name()
+            );
+        }
+        let n = n as u32;
+        for as_id in 0..n {
+            let slot = as_id << 16 | 3;
+            let r = region::<Shared<H>>(slot, 0, GPA_C0, M2);
+            vm.set_user_memory_region(&r).or_fail(format_args!(
+                "{} VM: slot 3 of address space {as_id}",
+                ty.name()
+            ))?;
+            expect_errno(
+                vm.set_user_memory_region(&region::<Shared<H>>(slot + 1, 0, GPA_C0 + M2 / 2, M2)),
+                Errno::EEXIST,
+                format_args!(
+                    "{} VM: slot 4 over slot 3 in address space {as_id}",
+                    ty.name()
+                ),
+            )?;
+        }
+        expect_errno(
+            vm.set_user_memory_region(&region::<Shared<H>>(n << 16 | 3, 0, GPA_C0, M2)),
+            Errno::EINVAL,
+            format_args!("{} VM: address space {n} of {n}", ty.name()),
+        )?;
+        for as_id in 0..n {
+            vm.set_user_memory_region(&delete::<Shared<H>>(as_id << 16 | 3))
+                .or_fail(format_args!(
+                    "{} VM: delete slot 3 of address space {as_id}",
+                    ty.name()
+                ))?;
+        }
+    }
+    Ok(())
+}

@@ -47,6 +47,7 @@ pub(crate) fn all<H: Hypervisor>() -> Vec<Case<H>> {
         "B2", "memslot limit" => memslot::b2_max_slots::<H>;
         "B3", "guest_memfd memslot fd and offset validation" => memslot::b3_private_region::<H>;
         "B4", "overlapping guest_memfd memslots" => memslot::b4_overlapping::<H>;
+        "B5", "memslot address spaces" => memslot::b5_address_spaces::<H>;
         "C1", "explicit conversions without fallocate" => conversions::c1::<H>;
         "C2", "explicit conversions with fallocate" => conversions::c2::<H>;
         "C3", "punch hole, whole region faulted in" => conversions::c3::<H>;

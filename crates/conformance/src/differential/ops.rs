@@ -256,7 +256,7 @@ impl fmt::Debug for Sequence {
 /// Capabilities compared at VM scope. `KVM_CAP_VM_TYPES` is left out (the
 /// model adds its own `coco` type), as is `KVM_CAP_PRE_FAULT_MEMORY`, which
 /// depends on the host MMU (TDP) rather than on the kernel version.
-pub const COMPARED_CAPS: [Cap; 8] = [
+pub const COMPARED_CAPS: [Cap; 9] = [
     Cap::UserMemory2,
     Cap::MemoryFaultInfo,
     Cap::MemoryAttributes,
@@ -265,6 +265,7 @@ pub const COMPARED_CAPS: [Cap; 8] = [
     Cap::ExitHypercall,
     Cap::NrMemslots,
     Cap::ReadonlyMem,
+    Cap::MultiAddressSpace,
 ];
 
 fn idx() -> impl Strategy<Value = usize> {

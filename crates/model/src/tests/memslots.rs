@@ -6,7 +6,7 @@ use privmem_core::backend::{
     GmemRef, Hypervisor, Region, RegionApi, SharedKind, UserAddr, Vm, MEM_GUEST_MEMFD,
     MEM_LOG_DIRTY_PAGES, MEM_READONLY,
 };
-use privmem_core::{BackendError, Errno, GmemFlags, VmType};
+use privmem_core::{BackendError, Cap, Errno, GmemFlags, Gpa, VmType};
 
 use super::*;
 
@@ -254,9 +254,85 @@ fn region_without_gmem_flag_ignores_gmem_offset() {
 
 #[test]
 fn region_as_id_1_returns_einval() {
-    let (_hv, vm) = setup_vm(VmType::Default);
+    // Without CONFIG_KVM_SMM (the default, as this host) one address space.
+    let (hv, vm) = setup_vm(VmType::Default);
+    assert!(!hv.smm());
     let r = vm.set_user_memory_region(&plain(1 << 16, 0, 0, PG));
     assert_eq!(errno(r), Some(Errno::EINVAL));
+    assert_eq!(vm.check_extension(Cap::MultiAddressSpace).ok(), Some(0));
+}
+
+fn smm_vm(ty: VmType) -> ModelVm {
+    let hv = ModelHypervisor::new(KernelProfile::V6_12).with_smm(true);
+    assert_eq!(hv.check_extension(Cap::MultiAddressSpace).ok(), Some(2));
+    hv.create_vm(ty).expect("create_vm")
+}
+
+#[test]
+fn smm_default_vm_has_two_address_spaces() {
+    let vm = smm_vm(VmType::Default);
+    assert_eq!(vm.check_extension(Cap::MultiAddressSpace).ok(), Some(2));
+    // The same GPA range in both address spaces is no overlap.
+    vm.set_user_memory_region(&plain(3, 0, 0, M2))
+        .expect("as 0");
+    vm.set_user_memory_region(&plain(1 << 16 | 3, 0, 0, M2))
+        .expect("as 1 at the same GPA");
+    // Within address space 1 the overlap rule holds.
+    let r = vm.set_user_memory_region(&plain(1 << 16 | 4, 0, M2 / 2, M2));
+    assert_eq!(errno(r), Some(Errno::EEXIST));
+    // as_id 2 is out of range.
+    let r = vm.set_user_memory_region(&plain(2 << 16 | 3, 0, 0, M2));
+    assert_eq!(errno(r), Some(Errno::EINVAL));
+    assert_eq!(vm.slot_count(), 2);
+}
+
+#[test]
+fn smm_address_space_1_slots_are_separate_from_address_space_0() {
+    let vm = smm_vm(VmType::Default);
+    vm.set_user_memory_region(&plain(1 << 16 | 3, 0, 0, M2))
+        .expect("as 1");
+    // Guests fault in address space 0 only: no slot there yet.
+    assert!(vm.slot_of(Gpa(0)).is_none());
+    vm.set_user_memory_region(&plain(3, 0, M2, M2))
+        .expect("as 0");
+    assert_eq!(vm.slot_of(Gpa(M2)), Some(3));
+    // Deleting as 1's slot 3 leaves as 0's slot 3; deleting it twice is EINVAL.
+    vm.set_user_memory_region(&plain(1 << 16 | 3, 0, 0, 0))
+        .expect("delete as 1 slot 3");
+    let r = vm.set_user_memory_region(&plain(1 << 16 | 3, 0, 0, 0));
+    assert_eq!(errno(r), Some(Errno::EINVAL));
+    assert_eq!(vm.slot_of(Gpa(M2)), Some(3));
+    assert_eq!(vm.slot_count(), 1);
+}
+
+#[test]
+fn smm_private_memory_vm_has_one_address_space() {
+    let vm = smm_vm(VmType::SwProtected);
+    assert_eq!(vm.check_extension(Cap::MultiAddressSpace).ok(), Some(1));
+    let r = vm.set_user_memory_region(&plain(1 << 16, 0, 0, PG));
+    assert_eq!(errno(r), Some(Errno::EINVAL));
+}
+
+#[test]
+fn smm_gmem_range_bound_in_one_address_space_is_einval_in_the_other() {
+    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_smm(true);
+    let vm = hv.create_vm(VmType::Default).expect("create_vm");
+    let g = gmem(&vm, M2, GmemFlags(0));
+    let bind = |slot: u32, gpa: u64| {
+        vm.set_user_memory_region(&region_raw(
+            slot,
+            MEM_GUEST_MEMFD,
+            gpa,
+            M2,
+            GmemRef::File(&g),
+            0,
+        ))
+    };
+    bind(1 << 16 | 5, 0).expect("bind in as 1");
+    assert_eq!(errno(bind(5, 0)), Some(Errno::EINVAL));
+    vm.set_user_memory_region(&plain(1 << 16 | 5, MEM_GUEST_MEMFD, 0, 0))
+        .expect("delete as 1 slot 5");
+    bind(5, 0).expect("bind in as 0 once as 1 let go");
 }
 
 #[test]
