@@ -1,4 +1,4 @@
-//! `privmem conformance`: the kernel-selftest checklist (A1–A13, B1–B4,
+//! `privmem conformance`: the kernel-selftest checklist (A1–A13, B1–B5,
 //! C1–C5, D1–D2, F26–F31) on every available backend, and with
 //! `--differential` the model-vs-KVM differential test.
 

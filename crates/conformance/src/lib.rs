@@ -1,5 +1,5 @@
 //! privmem's conformance suite: the KVM selftest checklist of
-//! `kernel-semantics.md` §5 (A1–A13, B1–B4, C1–C5, D1–D2) and the §5.F
+//! `kernel-semantics.md` §5 (A1–A13, B1–B5, C1–C5, D1–D2) and the §5.F
 //! invariants (F26–F31), each case written once, generic over
 //! [`privmem_core::Hypervisor`], and run on every backend (the model and
 //! `/dev/kvm`).

@@ -1,4 +1,4 @@
-//! B1–B4: `set_memory_region_test.c`'s memslot rules.
+//! B1–B4: `set_memory_region_test.c`'s memslot rules; B5: memslot address spaces.
 //!
 //! B3/B4 need a VM that binds guest_memfd: the selftest uses a
 //! `KVM_X86_SW_PROTECTED_VM`; on 6.18 a default VM binds guest_memfd under
