@@ -293,17 +293,16 @@ impl<H: Hypervisor> Engine<H> {
         let _guard = self.locks.lock(range);
         self.settle_pending(range)?;
         // The runs that change (usually one; no allocation for up to two).
+        // One walk of the map: no run to change means a no-op.
         let mut changed = Runs::new(range);
-        {
-            let map = self.lock_map();
-            if map.is_uniform(range, to_private) {
-                return Ok(Outcome::NoOp);
-            }
-            map.runs_iter(range)
-                .filter(|r| r.private != to_private)
-                .for_each(|r| changed.push(r));
-        }
+        self.lock_map()
+            .runs_iter(range)
+            .filter(|r| r.private != to_private)
+            .for_each(|r| changed.push(r));
         let runs = changed.as_slice();
+        if runs.is_empty() {
+            return Ok(Outcome::NoOp);
+        }
         self.refuse_unconvertible(range, to_private)?;
         self.set_kernel_attrs(range, to_private)
             .map_err(|source| ConvertError::Kernel { range, source })?;
@@ -435,17 +434,23 @@ impl<H: Hypervisor> Engine<H> {
                 why: format!("the {} VM has no private memory", self.vm.vm_type().name()),
             });
         }
-        // A gap anywhere is reported before a slot without guest_memfd.
-        if let Some(Err(gpa)) = self.pieces_iter(range).find(Result::is_err) {
-            return Err(ConvertError::Refused {
-                gpa: gpa.raw(),
-                why: format!("{range} is not fully covered by memslots (gap at {gpa})"),
-            });
+        // One walk of the slots; a gap anywhere is reported before a slot
+        // without guest_memfd.
+        let mut no_gmem = None;
+        for piece in self.pieces_iter(range) {
+            match piece {
+                Err(gpa) => {
+                    return Err(ConvertError::Refused {
+                        gpa: gpa.raw(),
+                        why: format!("{range} is not fully covered by memslots (gap at {gpa})"),
+                    })
+                }
+                Ok(p) if p.slot.gmem.is_none() => {
+                    no_gmem.get_or_insert(p);
+                }
+                Ok(_) => {}
+            }
         }
-        let no_gmem = self
-            .pieces_iter(range)
-            .filter_map(Result::ok)
-            .find(|p| p.slot.gmem.is_none());
         if let Some(p) = no_gmem {
             let why = format!(
                 "{} is not backed by guest_memfd (slot {}), so it cannot become {}",

@@ -56,10 +56,9 @@ impl VmInner {
         }
         let private = attributes != 0;
         let mut attrs = self.attrs.write().expect("attrs");
-        // No-op when nothing changes (returns 0, zaps nothing).
-        if !attrs.is_uniform(range, private) {
-            attrs.set(range, private);
-        }
+        // A no-op when nothing changes (returns 0): `set` leaves a uniform
+        // range as it was.
+        attrs.set(range, private);
         Ok(())
     }
 
