@@ -13,9 +13,14 @@
 //!    one attribute assignment has exactly one representation).
 //!
 //! Set, point query and the range walk are O(log n + k) for k touched ranges.
-//! Storage is a cache-conscious B+ tree of `(start, end)` pairs ([`tree`]):
-//! one 16-byte pair per private range plus node slack, independent of the
-//! guest size (a 1 TiB guest with 10^6 fragments is ~10^6 pairs, ~25 MiB).
+//! Storage is a cache-conscious B+ tree of `(start, end)` pairs ([`tree`]),
+//! sized so that a random lookup stays in the last-level cache: a leaf is
+//! one cache line holding up to 14 ranges as 16-bit offsets from a per-leaf
+//! base, as long as its ranges lie within 2^16 pages of its first start;
+//! other leaves (long or sparse ranges) point to a block of absolute pairs.
+//! Memory depends on the number of ranges, not the guest size: a 1 TiB
+//! guest with 10^6 fragments (one per MiB) takes ~11 MiB, 11 B per range;
+//! wide leaves cost up to 320 B per 3 to 14 ranges.
 
 mod tree;
 
@@ -80,6 +85,7 @@ impl AttrMap {
     }
 
     /// Is the page holding `gpa` private?
+    #[inline]
     pub fn is_private(&self, gpa: Gpa) -> bool {
         let gfn = gpa.raw() >> PAGE_SHIFT;
         self.ranges.pred_le(gfn).is_some_and(|(_, end)| gfn < end)
@@ -289,135 +295,4 @@ impl AttrMap {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn r(start_page: u64, pages: u64) -> GpaRange {
-        GpaRange::new(Gpa(start_page * 4096), pages * 4096).unwrap()
-    }
-
-    #[test]
-    fn set_adjacent_private_ranges_coalesce() {
-        let mut m = AttrMap::new();
-        m.set(r(0, 2), true);
-        m.set(r(2, 2), true);
-        assert_eq!(m.len(), 1);
-        assert_eq!(m.private_ranges().collect::<Vec<_>>(), vec![r(0, 4)]);
-    }
-
-    #[test]
-    fn set_shared_in_middle_splits() {
-        let mut m = AttrMap::with_private(r(0, 10));
-        let changed = m.set(r(4, 2), false);
-        assert_eq!(changed, 2);
-        assert_eq!(
-            m.private_ranges().collect::<Vec<_>>(),
-            vec![r(0, 4), r(6, 4)]
-        );
-    }
-
-    #[test]
-    fn set_no_change_returns_zero() {
-        let mut m = AttrMap::with_private(r(0, 10));
-        assert_eq!(m.set(r(2, 3), true), 0);
-        assert_eq!(m.set(r(20, 3), false), 0);
-    }
-
-    #[test]
-    fn runs_cover_range_exactly() {
-        let mut m = AttrMap::new();
-        m.set(r(2, 2), true);
-        let runs = m.runs(r(0, 6));
-        assert_eq!(
-            runs,
-            vec![
-                Run {
-                    range: r(0, 2),
-                    private: false
-                },
-                Run {
-                    range: r(2, 2),
-                    private: true
-                },
-                Run {
-                    range: r(4, 2),
-                    private: false
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn top_of_address_space_is_handled() {
-        let mut m = AttrMap::new();
-        let top = GpaRange::new(Gpa(0xffff_ffff_ffff_e000), 8191).unwrap();
-        m.set(top, true);
-        assert!(m.is_private(Gpa(u64::MAX)));
-        assert_eq!(m.private_pages_in(top), 2);
-    }
-
-    #[derive(Clone, Debug)]
-    struct Op {
-        start: u64,
-        pages: u64,
-        private: bool,
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        (0u64..64, 1u64..16, any::<bool>()).prop_map(|(start, pages, private)| Op {
-            start,
-            pages,
-            private,
-        })
-    }
-
-    proptest! {
-        #[test]
-        fn attrmap_matches_dense_oracle(ops in proptest::collection::vec(op(), 1..60)) {
-            let mut m = AttrMap::new();
-            let mut dense = [false; 96];
-            for o in &ops {
-                let mut expect_changed = 0;
-                for p in o.start..o.start + o.pages {
-                    if dense[p as usize] != o.private { expect_changed += 1; }
-                    dense[p as usize] = o.private;
-                }
-                let changed = m.set(r(o.start, o.pages), o.private);
-                prop_assert_eq!(changed, expect_changed);
-                prop_assert!(m.check_invariants().is_ok());
-            }
-            for (p, &want) in dense.iter().enumerate() {
-                prop_assert_eq!(m.is_private(Gpa(p as u64 * 4096)), want);
-            }
-            // runs() partitions any window consistently with the oracle.
-            let runs = m.runs(r(0, 96));
-            let mut page = 0u64;
-            for run in &runs {
-                for p in run.range.start().gfn()..run.range.end().gfn() {
-                    prop_assert_eq!(p, page);
-                    prop_assert_eq!(dense[p as usize], run.private);
-                    page += 1;
-                }
-            }
-            prop_assert_eq!(page, 96);
-            for w in runs.windows(2) { prop_assert_ne!(w[0].private, w[1].private); }
-            // is_uniform and first_run agree with the oracle on every window.
-            for a in (0..96u64).step_by(5) {
-                for b in (a + 1..=96).step_by(7) {
-                    let win = r(a, b - a);
-                    let slice = &dense[a as usize..b as usize];
-                    prop_assert_eq!(m.is_uniform(win, true), slice.iter().all(|&x| x));
-                    prop_assert_eq!(m.is_uniform(win, false), slice.iter().all(|&x| !x));
-                    prop_assert_eq!(Some(m.first_run(win)), m.runs(win).first().copied());
-                }
-            }
-            // The canonical form: rebuilding from the oracle gives an equal map.
-            let mut rebuilt = AttrMap::new();
-            for (p, &priv_) in dense.iter().enumerate() {
-                if priv_ { rebuilt.set(r(p as u64, 1), true); }
-            }
-            prop_assert_eq!(rebuilt, m);
-        }
-    }
-}
+mod tests;
