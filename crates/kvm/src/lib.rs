@@ -13,6 +13,8 @@
 //!   `privmem_core::abi`), protocol ports, port-I/O hypercall emulation, kicks.
 //! - [`guest`]: x86 encoder, op compiler, runtime-area layout.
 //! - [`caps`]: hypercall transport detection.
+//! - [`hostmem`]: [`HostMap`], a bounds-checked shared mapping of a memfd
+//!   accessed with raw copies (the model's page store).
 //!
 //! # Guest memory layout
 //!
@@ -65,6 +67,7 @@
 pub mod bench;
 pub mod caps;
 pub mod guest;
+pub mod hostmem;
 pub mod hypervisor;
 pub mod mem;
 pub mod stats;
@@ -72,6 +75,7 @@ pub mod sys;
 pub mod vcpu;
 pub mod vm;
 
+pub use hostmem::{HostMap, HostMapError};
 pub use hypervisor::KvmHypervisor;
 pub use mem::{KvmMapping, KvmShared};
 pub use vcpu::{KvmKick, KvmVcpu};
