@@ -30,7 +30,7 @@
 
 use std::io::IoSlice;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use privmem_core::backend::{HostFault, HostMemory, SharedKind, SharedMemory};
@@ -63,6 +63,9 @@ pub(crate) struct Memfd {
     /// The whole file, mapped shared once a bulk access found data in it
     /// ([`Memfd::mapped`]); `None` inside if it could not be mapped.
     map: OnceLock<Option<HostMap>>,
+    /// False until the first write or fill: the file is all holes, so reads
+    /// are zeros without a syscall ([`Memfd::never_written`]).
+    written: AtomicBool,
 }
 
 impl Memfd {
@@ -78,7 +81,29 @@ impl Memfd {
             fd,
             size,
             map: OnceLock::new(),
+            written: AtomicBool::new(false),
         })
+    }
+
+    /// True while nothing was ever written to the file: every byte is a
+    /// hole (a fresh memfd; punches and `fallocate` only add zeros). The
+    /// model writes its files only through [`Memfd::write_at`] and
+    /// [`Memfd::fill_at`], which set the flag before the data lands; the fd
+    /// handed out for a guest_memfd refuses `write`/`pwrite` in the kernel
+    /// being modelled. A read racing with the first write may see zeros,
+    /// as a racing read of guest memory may.
+    ///
+    /// A confidential guest's shared memory starts this way, so the reads
+    /// that follow its implicit conversions to shared cost no `pread`.
+    fn never_written(&self) -> bool {
+        !self.written.load(Ordering::Acquire)
+    }
+
+    /// Records that data is about to land (before it does).
+    fn will_write(&self) {
+        if self.never_written() {
+            self.written.store(true, Ordering::Release);
+        }
     }
 
     /// Size in bytes.
@@ -139,6 +164,10 @@ impl Memfd {
 
     /// Reads `buf.len()` bytes at `off` (holes read as zeros, and stay holes).
     pub(crate) fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        if self.never_written() {
+            buf.fill(0);
+            return Ok(());
+        }
         let Some(map) = self.mapped(off, buf.len() as u64) else {
             return self.pread_at(off, buf);
         };
@@ -171,6 +200,7 @@ impl Memfd {
 
     /// Writes `data` at `off`.
     pub(crate) fn write_at(&self, off: u64, data: &[u8]) -> Result<(), Errno> {
+        self.will_write();
         let Some(map) = self.mapped(off, data.len() as u64) else {
             return self.pwrite_at(off, data);
         };
@@ -189,6 +219,7 @@ impl Memfd {
 
     /// `pwrite` of `data` at `off`.
     fn pwrite_at(&self, mut off: u64, mut data: &[u8]) -> Result<(), Errno> {
+        self.will_write();
         while !data.is_empty() {
             let n = rustix::io::pwrite(&self.fd, data, off).map_err(errno)?;
             off += n as u64;
@@ -201,6 +232,7 @@ impl Memfd {
     /// of any length, for the `pwritev` path.
     pub(crate) fn fill_at(&self, off: u64, len: u64, fill: &[u8]) -> Result<(), Errno> {
         debug_assert!(!fill.is_empty());
+        self.will_write();
         let Some(map) = self.mapped(off, len) else {
             return self.pwritev_fill(off, len, fill);
         };
@@ -218,6 +250,7 @@ impl Memfd {
 
     /// `pwritev` of `len` copies of `fill[0]` from `fill` (no allocation).
     fn pwritev_fill(&self, mut off: u64, mut len: u64, fill: &[u8]) -> Result<(), Errno> {
+        self.will_write();
         while len > 0 {
             let mut slices: [IoSlice<'_>; 16] = std::array::from_fn(|_| IoSlice::new(&[]));
             let mut n = 0;
@@ -246,6 +279,9 @@ impl Memfd {
         expect: u8,
         scratch: &mut Vec<u8>,
     ) -> Result<Option<(u64, u8)>, Errno> {
+        if self.never_written() {
+            return Ok((expect != 0 && len > 0).then_some((0, 0)));
+        }
         let Some(map) = self.mapped(off, len) else {
             return self.pread_mismatch(off, len, expect, scratch);
         };

@@ -277,3 +277,44 @@ fn shared_discard_frees_pages() {
     assert_eq!(s.allocated_pages(), 1);
     assert_eq!(s.discarded_pages(), 1);
 }
+
+#[test]
+fn never_written_file_reads_zeros_until_the_first_write() {
+    let m = Memfd::create("t", 4 * PAGE_SIZE).unwrap();
+    assert!(m.never_written());
+    let mut scratch = Vec::new();
+    assert_eq!(m.find_mismatch(0, PAGE_SIZE, 0, &mut scratch), Ok(None));
+    assert_eq!(
+        m.find_mismatch(0, PAGE_SIZE, 3, &mut scratch),
+        Ok(Some((0, 0)))
+    );
+    let mut buf = vec![7u8; 100];
+    m.read_at(10, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    // Every write path ends the fast path, and the data is then seen.
+    for (i, write) in [
+        |m: &Memfd| m.write_at(PAGE_SIZE + 5, &[9]),
+        |m: &Memfd| m.fill_at(PAGE_SIZE + 5, 1, &[9; 8]),
+        |m: &Memfd| m.pwrite_at(PAGE_SIZE + 5, &[9]),
+        |m: &Memfd| m.pwritev_fill(PAGE_SIZE + 5, 1, &[9; 8]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let m = Memfd::create("t", 4 * PAGE_SIZE).unwrap();
+        write(&m).unwrap();
+        assert!(!m.never_written(), "write path {i}");
+        assert_eq!(
+            m.find_mismatch(PAGE_SIZE, 8, 0, &mut scratch),
+            Ok(Some((5, 9))),
+            "write path {i}"
+        );
+        let mut b = [0u8; 1];
+        m.read_at(PAGE_SIZE + 5, &mut b).unwrap();
+        assert_eq!(b, [9], "write path {i}");
+        // A punch makes zeros again, through the syscall path.
+        m.punch(PAGE_SIZE, PAGE_SIZE).unwrap();
+        m.read_at(PAGE_SIZE + 5, &mut b).unwrap();
+        assert_eq!(b, [0], "write path {i}");
+    }
+}
