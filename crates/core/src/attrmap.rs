@@ -19,7 +19,7 @@
 //! base, as long as its ranges lie within 2^16 pages of its first start;
 //! other leaves (long or sparse ranges) point to a block of absolute pairs.
 //! Memory depends on the number of ranges, not the guest size: a 1 TiB
-//! guest with 10^6 fragments (one per MiB) takes ~11 MiB, 11 B per range;
+//! guest with 10^6 fragments (one per MiB) takes ~10 MiB, 10 B per range;
 //! wide leaves cost up to 320 B per 3 to 14 ranges.
 
 mod tree;

@@ -5,25 +5,28 @@
 //! 11-key nodes with a data-dependent (mispredicted) linear search in each,
 //! and `range(..=x)` descends twice. And why this size: a random lookup
 //! costs what its cache misses cost, so the map is built to stay small
-//! enough (a million ranges in ~11 MiB) to live in the last-level cache:
+//! enough (a million ranges in ~10 MiB) to live in the last-level cache:
 //! - a leaf is one cache line: up to 14 entries as 16-bit offsets from a
 //!   per-leaf base, searched branch-free; leaves whose ranges do not fit 16
 //!   bits (long or sparse ranges) keep absolute pairs in an extension
 //!   block ([`leaf`]);
 //! - an inner node is 16 separator keys + 16 child indices (three lines),
-//!   searched the same way; with ~11 children per node, the upper inner
-//!   levels of a million ranges stay in the first- and second-level caches;
+//!   searched in two dependent steps of three compares; with ~11 children
+//!   per node, the upper inner levels of a million ranges stay in the
+//!   first- and second-level caches;
 //! - nodes live in arenas addressed by `u32`, without per-node malloc
 //!   headers ([`arena`]): leaves in a chunked one, whose growth never
-//!   copies them (a million ranges hold ~7 MiB of leaves), inner nodes, an
-//!   eleventh of that, in a flat one, so a level costs one load, not two.
+//!   copies them (a million ranges hold ~6 MiB of leaves), inner nodes
+//!   (~1.6 MiB) in a flat one, so a level costs one load, not two.
 //!
 //! Leaves are linked both ways for ordered iteration and for predecessor
 //! queries. Separators are lower bounds: every key in child `i > 0` is
 //! `>= keys[i]`, every key in child `i - 1` is `< keys[i]`. Nodes other than
 //! the root hold at least [`MIN`] children or [`LEAF_MIN`] entries after
 //! every removal (merge with, or borrow from, a sibling), so memory stays
-//! within a small factor of the entries. Keys are at most [`MAX_KEY`]
+//! within a small factor of the entries; a full leaf shares with a sibling
+//! that has room before it splits, which keeps leaves ~82 % full under
+//! random inserts (~70 % by splitting alone). Keys are at most [`MAX_KEY`]
 //! (2^52 - 1: every gfn); values are arbitrary.
 
 mod arena;
@@ -68,17 +71,19 @@ impl Inner {
         self.child_for(PAD - 1) + 1
     }
     /// The child to descend into for `x`: the last `i` with `keys[i] <= x`
-    /// (`keys[0]` counts as below everything). A branch-free binary search:
-    /// inner nodes near the root are hot in cache, where 4 dependent probes
-    /// beat 15 compares.
+    /// (`keys[0]` counts as below everything). A branch-free quaternary
+    /// search: three independent compares pick a block of four slots (and
+    /// fetch both key lines at once), three more the slot in it. A lookup
+    /// is a chain of dependent loads through ~6 nodes, so two dependent
+    /// steps per node beat a binary search's four (17 % on a cache-hot walk)
+    /// and 15 compares' worth of instructions.
     #[inline]
     fn child_for(&self, x: u64) -> usize {
         const _: () = assert!(CAP == 16, "the probe steps assume 16 slots");
-        let mut i = 0;
-        for step in [8, 4, 2, 1] {
-            i += usize::from(self.keys[i + step] <= x) * step;
-        }
-        i
+        let k = &self.keys;
+        let below = |i: usize| usize::from(k[i] <= x);
+        let block = 4 * (below(4) + below(8) + below(12));
+        block + below(block + 1) + below(block + 2) + below(block + 3)
     }
 }
 
@@ -276,15 +281,50 @@ impl Tree {
             self.leaves.write(id, e.as_slice());
             return;
         }
-        // Split: the upper half moves to a new leaf on the right. Only now
-        // is the path needed.
+        // Overflow: only now is the path needed. Share with a sibling that
+        // has room, else split: the upper half moves to a new leaf on the
+        // right.
         let p = self.find_path(key);
+        if self.spill(&p, &e) {
+            return;
+        }
         let right = e.split_off(e.len() / 2);
         self.leaves.write(p.leaf, e.as_slice());
         let new = self.leaves.alloc();
         self.leaves.write(new, right.as_slice());
         self.leaves.link_after(p.leaf, new);
         self.insert_child(&p, p.depth, right.get(0).0, new);
+    }
+
+    /// Stores the path's leaf's overflowing entries `e` (one more than a
+    /// leaf holds) evenly over the leaf and a sibling with room to spare,
+    /// if one has: leaves stay fuller (~80 % instead of ~70 % under random
+    /// inserts), so the map is smaller and more of it stays in cache.
+    /// Returns whether it did.
+    fn spill(&mut self, p: &Path, e: &Ents) -> bool {
+        if p.depth == 0 {
+            return false;
+        }
+        let Step { node: parent, slot } = p.steps[p.depth - 1];
+        let par = self.inners.get(parent);
+        let room = |id: u32| self.leaves.len(id) < LEAF_CAP - 1;
+        let (l_slot, mut all) = if slot + 1 < par.len() && room(par.kids[slot + 1]) {
+            let mut all = *e;
+            all.append(&self.leaves.read(par.kids[slot + 1]));
+            (slot, all)
+        } else if slot > 0 && room(par.kids[slot - 1]) {
+            let mut all = self.leaves.read(par.kids[slot - 1]);
+            all.append(e);
+            (slot - 1, all)
+        } else {
+            return false;
+        };
+        let (l, r) = (par.kids[l_slot], par.kids[l_slot + 1]);
+        let right = all.split_off(all.len() / 2);
+        self.leaves.write(l, all.as_slice());
+        self.leaves.write(r, right.as_slice());
+        self.inners.get_mut(parent).keys[l_slot + 1] = right.get(0).0;
+        true
     }
 
     /// Inserts child `kid` with lower bound `key` right after the child the

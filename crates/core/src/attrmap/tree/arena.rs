@@ -73,9 +73,8 @@ impl<T: Copy> Arena<T> {
 
 /// A flat arena of `T` with a free list: one load per access, where
 /// [`Arena`] needs two (the chunk, then the node). For the inner nodes,
-/// whose chain of dependent loads every lookup walks; they are an eleventh
-/// of the leaves, so a growth copy stays small (~1 MiB at a million
-/// ranges).
+/// whose chain of dependent loads every lookup walks; there is one per ~11
+/// leaves, so a growth copy stays small (~1 MiB at a million ranges).
 #[derive(Clone, Debug)]
 pub(super) struct Flat<T: Copy> {
     nodes: Vec<T>,

@@ -28,6 +28,33 @@ fn ascending_inserts_then_removals_keep_structure() {
     assert_eq!(t.pred_le(100), None);
 }
 
+#[test]
+fn random_inserts_fill_leaves_to_about_80_percent() {
+    // One key per 256 in random order, as `privmem bench attrmap` inserts
+    // its ranges: leaves that share with a sibling before splitting end up
+    // ~82 % full (~70 % when splitting alone).
+    let mut x = 0x5eedu64;
+    let mut keys: Vec<u64> = (0..1u64 << 16).map(|i| i * 256).collect();
+    for i in (1..keys.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        keys.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let mut t = Tree::new();
+    for &k in &keys {
+        t.insert(k, k + 1);
+    }
+    t.check().unwrap();
+    let (mut leaves, mut id) = (0, t.find_leaf(0));
+    while id != NIL {
+        leaves += 1;
+        id = t.leaves.next(id);
+    }
+    let fill = t.len() as f64 / (leaves * LEAF_CAP) as f64;
+    assert!(fill > 0.78, "leaves {fill:.2} full");
+}
+
 /// Grows, shrinks and churns a tree of keys `k * scale`, values `k * scale
 /// + near` (or arbitrary every 16th), against BTreeMap.
 fn churn(scale: u64, near: u64) {
