@@ -17,10 +17,11 @@
 //! sized so that a random lookup stays in the last-level cache: a leaf is
 //! one cache line holding up to 14 ranges as 16-bit offsets from a per-leaf
 //! base, as long as its ranges lie within 2^16 pages of its first start;
-//! other leaves (long or sparse ranges) point to a block of absolute pairs.
-//! Memory depends on the number of ranges, not the guest size: a 1 TiB
-//! guest with 10^6 fragments (one per MiB) takes ~10 MiB, 10 B per range;
-//! wide leaves cost up to 320 B per 3 to 14 ranges.
+//! other leaves (long or sparse ranges) hold up to 3 absolute pairs in the
+//! line, or point to a block of them. Memory depends on the number of
+//! ranges, not the guest size: a 1 TiB guest with 10^6 fragments (one per
+//! MiB) takes ~10 MiB, 10 B per range; leaves with a block cost up to
+//! 320 B per 3 to 14 ranges.
 
 mod tree;
 

@@ -47,11 +47,6 @@ impl<T: Copy> Arena<T> {
         self.free.push(id);
     }
 
-    /// Nodes in use.
-    pub(super) fn live(&self) -> usize {
-        self.used - self.free.len()
-    }
-
     #[inline]
     pub(super) fn get(&self, id: u32) -> &T {
         let i = id as usize;
@@ -116,6 +111,11 @@ impl<T: Copy> Flat<T> {
     #[inline]
     pub(super) fn get_mut(&mut self, id: u32) -> &mut T {
         &mut self.nodes[id as usize]
+    }
+
+    /// Nodes in use.
+    pub(super) fn live(&self) -> usize {
+        self.nodes.len() - self.free.len()
     }
 
     pub(super) fn heap_bytes(&self) -> usize {

@@ -5,8 +5,8 @@ use super::{Tree, LEAF_MIN, MIN, NIL, PAD};
 impl Tree {
     /// Checks the tree's structure: every leaf's encoding, sorted keys,
     /// separators that bound their subtrees, minimum fill, uniform depth,
-    /// leaf links in key order, one extension block per wide leaf, and the
-    /// entry count.
+    /// leaf links in key order, one extension block per extended leaf, and
+    /// the entry count.
     pub(in crate::attrmap) fn check(&self) -> Result<(), String> {
         let mut leaves = Vec::new();
         self.check_node(self.root, self.height, 0, PAD, true, &mut leaves)?;
@@ -22,9 +22,9 @@ impl Tree {
         if id != NIL {
             return Err("last leaf has a next link".into());
         }
-        let (wide, blocks) = self.leaves.wide_counts(&leaves);
-        if wide != blocks {
-            return Err(format!("{wide} wide leaves but {blocks} extension blocks"));
+        let (ext, blocks) = self.leaves.ext_counts(&leaves);
+        if ext != blocks {
+            return Err(format!("{ext} extended leaves but {blocks} blocks"));
         }
         let count = self.iter().count();
         if count != self.len {

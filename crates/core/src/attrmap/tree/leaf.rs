@@ -1,107 +1,185 @@
-//! The tree's leaves: one cache line of 16-bit offsets each, with a wide
-//! fallback.
+//! A leaf's cache line and its three forms.
 //!
 //! A leaf holds up to [`CAP`] `(key, value)` entries (start gfn, end gfn),
-//! sorted by key. It is one 64-byte line:
-//! - **narrow** (the usual form): a head word with the base (the first
-//!   key) and the entry count, then the 14 keys and the 14 values as 16-bit
-//!   offsets from the base. A lookup reads this one line: a branch-free
-//!   search of the keys, then the value beside them. Unused key slots hold
-//!   `0xffff`, above every key offset (at most `0xfffe`), so the search
-//!   needs no count. A leaf is narrow iff every key is within `0xfffe` and
-//!   every value within `0xffff` of the base: in the attribute map, iff its
-//!   ranges lie in 2^16 pages (256 MiB) from its first start. At a million
-//!   ranges in 1 TiB (one per 1 MiB), every leaf is narrow.
-//! - **wide** (anything else: long or sparse ranges): the head holds the
-//!   count and the id of an extension block of 16 absolute `(u64, u64)`
-//!   pairs (four lines, unused pairs `u64::MAX`); a lookup reads the line,
-//!   then the block.
+//! sorted by key, in one 64-byte line: a head word (form, entry count,
+//! base or block id), then 56 bytes.
+//! - **narrow** (the usual form): the 14 keys and the 14 values as 16-bit
+//!   offsets from the base, the first key. A lookup reads this one line: a
+//!   branch-free search of the keys, then the value beside them. Unused key
+//!   slots hold `0xffff`, above every key offset (at most `0xfffe`), so the
+//!   search needs no count. A leaf is narrow iff every key is within
+//!   `0xfffe` and every value within `0xffff` of the base: in the attribute
+//!   map, iff its ranges lie in 2^16 pages (256 MiB) from its first start.
+//!   At a million ranges in 1 TiB (one per MiB), every leaf is narrow.
+//! - **inline**: up to [`INLINE_CAP`] absolute `(u64, u64)` pairs (unused
+//!   all ones): the maps of a few long ranges (a VM with most of its memory
+//!   private) stay one line.
+//! - **extended**: anything else (many long or sparse ranges): the head
+//!   holds the id of an extension block of absolute pairs ([`super::leaves`]);
+//!   a lookup reads the line, then the block.
 //!
-//! Writes always choose the narrow form when it fits, so the form is a
-//! function of the entries, and an extension block exists exactly for the
-//! wide leaves. Mutations decode a leaf into [`Ents`], edit and re-encode:
-//! the tree above never sees the encoding.
-
-use super::arena::{Arena, NIL};
+//! Encoding picks the form ([`Leaf::encode`]: narrow if it fits, else
+//! inline if it fits, else extended); an extended leaf edited in place
+//! keeps its form until it is next re-encoded ([`super::leaves`]).
 
 /// Entries per leaf.
 pub(super) const CAP: usize = 14;
+/// Entries an inline leaf holds.
+pub(super) const INLINE_CAP: usize = 3;
 /// Largest key a leaf stores: the narrow base has 52 bits (gfns are below
 /// 2^52).
 pub(super) const MAX_KEY: u64 = BASE_MASK;
+/// Padding of unused absolute pairs: above every key.
+pub(super) const PAD: u64 = u64::MAX;
 /// Padding of unused narrow key slots.
 const PAD16: u16 = u16::MAX;
 /// Largest narrow key offset (below the padding).
 const MAX_KEY_OFF: u64 = PAD16 as u64 - 1;
 /// Largest narrow value offset.
 const MAX_VAL_OFF: u64 = u16::MAX as u64;
-/// Padding of unused wide slots: above every key.
-const PAD: u64 = u64::MAX;
-/// Head bits 0..52: the base (narrow) or the extension id (wide).
+/// Head bits 0..52: the base (narrow) or the extension block (extended).
 const BASE_MASK: u64 = (1 << 52) - 1;
 /// Head bits 52..56: the entry count.
 const LEN_SHIFT: u32 = 52;
 const LEN_MASK: u64 = 0xf;
-/// Head bit 63: the leaf is wide.
-const WIDE: u64 = 1 << 63;
+/// Head bit 62: inline; bit 63: extended.
+const INLINE: u64 = 1 << 62;
+const EXT: u64 = 1 << 63;
+
+/// A leaf's form. See the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Form {
+    Narrow,
+    Inline,
+    Ext,
+}
 
 /// A leaf's cache line. See the module docs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C, align(64))]
-struct Leaf {
+pub(super) struct Leaf {
     head: u64,
-    /// Narrow key offsets, sorted; unused are `PAD16`.
-    keys: [u16; CAP],
-    /// Narrow value offsets; unused are 0.
-    vals: [u16; CAP],
+    /// Narrow: 14 key offsets (sorted; unused `PAD16`), then 14 value
+    /// offsets (unused 0), 16-bit. Inline: up to three key, value pairs of
+    /// 64 bits (unused all ones). Each form reads and writes its own width,
+    /// so no load waits on narrower stores to the same bytes.
+    body: [u8; 56],
 }
 
-const EMPTY_LEAF: Leaf = Leaf {
-    head: 0,
-    keys: [PAD16; CAP],
-    vals: [0; CAP],
-};
+/// Byte offset of the narrow values.
+const VALS: usize = 2 * CAP;
 
-/// A wide leaf's entries: 16 slots so the search is a fixed 4 + 1 probes.
-#[derive(Clone, Copy, Debug)]
-#[repr(C, align(64))]
-struct Wide {
-    ents: [(u64, u64); 16],
-}
-
-const EMPTY_WIDE: Wide = Wide {
-    ents: [(PAD, PAD); 16],
+/// An empty (narrow) leaf.
+pub(super) const EMPTY_LEAF: Leaf = {
+    let mut body = [0u8; 56];
+    let mut i = 0;
+    while i < VALS {
+        body[i] = 0xff;
+        i += 1;
+    }
+    Leaf { head: 0, body }
 };
 
 impl Leaf {
     #[inline]
-    fn is_wide(&self) -> bool {
-        self.head & WIDE != 0
+    pub(super) fn form(&self) -> Form {
+        if self.head & EXT != 0 {
+            Form::Ext
+        } else if self.head & INLINE != 0 {
+            Form::Inline
+        } else {
+            Form::Narrow
+        }
     }
 
-    /// The base (narrow) or the extension id (wide).
     #[inline]
-    fn low(&self) -> u64 {
+    pub(super) fn is_narrow(&self) -> bool {
+        self.head & (EXT | INLINE) == 0
+    }
+
+    #[inline]
+    pub(super) fn len(&self) -> usize {
+        ((self.head >> LEN_SHIFT) & LEN_MASK) as usize
+    }
+
+    /// Narrow: the base.
+    #[inline]
+    fn base(&self) -> u64 {
         self.head & BASE_MASK
     }
 
+    /// Extended: the block id.
     #[inline]
-    fn len(&self) -> usize {
-        ((self.head >> LEN_SHIFT) & LEN_MASK) as usize
+    pub(super) fn ext(&self) -> u32 {
+        (self.head & BASE_MASK) as u32
+    }
+
+    /// The line of an extended leaf of `n` entries in block `ext`.
+    pub(super) fn extended(ext: u32, n: usize) -> Leaf {
+        Leaf {
+            head: EXT | (n as u64) << LEN_SHIFT | u64::from(ext),
+            ..EMPTY_LEAF
+        }
+    }
+
+    /// The 16-bit slot at byte `at`.
+    #[inline]
+    fn u16_at(&self, at: usize) -> u16 {
+        u16::from_le_bytes([self.body[at], self.body[at + 1]])
+    }
+
+    #[inline]
+    fn set_u16_at(&mut self, at: usize, x: u16) {
+        self.body[at..at + 2].copy_from_slice(&x.to_le_bytes());
+    }
+
+    /// The 64-bit word at byte `at`.
+    #[inline]
+    fn u64_at(&self, at: usize) -> u64 {
+        let mut b = [0; 8];
+        b.copy_from_slice(&self.body[at..at + 8]);
+        u64::from_le_bytes(b)
+    }
+
+    fn set_u64_at(&mut self, at: usize, x: u64) {
+        self.body[at..at + 8].copy_from_slice(&x.to_le_bytes());
+    }
+
+    /// Narrow key offset `j`.
+    #[inline]
+    fn key(&self, j: usize) -> u16 {
+        self.u16_at(2 * j)
+    }
+
+    /// Narrow value offset `j`.
+    #[inline]
+    fn val(&self, j: usize) -> u16 {
+        self.u16_at(VALS + 2 * j)
+    }
+
+    /// Narrow or inline: entries with key <= x.
+    #[inline]
+    pub(super) fn rank(&self, x: u64) -> usize {
+        if self.is_narrow() {
+            self.narrow_rank(x)
+        } else {
+            (0..INLINE_CAP)
+                .filter(|&j| self.u64_at(16 * j) <= x.min(MAX_KEY))
+                .count()
+        }
     }
 
     /// Narrow: entries with key <= x, by a branch-free binary search over
     /// the 14 key slots (two virtual padding slots make it 16).
     #[inline]
-    fn rank(&self, x: u64) -> usize {
-        let base = self.low();
+    pub(super) fn narrow_rank(&self, x: u64) -> usize {
+        let base = self.base();
         let o = x.wrapping_sub(base).min(MAX_KEY_OFF) as u16;
-        let k = &self.keys;
         let mut i = 0;
         for step in [8, 4, 2] {
-            i += usize::from(k[i + step - 1] <= o) * step;
+            i += usize::from(self.key(i + step - 1) <= o) * step;
         }
-        i += usize::from(k.get(i).is_some_and(|&v| v <= o));
+        i += usize::from(i < CAP && self.key(i) <= o);
         if x < base {
             0
         } else {
@@ -109,320 +187,118 @@ impl Leaf {
         }
     }
 
+    /// Narrow or inline: entry `j` (< len).
+    #[inline]
+    pub(super) fn entry(&self, j: usize) -> (u64, u64) {
+        if self.is_narrow() {
+            self.narrow_entry(j)
+        } else {
+            (self.u64_at(16 * j), self.u64_at(16 * j + 8))
+        }
+    }
+
     /// Narrow: entry `j`.
     #[inline]
-    fn entry(&self, j: usize) -> (u64, u64) {
-        let base = self.low();
-        (
-            base + u64::from(self.keys[j]),
-            base + u64::from(self.vals[j]),
-        )
+    pub(super) fn narrow_entry(&self, j: usize) -> (u64, u64) {
+        let base = self.base();
+        (base + u64::from(self.key(j)), base + u64::from(self.val(j)))
     }
 
-    /// The narrow encoding of `e` (at most [`CAP`] entries, sorted), if
-    /// every offset fits.
-    fn narrow(e: &[(u64, u64)]) -> Option<Leaf> {
-        let base = e.first().map_or(0, |kv| kv.0);
+    /// The line holding `e` (sorted, at most [`CAP`] entries): narrow if
+    /// every offset fits, else inline if it has at most [`INLINE_CAP`]
+    /// entries, else None (it needs an extension block).
+    pub(super) fn encode(e: &[(u64, u64)]) -> Option<Leaf> {
         let mut l = EMPTY_LEAF;
-        l.head = base | (e.len() as u64) << LEN_SHIFT;
-        for (i, &(k, v)) in e.iter().enumerate() {
-            let ko = k.checked_sub(base).filter(|&o| o <= MAX_KEY_OFF)?;
-            let vo = v.checked_sub(base).filter(|&o| o <= MAX_VAL_OFF)?;
-            l.keys[i] = ko as u16;
-            l.vals[i] = vo as u16;
-        }
-        Some(l)
+        l.encode_into(e).then_some(l)
     }
-}
 
-impl Wide {
-    /// Entries with key <= x (a branch-free binary search).
+    /// [`Leaf::encode`] in place; on false (extension needed) the line is
+    /// garbage for the caller to overwrite.
+    pub(super) fn encode_into(&mut self, e: &[(u64, u64)]) -> bool {
+        self.narrow_into(e) || self.inline_into(e)
+    }
+
+    fn narrow_into(&mut self, e: &[(u64, u64)]) -> bool {
+        *self = EMPTY_LEAF;
+        self.head = e.first().map_or(0, |kv| kv.0) | (e.len() as u64) << LEN_SHIFT;
+        for (j, &kv) in e.iter().enumerate() {
+            let Some((ko, vo)) = self.offsets(kv) else {
+                return false;
+            };
+            self.set_u16_at(2 * j, ko);
+            self.set_u16_at(VALS + 2 * j, vo);
+        }
+        true
+    }
+
+    fn inline_into(&mut self, e: &[(u64, u64)]) -> bool {
+        if e.len() > INLINE_CAP {
+            return false;
+        }
+        self.head = INLINE | (e.len() as u64) << LEN_SHIFT;
+        self.body = [0xff; 56];
+        for (j, &(k, v)) in e.iter().enumerate() {
+            self.set_u64_at(16 * j, k);
+            self.set_u64_at(16 * j + 8, v);
+        }
+        true
+    }
+
+    /// Narrow: the offsets of `(k, v)` from the base, if they fit.
     #[inline]
-    fn rank(&self, x: u64) -> usize {
-        // Keys are at most MAX_KEY, the padding above.
-        let x = x.min(MAX_KEY);
-        let e = &self.ents;
-        let mut i = 0;
-        for step in [8, 4, 2, 1] {
-            i += usize::from(e[i + step - 1].0 <= x) * step;
+    fn offsets(&self, (k, v): (u64, u64)) -> Option<(u16, u16)> {
+        let base = self.base();
+        let ko = k.checked_sub(base).filter(|&o| o <= MAX_KEY_OFF)?;
+        let vo = v.checked_sub(base).filter(|&o| o <= MAX_VAL_OFF)?;
+        Some((ko as u16, vo as u16))
+    }
+
+    /// Narrow: replaces entry `j` by `kv` in place if the base (first key)
+    /// stays and the offsets fit; returns whether it did.
+    pub(super) fn try_set(&mut self, j: usize, kv: (u64, u64)) -> bool {
+        if j == 0 && kv.0 != self.base() {
+            return false;
         }
-        i + usize::from(e[i].0 <= x)
-    }
-}
-
-/// Decoded entries of up to two leaves, for edits, splits and merges.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Ents {
-    e: [(u64, u64); 2 * CAP],
-    n: usize,
-}
-
-impl Ents {
-    fn new() -> Ents {
-        Ents {
-            e: [(PAD, PAD); 2 * CAP],
-            n: 0,
-        }
-    }
-
-    pub(super) fn as_slice(&self) -> &[(u64, u64)] {
-        &self.e[..self.n]
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.n
-    }
-
-    pub(super) fn get(&self, j: usize) -> (u64, u64) {
-        self.as_slice()[j]
-    }
-
-    pub(super) fn set(&mut self, j: usize, kv: (u64, u64)) {
-        self.e[..self.n][j] = kv;
-    }
-
-    /// Entries with key <= x.
-    pub(super) fn rank(&self, x: u64) -> usize {
-        self.as_slice().partition_point(|kv| kv.0 <= x)
-    }
-
-    pub(super) fn insert(&mut self, j: usize, kv: (u64, u64)) {
-        assert!(j <= self.n && self.n < self.e.len());
-        self.e.copy_within(j..self.n, j + 1);
-        self.e[j] = kv;
-        self.n += 1;
-    }
-
-    pub(super) fn remove(&mut self, j: usize) -> (u64, u64) {
-        let kv = self.get(j);
-        self.e.copy_within(j + 1..self.n, j);
-        self.n -= 1;
-        kv
-    }
-
-    /// Appends `other`'s entries (the two fit in one buffer).
-    pub(super) fn append(&mut self, other: &Ents) {
-        let n = self.n + other.n;
-        self.e[self.n..n].copy_from_slice(other.as_slice());
-        self.n = n;
-    }
-
-    /// Splits off the entries from `at` on.
-    pub(super) fn split_off(&mut self, at: usize) -> Ents {
-        let mut rest = Ents::new();
-        rest.n = self.n - at;
-        rest.e[..rest.n].copy_from_slice(&self.e[at..self.n]);
-        self.n = at;
-        rest
-    }
-}
-
-/// Leaf links: previous and next leaf in key order.
-#[derive(Clone, Copy, Debug)]
-struct Links {
-    prev: u32,
-    next: u32,
-}
-
-/// All leaves: their lines, the extension blocks of the wide ones, and
-/// the links.
-#[derive(Clone, Debug)]
-pub(super) struct Leaves {
-    lines: Arena<Leaf>,
-    wide: Arena<Wide>,
-    links: Vec<Links>,
-}
-
-impl Leaves {
-    pub(super) fn new() -> Leaves {
-        Leaves {
-            lines: Arena::new(EMPTY_LEAF),
-            wide: Arena::new(EMPTY_WIDE),
-            links: Vec::new(),
-        }
-    }
-
-    /// A new, empty, unlinked leaf.
-    pub(super) fn alloc(&mut self) -> u32 {
-        let id = self.lines.alloc();
-        let l = Links {
-            prev: NIL,
-            next: NIL,
+        let Some((ko, vo)) = self.offsets(kv) else {
+            return false;
         };
-        if id as usize == self.links.len() {
-            self.links.push(l);
-        } else {
-            self.links[id as usize] = l;
-        }
-        id
+        self.set_u16_at(2 * j, ko);
+        self.set_u16_at(VALS + 2 * j, vo);
+        true
     }
 
-    pub(super) fn len(&self, id: u32) -> usize {
-        self.lines.get(id).len()
-    }
-
-    fn wide_of(&self, l: &Leaf) -> &Wide {
-        self.wide.get(l.low() as u32)
-    }
-
-    /// Entries of leaf `id` with key <= x.
-    #[inline]
-    pub(super) fn rank(&self, id: u32, x: u64) -> usize {
-        let l = self.lines.get(id);
-        if l.is_wide() {
-            self.wide_of(l).rank(x)
-        } else {
-            l.rank(x)
-        }
-    }
-
-    /// Entry `j` (< len) of leaf `id`.
-    #[inline]
-    pub(super) fn entry(&self, id: u32, j: usize) -> (u64, u64) {
-        let l = self.lines.get(id);
-        if l.is_wide() {
-            self.wide_of(l).ents[j]
-        } else {
-            l.entry(j)
-        }
-    }
-
-    /// The entry of leaf `id` with the largest key <= x, if the leaf has
-    /// one: the point query's only leaf access.
-    #[inline]
-    pub(super) fn pred(&self, id: u32, x: u64) -> Option<(u64, u64)> {
-        let l = self.lines.get(id);
-        if l.is_wide() {
-            return self.wide_pred(l, x);
-        }
-        l.rank(x).checked_sub(1).map(|j| l.entry(j))
-    }
-
-    /// [`Leaves::pred`] of a wide leaf, out of the narrow lookup's way.
-    #[cold]
-    #[inline(never)]
-    fn wide_pred(&self, l: &Leaf, x: u64) -> Option<(u64, u64)> {
-        let w = self.wide_of(l);
-        w.rank(x).checked_sub(1).map(|j| w.ents[j])
-    }
-
-    /// The last entry of leaf `id` (None for NIL or an empty leaf).
-    pub(super) fn last(&self, id: u32) -> Option<(u64, u64)> {
-        if id == NIL {
-            return None;
-        }
-        self.len(id).checked_sub(1).map(|j| self.entry(id, j))
-    }
-
-    /// Leaf `id`'s entries, decoded.
-    pub(super) fn read(&self, id: u32) -> Ents {
-        let mut e = Ents::new();
-        e.n = self.len(id);
-        for j in 0..e.n {
-            e.e[j] = self.entry(id, j);
-        }
-        e
-    }
-
-    /// Stores `e` (sorted, at most [`CAP`] entries, keys <= [`MAX_KEY`]) as
-    /// leaf `id`'s entries: narrow if it fits, else wide.
-    pub(super) fn write(&mut self, id: u32, e: &[(u64, u64)]) {
-        assert!(e.len() <= CAP, "a leaf holds at most {CAP} entries");
-        debug_assert!(e.iter().all(|kv| kv.0 <= MAX_KEY));
-        let old = *self.lines.get(id);
-        if let Some(l) = Leaf::narrow(e) {
-            if old.is_wide() {
-                self.wide.release(old.low() as u32);
-            }
-            *self.lines.get_mut(id) = l;
-            return;
-        }
-        let ext = if old.is_wide() {
-            old.low() as u32
-        } else {
-            self.wide.alloc()
+    /// Narrow, not full: inserts `kv` as entry `j` in place if it is not
+    /// the first (the base stays) and its offsets fit; returns whether it
+    /// did.
+    pub(super) fn try_insert(&mut self, j: usize, kv: (u64, u64)) -> bool {
+        let n = self.len();
+        debug_assert!(n < CAP);
+        let Some((ko, vo)) = self.offsets(kv).filter(|_| j > 0) else {
+            return false;
         };
-        let w = self.wide.get_mut(ext);
-        *w = EMPTY_WIDE;
-        w.ents[..e.len()].copy_from_slice(e);
-        let l = self.lines.get_mut(id);
-        *l = EMPTY_LEAF;
-        l.head = WIDE | (e.len() as u64) << LEN_SHIFT | u64::from(ext);
+        self.body.copy_within(2 * j..2 * n, 2 * j + 2);
+        self.body
+            .copy_within(VALS + 2 * j..VALS + 2 * n, VALS + 2 * j + 2);
+        self.set_u16_at(2 * j, ko);
+        self.set_u16_at(VALS + 2 * j, vo);
+        self.head += 1 << LEN_SHIFT;
+        true
     }
 
-    pub(super) fn prev(&self, id: u32) -> u32 {
-        self.links[id as usize].prev
-    }
-
-    pub(super) fn next(&self, id: u32) -> u32 {
-        self.links[id as usize].next
-    }
-
-    /// Links leaf `new` right after `id`.
-    pub(super) fn link_after(&mut self, id: u32, new: u32) {
-        let next = self.next(id);
-        self.links[new as usize] = Links { prev: id, next };
-        self.links[id as usize].next = new;
-        if next != NIL {
-            self.links[next as usize].prev = new;
+    /// Narrow: removes entry `j` in place if it is not the first (the base
+    /// stays); returns whether it did.
+    pub(super) fn try_remove(&mut self, j: usize) -> bool {
+        if j == 0 {
+            return false;
         }
-    }
-
-    /// Unlinks leaf `id` and frees it (and its extension block).
-    pub(super) fn remove(&mut self, id: u32) {
-        let Links { prev, next } = self.links[id as usize];
-        if prev != NIL {
-            self.links[prev as usize].next = next;
-        }
-        if next != NIL {
-            self.links[next as usize].prev = prev;
-        }
-        let l = *self.lines.get(id);
-        if l.is_wide() {
-            self.wide.release(l.low() as u32);
-        }
-        self.lines.release(id);
-    }
-
-    pub(super) fn heap_bytes(&self) -> usize {
-        self.lines.heap_bytes()
-            + self.wide.heap_bytes()
-            + self.links.capacity() * std::mem::size_of::<Links>()
-    }
-
-    /// Checks leaf `id`'s encoding: count, padding, sorted keys, and the
-    /// canonical form (narrow iff the entries fit it).
-    pub(super) fn check(&self, id: u32) -> Result<(), String> {
-        let l = self.lines.get(id);
-        let n = l.len();
-        if n > CAP {
-            return Err(format!("leaf {id} claims {n} entries"));
-        }
-        let e = self.read(id);
-        if e.as_slice().windows(2).any(|w| w[0].0 >= w[1].0) {
-            return Err(format!("leaf {id} has unsorted keys"));
-        }
-        let narrow = Leaf::narrow(e.as_slice());
-        if l.is_wide() {
-            let w = self.wide_of(l);
-            if narrow.is_some() || w.ents[n..].iter().any(|&kv| kv != (PAD, PAD)) {
-                return Err(format!("leaf {id}: wide form not canonical"));
-            }
-        } else if l.keys[n..].iter().any(|&k| k != PAD16) || l.vals[n..].iter().any(|&v| v != 0) {
-            return Err(format!("leaf {id} has entries after its padding"));
-        } else if narrow.is_none_or(|c| c.head != l.head) {
-            return Err(format!("leaf {id}: narrow head not canonical"));
-        }
-        Ok(())
-    }
-
-    /// Wide leaves and extension blocks in use (they must match).
-    pub(super) fn wide_counts(&self, leaves: &[u32]) -> (usize, usize) {
-        let wide = leaves
-            .iter()
-            .filter(|&&id| self.lines.get(id).is_wide())
-            .count();
-        (wide, self.wide.live())
+        let n = self.len();
+        self.body.copy_within(2 * j + 2..2 * n, 2 * j);
+        self.body
+            .copy_within(VALS + 2 * j + 2..VALS + 2 * n, VALS + 2 * j);
+        self.set_u16_at(2 * (n - 1), PAD16);
+        self.set_u16_at(VALS + 2 * (n - 1), 0);
+        self.head -= 1 << LEN_SHIFT;
+        true
     }
 }
 
@@ -434,45 +310,38 @@ mod tests {
     fn leaf_is_one_cache_line() {
         assert_eq!(std::mem::size_of::<Leaf>(), 64);
         assert_eq!(std::mem::align_of::<Leaf>(), 64);
-        assert_eq!(std::mem::size_of::<Wide>(), 256);
     }
 
     #[test]
-    fn narrow_boundaries() {
+    fn encode_picks_the_form() {
+        let form = |e: &[(u64, u64)]| Leaf::encode(e).map(|l| l.form());
         // The largest offsets that fit, and one past each.
-        assert!(Leaf::narrow(&[(10, 11), (10 + 0xfffe, 10 + 0xffff)]).is_some());
-        assert!(Leaf::narrow(&[(10, 11), (10 + 0xffff, 10 + 0xffff)]).is_none());
-        assert!(Leaf::narrow(&[(10, 11), (20, 10 + 0x1_0000)]).is_none());
-        assert!(Leaf::narrow(&[(10, 9)]).is_none());
-        assert!(Leaf::narrow(&[(MAX_KEY, MAX_KEY + 1)]).is_some());
-        assert!(Leaf::narrow(&[]).is_some());
+        let top = [(10, 11), (10 + 0xfffe, 10 + 0xffff)];
+        assert_eq!(form(&top), Some(Form::Narrow));
+        assert_eq!(
+            form(&[(10, 11), (10 + 0xffff, 10 + 0xffff)]),
+            Some(Form::Inline)
+        );
+        assert_eq!(form(&[(10, 11), (20, 10 + 0x1_0000)]), Some(Form::Inline));
+        assert_eq!(form(&[(10, 9)]), Some(Form::Inline));
+        assert_eq!(form(&[(MAX_KEY, MAX_KEY + 1)]), Some(Form::Narrow));
+        assert_eq!(form(&[]), Some(Form::Narrow));
+        let far: Vec<_> = (0..4).map(|i| (i << 20, (i << 20) + 1)).collect();
+        assert_eq!(form(&far[..3]), Some(Form::Inline));
+        assert_eq!(form(&far), None);
     }
 
     #[test]
-    fn rank_and_pred_agree_across_forms() {
-        let mut ls = Leaves::new();
-        let id = ls.alloc();
-        for ents in [
-            vec![(100u64, 101u64), (200, 300), (0xfffe + 100, 0xffff + 100)],
-            vec![(100, 101), (200, 1 << 40)],
-            vec![(5, 6)],
-            (0..14).map(|i| (i * 7 + 3, i * 7 + 5)).collect(),
-            (0..14).map(|i| (i << 40, (i << 40) + 1)).collect(),
-        ] {
-            ls.write(id, &ents);
-            ls.check(id).unwrap();
-            assert_eq!(ls.read(id).as_slice(), &ents[..]);
-            let xs = ents
-                .iter()
-                .flat_map(|&(k, v)| [k.wrapping_sub(1), k, k + 1, v - 1, v, v + 1]);
-            for x in xs.chain([0, 0xfffe, 0xffff, 0x1_0000, MAX_KEY, u64::MAX]) {
-                let want = ents.iter().filter(|kv| kv.0 <= x).count();
-                assert_eq!(ls.rank(id, x), want, "x={x:#x} in {ents:x?}");
-                assert_eq!(ls.pred(id, x), want.checked_sub(1).map(|j| ents[j]));
-            }
+    fn inline_round_trips_any_values() {
+        let e = [(0, u64::MAX - 1), (MAX_KEY - 1, 0), (MAX_KEY, 1 << 63)];
+        let l = Leaf::encode(&e).unwrap();
+        assert_eq!(l.form(), Form::Inline);
+        assert_eq!(l.len(), 3);
+        for (j, &kv) in e.iter().enumerate() {
+            assert_eq!(l.entry(j), kv);
         }
-        ls.write(id, &[]);
-        assert_eq!(ls.wide.live(), 0, "going narrow frees the extension");
-        assert_eq!(ls.pred(id, 5), None);
+        for x in [0, 1, MAX_KEY - 1, MAX_KEY, u64::MAX] {
+            assert_eq!(l.rank(x), e.iter().filter(|kv| kv.0 <= x).count());
+        }
     }
 }

@@ -32,7 +32,7 @@ fn ascending_inserts_then_removals_keep_structure() {
 fn random_inserts_fill_leaves_to_about_80_percent() {
     // One key per 256 in random order, as `privmem bench attrmap` inserts
     // its ranges: leaves that share with a sibling before splitting end up
-    // ~82 % full (~70 % when splitting alone).
+    // ~79 % full (~70 % when splitting alone).
     let mut x = 0x5eedu64;
     let mut keys: Vec<u64> = (0..1u64 << 16).map(|i| i * 256).collect();
     for i in (1..keys.len()).rev() {
