@@ -213,35 +213,46 @@ impl Leaf {
     }
 
     /// [`Leaf::encode`] in place; on false (extension needed) the line is
-    /// garbage for the caller to overwrite.
+    /// unchanged.
     pub(super) fn encode_into(&mut self, e: &[(u64, u64)]) -> bool {
-        self.narrow_into(e) || self.inline_into(e)
-    }
-
-    fn narrow_into(&mut self, e: &[(u64, u64)]) -> bool {
-        *self = EMPTY_LEAF;
-        self.head = e.first().map_or(0, |kv| kv.0) | (e.len() as u64) << LEN_SHIFT;
-        for (j, &kv) in e.iter().enumerate() {
-            let Some((ko, vo)) = self.offsets(kv) else {
-                return false;
-            };
-            self.set_u16_at(2 * j, ko);
-            self.set_u16_at(VALS + 2 * j, vo);
+        if fits_narrow(e) {
+            self.narrow_into(e);
+        } else if e.len() <= INLINE_CAP {
+            self.inline_into(e);
+        } else {
+            return false;
         }
         true
     }
 
-    fn inline_into(&mut self, e: &[(u64, u64)]) -> bool {
-        if e.len() > INLINE_CAP {
-            return false;
+    /// Writes `e`, which [`fits_narrow`], in the narrow form.
+    fn narrow_into(&mut self, e: &[(u64, u64)]) {
+        let base = e.first().map_or(0, |kv| kv.0);
+        *self = EMPTY_LEAF;
+        self.head = base | (e.len() as u64) << LEN_SHIFT;
+        for (j, &(k, v)) in e.iter().enumerate() {
+            self.set_u16_at(2 * j, (k - base) as u16);
+            self.set_u16_at(VALS + 2 * j, (v - base) as u16);
         }
+    }
+
+    /// Writes `e`, at most [`INLINE_CAP`] entries, in the inline form.
+    pub(super) fn inline_into(&mut self, e: &[(u64, u64)]) {
         self.head = INLINE | (e.len() as u64) << LEN_SHIFT;
         self.body = [0xff; 56];
         for (j, &(k, v)) in e.iter().enumerate() {
             self.set_u64_at(16 * j, k);
             self.set_u64_at(16 * j + 8, v);
         }
-        true
+    }
+
+    /// Inline: the entries, with room for one more.
+    pub(super) fn inline_entries(&self) -> [(u64, u64); INLINE_CAP + 1] {
+        let mut e = [(PAD, PAD); INLINE_CAP + 1];
+        for (j, kv) in e[..self.len()].iter_mut().enumerate() {
+            *kv = self.entry(j);
+        }
+        e
     }
 
     /// Narrow: the offsets of `(k, v)` from the base, if they fit.
@@ -300,6 +311,15 @@ impl Leaf {
         self.head -= 1 << LEN_SHIFT;
         true
     }
+}
+
+/// Whether `e` (sorted) fits the narrow form: every key within
+/// `0xfffe` and every value within `0xffff` above the first key.
+pub(super) fn fits_narrow(e: &[(u64, u64)]) -> bool {
+    let base = e.first().map_or(0, |kv| kv.0);
+    e.iter().all(|&(k, v)| {
+        k - base <= MAX_KEY_OFF && v.checked_sub(base).is_some_and(|o| o <= MAX_VAL_OFF)
+    })
 }
 
 #[cfg(test)]

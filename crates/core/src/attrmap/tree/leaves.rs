@@ -11,7 +11,7 @@
 
 use super::arena::{Arena, Flat, NIL};
 use super::ents::Ents;
-use super::leaf::{Form, Leaf, CAP, EMPTY_LEAF, MAX_KEY, PAD};
+use super::leaf::{fits_narrow, Form, Leaf, CAP, EMPTY_LEAF, INLINE_CAP, MAX_KEY, PAD};
 
 /// An extended leaf's pairs: 16 slots so the search is a fixed 4 + 1
 /// probes; unused are `(PAD, PAD)`.
@@ -186,19 +186,31 @@ impl Leaves {
 
     /// Edits leaf `id` as absolute pairs: `f` gets them (with room for
     /// one more) and the count, and returns the new count; then the leaf
-    /// is re-encoded. In place for an extended leaf.
-    fn edit_pairs(&mut self, id: u32, f: impl FnOnce(&mut [(u64, u64); 16], usize) -> usize) {
-        let l = *self.lines.get(id);
-        if l.form() == Form::Ext {
-            return self.edit_block(id, f);
-        }
+    /// is re-encoded. In place for an extended leaf, and for an inline one
+    /// that stays inline.
+    fn edit_pairs(&mut self, id: u32, f: impl FnOnce(&mut [(u64, u64)], usize) -> usize) {
+        let l = self.lines.get_mut(id);
         let n = l.len();
-        let mut e = [(PAD, PAD); 16];
-        for (j, kv) in e[..n].iter_mut().enumerate() {
-            *kv = l.entry(j);
+        match l.form() {
+            Form::Ext => self.edit_block(id, |e, n| f(e, n)),
+            Form::Inline => {
+                let mut e = l.inline_entries();
+                let m = f(&mut e, n);
+                if m <= INLINE_CAP && !fits_narrow(&e[..m]) {
+                    l.inline_into(&e[..m]);
+                } else {
+                    self.write(id, &e[..m]);
+                }
+            }
+            Form::Narrow => {
+                let mut e = [(PAD, PAD); CAP + 1];
+                for (j, kv) in e[..n].iter_mut().enumerate() {
+                    *kv = l.narrow_entry(j);
+                }
+                let m = f(&mut e, n);
+                self.write(id, &e[..m]);
+            }
         }
-        let m = f(&mut e, n);
-        self.write(id, &e[..m]);
     }
 
     /// Replaces entry `j` of leaf `id` by `kv`, which keeps the keys
