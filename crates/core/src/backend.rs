@@ -432,6 +432,12 @@ pub trait Vm: Send + Sync + 'static {
     fn create_vcpu(&self, index: u32) -> Result<Self::Vcpu>;
     /// How guest `map` ops reach the host: "vmcall", "vmmcall", "port-io" or "direct".
     fn hypercall_transport(&self) -> &'static str;
+    /// The VM's own file descriptor, for backends whose VMs are files (a
+    /// KVM VM fd). Conformance passes it where a guest_memfd is expected
+    /// (selftest B3: EINVAL). The model's VMs are not files: `None`.
+    fn vm_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
     /// Marks the guest_memfd page backing `gpa` hardware-poisoned (fault injection).
     /// Backends that cannot do this safely return `Unsupported`.
     fn poison_page(&self, gpa: Gpa) -> Result<()> {

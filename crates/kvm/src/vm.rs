@@ -476,4 +476,8 @@ impl Vm for KvmVm {
     fn hypercall_transport(&self) -> &'static str {
         self.inner.transport.name()
     }
+
+    fn vm_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(fd_of(&self.inner.fd))
+    }
 }

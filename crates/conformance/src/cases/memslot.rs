@@ -109,7 +109,8 @@ pub(crate) fn b2_max_slots<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
     Ok(())
 }
 
-/// B3: a guest_memfd memslot refuses non-guest_memfd fds, another VM's
+/// B3: a guest_memfd memslot refuses non-guest_memfd fds (`/dev/kvm`, the
+/// VM's own fd where the backend has one, a memfd), another VM's
 /// guest_memfd and unaligned offsets (EINVAL), and accepts offset 0.
 pub(crate) fn b3_private_region<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
     let vm = cx.gmem_slot_vm()?;
@@ -128,6 +129,10 @@ pub(crate) fn b3_private_region<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
         Errno::EINVAL,
         "fd = /dev/kvm",
     )?;
+    // A VM fd, where the backend's VMs are files (KVM; not the model).
+    if let Some(fd) = vm.vm_fd() {
+        expect_errno(bind(GmemRef::Fd(fd), 0), Errno::EINVAL, "fd = VM fd")?;
+    }
     let mfd = memfd()?;
     expect_errno(
         bind(GmemRef::Fd(mfd.as_fd()), 0),
