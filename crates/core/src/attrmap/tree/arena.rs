@@ -5,6 +5,14 @@ pub(super) const NIL: u32 = u32::MAX;
 /// Nodes per arena chunk (16 KiB of leaves).
 const CHUNK: usize = 256;
 
+/// The id of the node at `index`: below [`NIL`], which means "no node".
+fn node_id(index: usize) -> u32 {
+    u32::try_from(index)
+        .ok()
+        .filter(|&id| id != NIL)
+        .expect("fewer than 2^32 - 1 nodes")
+}
+
 /// A chunked arena of `T` with a free list. Growth allocates one more
 /// chunk and never moves nodes, so no insertion ever pays for copying the
 /// whole tree (a `Vec` arena would, on doubling: ~10 ms at a million
@@ -37,10 +45,7 @@ impl<T: Copy> Arena<T> {
             self.chunks.push(Box::new([self.empty; CHUNK]));
         }
         self.used += 1;
-        u32::try_from(self.used - 1)
-            .ok()
-            .filter(|&id| id != NIL)
-            .expect("fewer than 2^32 - 1 nodes")
+        node_id(self.used - 1)
     }
 
     pub(super) fn release(&mut self, id: u32) {
@@ -93,10 +98,7 @@ impl<T: Copy> Flat<T> {
             return id;
         }
         self.nodes.push(self.empty);
-        u32::try_from(self.nodes.len() - 1)
-            .ok()
-            .filter(|&id| id != NIL)
-            .expect("fewer than 2^32 - 1 nodes")
+        node_id(self.nodes.len() - 1)
     }
 
     pub(super) fn release(&mut self, id: u32) {
