@@ -112,11 +112,9 @@ pub fn main(args: &ConformanceArgs) -> i32 {
         };
         if !args.json {
             eprintln!(
-                "model: kernel profile {}, max_gpa_bits {}, smm {}, quirks {}",
+                "model: kernel profile {}, {}",
                 profile.name(),
-                hv.max_gpa_bits(),
-                on_off(hv.smm()),
-                quirk_names(hv.quirks())
+                build_line(&hv)
             );
         }
         results.extend(run_suite(&hv, &filter, print));
@@ -215,6 +213,8 @@ fn diff_json(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) ->
         "backends": [r.backends.0, r.backends.1],
         "profile": profile.name(),
         "max_gpa_bits": model.max_gpa_bits(),
+        "smm": model.smm(),
+        "guest_memfd": model.guest_memfd(),
         "quirks": { "pvm": model.quirks().pvm, "gmem_hva": model.quirks().gmem_hva },
         "vm_types": types,
         "sequences": r.sequences,
@@ -224,6 +224,17 @@ fn diff_json(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) ->
         "difference": r.difference,
         "coverage": r.coverage,
     }})
+}
+
+/// The model's host-dependent settings, for the report headers.
+fn build_line(hv: &ModelHypervisor) -> String {
+    format!(
+        "max_gpa_bits {}, smm {}, guest_memfd {}, quirks {}",
+        hv.max_gpa_bits(),
+        on_off(hv.smm()),
+        on_off(hv.guest_memfd()),
+        quirk_names(hv.quirks())
+    )
 }
 
 fn on_off(b: bool) -> &'static str {
@@ -237,12 +248,10 @@ fn on_off(b: bool) -> &'static str {
 fn print_diff(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) {
     let types: Vec<_> = r.vm_types.iter().map(|t| t.name()).collect();
     println!(
-        "differential: {} (profile {}, max_gpa_bits {}, smm {}, quirks {}) vs {}: {} sequences, {} steps each, VM types {}, seed {:#x}",
+        "differential: {} (profile {}, {}) vs {}: {} sequences, {} steps in all, VM types {}, seed {:#x}",
         r.backends.0,
         profile.name(),
-        model.max_gpa_bits(),
-        on_off(model.smm()),
-        quirk_names(model.quirks()),
+        build_line(model),
         r.backends.1,
         r.sequences,
         r.steps,

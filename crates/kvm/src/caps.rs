@@ -53,6 +53,19 @@ pub fn host_smm() -> bool {
     })
 }
 
+/// True if this host's KVM was built with guest_memfd
+/// (`CONFIG_KVM_GUEST_MEMFD`; 6.12: `CONFIG_KVM_PRIVATE_MEM`): its
+/// `KVM_CAP_GUEST_MEMFD` at system scope is non-zero. Measured on a PVM
+/// host (6.18.44-fc-v1252) that reads 0 and answers `KVM_CREATE_GUEST_MEMFD`
+/// with `ENOTTY`, while other PVM hosts of the same version read 1.
+/// False when `/dev/kvm` cannot be opened.
+pub fn host_guest_memfd() -> bool {
+    kvm_ioctls::Kvm::new().is_ok_and(|kvm| {
+        crate::sys::check_extension(crate::sys::fd_of(&kvm), Cap::GuestMemfd.number())
+            .is_ok_and(|n| n != 0)
+    })
+}
+
 /// Picks the transport for `KVM_HC_MAP_GPA_RANGE`.
 ///
 /// Under PVM (software virtualization; `kvm_pvm` module loaded, or no

@@ -49,7 +49,8 @@ pub use backing::ModelShared;
 pub use gmem::ModelGmemMapping;
 pub use inject::InjectOp;
 pub use profile::{
-    host_max_gpa_bits, max_gpa_bits_for, nr_memslot_as_ids, KernelProfile, NR_MEMSLOTS, VM_TYPES,
+    host_max_gpa_bits, max_gpa_bits_for, nr_memslot_as_ids, Build, KernelProfile, NR_MEMSLOTS,
+    VM_TYPES,
 };
 pub use vcpu::{ModelKick, ModelVcpu};
 pub use vm::ModelVm;
@@ -63,7 +64,7 @@ pub struct ModelHypervisor {
     inject: Arc<Injector>,
     max_gpa_bits: u32,
     quirks: Quirks,
-    smm: bool,
+    build: Build,
 }
 
 impl ModelHypervisor {
@@ -74,7 +75,7 @@ impl ModelHypervisor {
             inject: Arc::default(),
             max_gpa_bits: profile::DEFAULT_MAX_GPA_BITS,
             quirks: Quirks::default(),
-            smm: false,
+            build: Build::default(),
         }
     }
 
@@ -103,13 +104,32 @@ impl ModelHypervisor {
     /// (`as_id` 1, `KVM_CAP_MULTI_ADDRESS_SPACE` = 2), as on the rig's 6.12
     /// kernel.
     pub fn with_smm(mut self, smm: bool) -> ModelHypervisor {
-        self.smm = smm;
+        self.build.smm = smm;
         self
     }
 
     /// True if the model is built with `CONFIG_KVM_SMM`.
     pub fn smm(&self) -> bool {
-        self.smm
+        self.build.smm
+    }
+
+    /// The same model built with (`true`, the default) or without
+    /// `CONFIG_KVM_GUEST_MEMFD` ([`Build::guest_memfd`]): without it
+    /// `KVM_CREATE_GUEST_MEMFD` gives `ENOTTY`, `KVM_MEM_GUEST_MEMFD`
+    /// `EINVAL`, and the guest_memfd capabilities read 0.
+    pub fn with_guest_memfd(mut self, guest_memfd: bool) -> ModelHypervisor {
+        self.build.guest_memfd = guest_memfd;
+        self
+    }
+
+    /// True if the model is built with `CONFIG_KVM_GUEST_MEMFD`.
+    pub fn guest_memfd(&self) -> bool {
+        self.build.guest_memfd
+    }
+
+    /// The kernel build options.
+    pub fn build(&self) -> Build {
+        self.build
     }
 
     /// The MMU's guest-physical width (`kvm_mmu_max_gfn()` is
@@ -209,10 +229,7 @@ impl Hypervisor for ModelHypervisor {
     }
 
     fn check_extension(&self, cap: Cap) -> Result<u64> {
-        Ok(match cap {
-            Cap::MultiAddressSpace => profile::multi_address_space(self.smm, None),
-            _ => self.profile.check_extension(cap, None),
-        })
+        Ok(self.build.check_extension(self.profile, cap, None))
     }
 
     fn create_vm(&self, ty: VmType) -> Result<ModelVm> {
@@ -230,7 +247,7 @@ impl Hypervisor for ModelHypervisor {
             self.inject.clone(),
             self.max_gpa_bits,
             self.quirks,
-            self.smm,
+            self.build,
         )))
     }
 

@@ -225,7 +225,10 @@ impl VmInner {
         if (id as u16) >= NR_MEMSLOTS {
             return einval;
         }
-        if r.flags & !self.profile.valid_region_flags(self.ty, r.flags) != 0 {
+        let valid = self
+            .build
+            .valid_region_flags(self.profile, self.ty, r.flags);
+        if r.flags & !valid != 0 {
             return einval;
         }
         if !r.size.is_multiple_of(PAGE_SIZE) || !r.gpa.is_multiple_of(PAGE_SIZE) {
@@ -264,7 +267,7 @@ impl VmInner {
         }
         // `kvm_arch_nr_memslot_as_ids`: 2 with CONFIG_KVM_SMM for VMs
         // without private memory, else 1 (this PVM host has no SMM).
-        if u32::from(as_id(id)) >= nr_memslot_as_ids(self.smm, self.ty) {
+        if u32::from(as_id(id)) >= nr_memslot_as_ids(self.build.smm, self.ty) {
             return einval;
         }
         if r.gpa.checked_add(r.size).is_none() {

@@ -151,6 +151,54 @@ pub fn multi_address_space(smm: bool, vm: Option<VmType>) -> u64 {
     }
 }
 
+/// Kernel build options the model follows beyond its [`KernelProfile`]:
+/// what a host's `.config` decides rather than its version.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Build {
+    /// `CONFIG_KVM_SMM`: VMs without private memory get a second memslot
+    /// address space (`as_id` 1, `KVM_CAP_MULTI_ADDRESS_SPACE` = 2).
+    pub smm: bool,
+    /// `CONFIG_KVM_GUEST_MEMFD` (6.12: `CONFIG_KVM_PRIVATE_MEM`). Without
+    /// it `KVM_CREATE_GUEST_MEMFD` is not a VM ioctl (`ENOTTY`),
+    /// `KVM_MEM_GUEST_MEMFD` is not a valid memslot flag (`EINVAL`) and
+    /// `KVM_CAP_GUEST_MEMFD` / `KVM_CAP_GUEST_MEMFD_FLAGS` read 0, as on a
+    /// PVM host whose KVM is built without it.
+    pub guest_memfd: bool,
+}
+
+impl Default for Build {
+    /// Upstream's x86-64 defaults the model assumes: guest_memfd, no SMM.
+    fn default() -> Build {
+        Build {
+            smm: false,
+            guest_memfd: true,
+        }
+    }
+}
+
+impl Build {
+    /// `KVM_CHECK_EXTENSION` of a `profile` kernel with these options;
+    /// `vm` is `None` at system scope.
+    pub fn check_extension(self, profile: KernelProfile, cap: Cap, vm: Option<VmType>) -> u64 {
+        match cap {
+            Cap::MultiAddressSpace => multi_address_space(self.smm, vm),
+            Cap::GuestMemfd | Cap::GuestMemfdFlags if !self.guest_memfd => 0,
+            _ => profile.check_extension(cap, vm),
+        }
+    }
+
+    /// `check_memory_region_flags()`'s valid mask for `flags` on a VM of
+    /// type `ty`.
+    pub fn valid_region_flags(self, profile: KernelProfile, ty: VmType, flags: u32) -> u32 {
+        let valid = profile.valid_region_flags(ty, flags);
+        if self.guest_memfd {
+            valid
+        } else {
+            valid & !MEM_GUEST_MEMFD
+        }
+    }
+}
+
 /// `kvm_arch_nr_memslot_as_ids(kvm)`: how many memslot address spaces a VM
 /// of type `ty` has (`as_id` must be below it).
 pub fn nr_memslot_as_ids(smm: bool, ty: VmType) -> u32 {

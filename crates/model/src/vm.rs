@@ -19,7 +19,9 @@ use crate::backing::ModelShared;
 use crate::gmem::{self, GmemFile, OP_CREATE};
 use crate::inject::{InjectOp, Injector};
 use crate::memslot::Slots;
-use crate::profile::{KernelProfile, EXIT_HYPERCALL_VALID_MASK, MAX_VCPU_IDS, TASK_SIZE_MAX};
+use crate::profile::{
+    Build, KernelProfile, EXIT_HYPERCALL_VALID_MASK, MAX_VCPU_IDS, TASK_SIZE_MAX,
+};
 use crate::vcpu::ModelVcpu;
 
 static NEXT_VM_ID: AtomicU64 = AtomicU64::new(1);
@@ -40,8 +42,8 @@ pub(crate) struct VmInner {
     pub(crate) max_gfn: u64,
     /// Host quirks (not upstream; see README.md).
     pub(crate) quirks: Quirks,
-    /// Built with `CONFIG_KVM_SMM`.
-    pub(crate) smm: bool,
+    /// Kernel build options (`CONFIG_KVM_SMM`, `CONFIG_KVM_GUEST_MEMFD`).
+    pub(crate) build: Build,
     vcpus: Mutex<BTreeSet<u32>>,
 }
 
@@ -52,7 +54,7 @@ impl VmInner {
         inject: Arc<Injector>,
         max_gpa_bits: u32,
         quirks: Quirks,
-        smm: bool,
+        build: Build,
     ) -> VmInner {
         VmInner {
             id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
@@ -65,7 +67,7 @@ impl VmInner {
             slots_lock: Mutex::new(()),
             max_gfn: (1u64 << (max_gpa_bits - PAGE_SHIFT)) - 1,
             quirks,
-            smm,
+            build,
             vcpus: Mutex::default(),
         }
     }
@@ -177,11 +179,10 @@ impl Vm for ModelVm {
     }
 
     fn check_extension(&self, cap: Cap) -> Result<u64> {
-        let ty = Some(self.inner.ty);
-        Ok(match cap {
-            Cap::MultiAddressSpace => crate::profile::multi_address_space(self.inner.smm, ty),
-            _ => self.inner.profile.check_extension(cap, ty),
-        })
+        let inner = &self.inner;
+        Ok(inner
+            .build
+            .check_extension(inner.profile, cap, Some(inner.ty)))
     }
 
     fn enable_exit_hypercall(&self, mask: u64) -> Result<()> {
@@ -193,6 +194,11 @@ impl Vm for ModelVm {
     }
 
     fn create_guest_memfd(&self, size: u64, flags: GmemFlags) -> Result<GuestMemfd> {
+        // Without CONFIG_KVM_GUEST_MEMFD the ioctl is not in kvm_vm_ioctl()
+        // and falls through to kvm_arch_vm_ioctl(): ENOTTY before any check.
+        if !self.inner.build.guest_memfd {
+            return Err(BackendError::os(OP_CREATE, Errno::ENOTTY));
+        }
         let p = self.inner.profile;
         if flags.0 & !p.gmem_supported_flags(Some(self.inner.ty)).0 != 0 {
             return Err(BackendError::os(OP_CREATE, Errno::EINVAL));

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use privmem_core::backend::{
-    Access, GmemRef, HostMemory, Hypervisor, Region, RegionApi, SharedKind, UserAddr, Vcpu, Vm,
-    MEM_GUEST_MEMFD,
+    Access, Cap, GmemRef, HostMemory, Hypervisor, Region, RegionApi, SharedKind, UserAddr, Vcpu,
+    Vm, MEM_GUEST_MEMFD,
 };
 use privmem_core::{
     Errno, Exit, FaultErrno, GmemFlags, Gpa, MemoryFault, MmioExit, Quirks, VmType,
@@ -356,4 +356,82 @@ fn pvm_quirk_leaves_sw_protected_gmem_only_slot_on_gmem() {
     let mut v = vcpu(&vm, 0, &[w(0, PG, 0x67, S)]);
     assert!(all_passed(&run_all(&mut v)));
     assert!(bytes_of(&hv, &g, PG).iter().all(|&x| x == 0x67));
+}
+
+// ---- a kernel built without CONFIG_KVM_GUEST_MEMFD (a PVM host) ----
+
+fn gmem_region(gmem: &GuestMemfd) -> Region<'_, ModelShared> {
+    Region {
+        api: RegionApi::V2,
+        slot: 0,
+        flags: MEM_GUEST_MEMFD,
+        gpa: 0,
+        size: PG,
+        userspace: UserAddr::Raw(0),
+        gmem: GmemRef::File(gmem),
+        gmem_offset: 0,
+    }
+}
+
+#[test]
+fn without_guest_memfd_caps_read_zero_at_both_scopes() {
+    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_guest_memfd(false);
+    assert!(!hv.guest_memfd());
+    let vm = hv.create_vm(VmType::Default).unwrap();
+    for cap in [Cap::GuestMemfd, Cap::GuestMemfdFlags] {
+        assert_eq!(hv.check_extension(cap).unwrap(), 0, "{cap:?} system");
+        assert_eq!(vm.check_extension(cap).unwrap(), 0, "{cap:?} vm");
+    }
+    // Everything else is the profile's.
+    assert_eq!(hv.check_extension(Cap::UserMemory2).unwrap(), 1);
+    assert_eq!(
+        vm.check_extension(Cap::ExitHypercall).unwrap(),
+        ModelHypervisor::default()
+            .create_vm(VmType::Default)
+            .unwrap()
+            .check_extension(Cap::ExitHypercall)
+            .unwrap()
+    );
+}
+
+#[test]
+fn without_guest_memfd_create_is_enotty_before_argument_checks() {
+    for profile in [KernelProfile::V6_12, KernelProfile::V6_18] {
+        let hv = ModelHypervisor::new(profile).with_guest_memfd(false);
+        for ty in [VmType::Default, VmType::SwProtected] {
+            let vm = hv.create_vm(ty).unwrap();
+            // Valid and invalid arguments alike: the ioctl does not exist.
+            for (size, flags) in [
+                (PG, GmemFlags(0)),
+                (0, GmemFlags(0)),
+                (PG, GmemFlags(1 << 7)),
+            ] {
+                let err = vm.create_guest_memfd(size, flags).unwrap_err();
+                assert_eq!(
+                    err.errno(),
+                    Some(Errno::ENOTTY),
+                    "{profile:?} {ty:?} {size} {flags:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn without_guest_memfd_the_memslot_flag_is_einval_and_plain_slots_work() {
+    // A guest_memfd from a model that has them, offered to one that does not:
+    // the flag check comes first, so the file is never looked at.
+    let donor = ModelHypervisor::new(KernelProfile::V6_18);
+    let dvm = donor.create_vm(VmType::Default).unwrap();
+    let gmem = dvm.create_guest_memfd(PG, MMAP_SHARED).unwrap();
+    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_guest_memfd(false);
+    let vm = hv.create_vm(VmType::Default).unwrap();
+    let err = vm.set_user_memory_region(&gmem_region(&gmem)).unwrap_err();
+    assert_eq!(err.errno(), Some(Errno::EINVAL));
+    assert_eq!(vm.slot_count(), 0);
+    let mem = vm.create_shared(PG, SharedKind::Memfd).unwrap();
+    vm.set_user_memory_region(&plain(0, 0, PG, &mem)).unwrap();
+    assert_eq!(vm.slot_of(Gpa(0)), Some(0));
+    // With guest_memfd built in, the same region is accepted.
+    assert!(dvm.set_user_memory_region(&gmem_region(&gmem)).is_ok());
 }
