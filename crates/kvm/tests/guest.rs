@@ -5,15 +5,14 @@ mod common;
 use std::thread;
 
 use common::*;
-use privmem_core::backend::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
-use privmem_core::{Exit, Gpa, GuestOp, GuestReport, HostMemory, Hypervisor};
+use privmem_core::{Exit, Gpa, GuestOp, GuestReport};
 
 #[test]
-fn guest_write_pattern_is_visible_through_gmem_mapping() {
-    let Some(hv) = kvm_or_skip("guest_write_pattern_is_visible_through_gmem_mapping") else {
+fn guest_write_pattern_is_visible_to_the_host() {
+    let Some(hv) = kvm_or_skip("guest_write_pattern_is_visible_to_the_host") else {
         return;
     };
-    let g = gmem_guest(&hv, 4 * MIB);
+    let g = test_guest(&hv, 4 * MIB);
     let ops = [
         write(0x10_0000, 8192, 0xab),
         read(0x10_0000, 8192, 0xab),
@@ -24,7 +23,7 @@ fn guest_write_pattern_is_visible_through_gmem_mapping() {
     let exits = run_to_hlt(&mut vcpu);
 
     assert_eq!(exits, vec![Exit::Report(GuestReport::CheckPassed)]);
-    let map = hv.gmem_mmap(&g.gmem, g.size, true).unwrap();
+    let map = g.host();
     let mut buf = vec![0u8; 8192 + 2];
     map.read(0x10_0000 - 1, &mut buf).unwrap();
     assert_eq!(buf[0], 0);
@@ -37,17 +36,11 @@ fn guest_reads_zeros_in_punched_page_and_old_data_elsewhere() {
     let Some(hv) = kvm_or_skip("guest_reads_zeros_in_punched_page_and_old_data_elsewhere") else {
         return;
     };
-    let g = gmem_guest(&hv, 4 * MIB);
-    let map = hv.gmem_mmap(&g.gmem, g.size, true).unwrap();
+    let g = test_guest(&hv, 4 * MIB);
+    let map = g.host();
     // Host writes 3 pages at 1 MiB, then punches the middle one.
     map.fill(0x10_0000, 3 * 4096, 0x5a).unwrap();
-    hv.gmem_fallocate(
-        &g.gmem,
-        FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-        0x10_1000,
-        4096,
-    )
-    .unwrap();
+    g.punch(&hv, 0x10_1000, 4096);
     let ops = [
         read(0x10_0000, 4096, 0x5a),
         read(0x10_1000, 4096, 0x00),
@@ -66,7 +59,7 @@ fn guest_punch_after_guest_write_reads_zero() {
     let Some(hv) = kvm_or_skip("guest_punch_after_guest_write_reads_zero") else {
         return;
     };
-    let g = gmem_guest(&hv, 4 * MIB);
+    let g = test_guest(&hv, 4 * MIB);
     let mut vcpu = vcpu_with(
         &g.vm,
         0,
@@ -81,13 +74,7 @@ fn guest_punch_after_guest_write_reads_zero() {
     assert_eq!(run_to_hlt(&mut vcpu), vec![]);
 
     // The guest has the page mapped; PUNCH_HOLE must zap it.
-    hv.gmem_fallocate(
-        &g.gmem,
-        FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-        0x20_0000,
-        4096,
-    )
-    .unwrap();
+    g.punch(&hv, 0x20_0000, 4096);
 
     assert_eq!(
         run_to_hlt(&mut vcpu),
@@ -100,7 +87,7 @@ fn guest_two_vcpus_fill_and_check_their_own_halves() {
     let Some(hv) = kvm_or_skip("guest_two_vcpus_fill_and_check_their_own_halves") else {
         return;
     };
-    let g = gmem_guest(&hv, 8 * MIB);
+    let g = test_guest(&hv, 8 * MIB);
     let half = 4 * MIB;
     let handles: Vec<_> = (0..2u32)
         .map(|i| {
@@ -122,7 +109,7 @@ fn guest_two_vcpus_fill_and_check_their_own_halves() {
             vec![Exit::Report(GuestReport::CheckPassed)]
         );
     }
-    let map = hv.gmem_mmap(&g.gmem, g.size, true).unwrap();
+    let map = g.host();
     let mut b = [0u8; 2];
     map.read(half - 1, &mut b).unwrap();
     assert_eq!(b, [0x10, 0x11]);
@@ -133,8 +120,8 @@ fn guest_failed_check_reports_exact_address_and_bytes() {
     let Some(hv) = kvm_or_skip("guest_failed_check_reports_exact_address_and_bytes") else {
         return;
     };
-    let g = gmem_guest(&hv, 4 * MIB);
-    let map = hv.gmem_mmap(&g.gmem, g.size, true).unwrap();
+    let g = test_guest(&hv, 4 * MIB);
+    let map = g.host();
     // One bad byte in the middle of a qword, 3 qwords + 5 bytes into the range.
     let bad = 0x30_0000 + 29;
     let ops = [
@@ -168,7 +155,7 @@ fn guest_failed_check_in_tail_bytes_reports_address() {
     let Some(hv) = kvm_or_skip("guest_failed_check_in_tail_bytes_reports_address") else {
         return;
     };
-    let g = gmem_guest(&hv, 4 * MIB);
+    let g = test_guest(&hv, 4 * MIB);
     // 13 bytes: one qword + 5 tail bytes; last byte never written (0).
     let ops = [
         write(0x1001, 12, 0x99),
@@ -193,7 +180,7 @@ fn guest_touches_page_near_top_of_64gib_sparse_slot() {
         return;
     };
     let size = 64 << 30;
-    let g = gmem_guest(&hv, size);
+    let g = test_guest(&hv, size);
     let top_page = size - 2 * 4096;
     let ops = [
         write(top_page, 4096, 0xc3),
@@ -211,7 +198,7 @@ fn guest_touches_page_near_top_of_64gib_sparse_slot() {
         area_gpa >= size,
         "runtime area {area_gpa:#x} inside workload memory"
     );
-    let map = hv.gmem_mmap(&g.gmem, g.size, true).unwrap();
+    let map = g.host();
     let mut b = [0u8; 1];
     map.read(top_page + 4095, &mut b).unwrap();
     assert_eq!(b, [0xc3]);
@@ -222,7 +209,7 @@ fn guest_sync_reports_tag() {
     let Some(hv) = kvm_or_skip("guest_sync_reports_tag") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     let tag = 0xdead_beef_0bad_f00d;
     let mut vcpu = vcpu_with(&g.vm, 0, &[GuestOp::Sync { tag }, GuestOp::Halt]);
 
@@ -237,7 +224,7 @@ fn guest_sync_tags_at_the_32_bit_boundary_are_exact() {
     let Some(hv) = kvm_or_skip("guest_sync_tags_at_the_32_bit_boundary_are_exact") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     // u32::MAX travels as port data; u32::MAX + 1 through RBX.
     let tags = [0, u64::from(u32::MAX), u64::from(u32::MAX) + 1];
     let mut ops: Vec<GuestOp> = tags.iter().map(|&tag| GuestOp::Sync { tag }).collect();
@@ -256,7 +243,7 @@ fn guest_access_without_memslot_is_mmio_exit() {
     let Some(hv) = kvm_or_skip("guest_access_without_memslot_is_mmio_exit") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     // 1 GiB has no memslot: a shared access there is MMIO (kernel-semantics.md §3).
     let mut vcpu = vcpu_with(&g.vm, 0, &[write(1 << 30, 1, 0x11), GuestOp::Halt]);
 
@@ -270,7 +257,7 @@ fn guest_mmio_read_completes_with_all_ones() {
     let Some(hv) = kvm_or_skip("guest_mmio_read_completes_with_all_ones") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     // Write then read 8 bytes where no memslot exists: two MMIO exits. The
     // read must not see the write's data left in kvm_run.mmio.data.
     let ops = [

@@ -15,7 +15,7 @@ fn shared_flags() -> GmemFlags {
 
 #[test]
 fn hostmem_init_shared_mapping_roundtrips_across_mappings() {
-    let Some(hv) = kvm_or_skip("hostmem_init_shared_mapping_roundtrips_across_mappings") else {
+    let Some(hv) = shared_gmem_or_skip("hostmem_init_shared_mapping_roundtrips_across_mappings") else {
         return;
     };
     let vm = hv.create_vm(VmType::Default).unwrap();
@@ -32,7 +32,7 @@ fn hostmem_init_shared_mapping_roundtrips_across_mappings() {
 
 #[test]
 fn hostmem_punch_hole_reads_zero_rest_kept() {
-    let Some(hv) = kvm_or_skip("hostmem_punch_hole_reads_zero_rest_kept") else {
+    let Some(hv) = shared_gmem_or_skip("hostmem_punch_hole_reads_zero_rest_kept") else {
         return;
     };
     let vm = hv.create_vm(VmType::Default).unwrap();
@@ -56,7 +56,7 @@ fn hostmem_punch_hole_reads_zero_rest_kept() {
 
 #[test]
 fn hostmem_write_beyond_i_size_faults_after_landing_prefix() {
-    let Some(hv) = kvm_or_skip("hostmem_write_beyond_i_size_faults_after_landing_prefix") else {
+    let Some(hv) = shared_gmem_or_skip("hostmem_write_beyond_i_size_faults_after_landing_prefix") else {
         return;
     };
     let vm = hv.create_vm(VmType::Default).unwrap();
@@ -76,7 +76,7 @@ fn hostmem_write_beyond_i_size_faults_after_landing_prefix() {
 
 #[test]
 fn hostmem_read_straddling_i_size_reports_first_bad_byte() {
-    let Some(hv) = kvm_or_skip("hostmem_read_straddling_i_size_reports_first_bad_byte") else {
+    let Some(hv) = shared_gmem_or_skip("hostmem_read_straddling_i_size_reports_first_bad_byte") else {
         return;
     };
     let vm = hv.create_vm(VmType::Default).unwrap();
@@ -93,7 +93,7 @@ fn hostmem_read_straddling_i_size_reports_first_bad_byte() {
 
 #[test]
 fn hostmem_gmem_without_init_shared_faults_at_first_byte() {
-    let Some(hv) = kvm_or_skip("hostmem_gmem_without_init_shared_faults_at_first_byte") else {
+    let Some(hv) = shared_gmem_or_skip("hostmem_gmem_without_init_shared_faults_at_first_byte") else {
         return;
     };
     let vm = hv.create_vm(VmType::Default).unwrap();
@@ -108,7 +108,7 @@ fn hostmem_gmem_without_init_shared_faults_at_first_byte() {
 
 #[test]
 fn hostmem_private_mmap_is_einval() {
-    let Some(hv) = kvm_or_skip("hostmem_private_mmap_is_einval") else {
+    let Some(hv) = shared_gmem_or_skip("hostmem_private_mmap_is_einval") else {
         return;
     };
     let vm = hv.create_vm(VmType::Default).unwrap();
@@ -121,7 +121,7 @@ fn hostmem_private_mmap_is_einval() {
 
 #[test]
 fn hostmem_mmap_without_mmap_flag_is_enodev() {
-    let Some(hv) = kvm_or_skip("hostmem_mmap_without_mmap_flag_is_enodev") else {
+    let Some(hv) = shared_gmem_or_skip("hostmem_mmap_without_mmap_flag_is_enodev") else {
         return;
     };
     let vm = hv.create_vm(VmType::Default).unwrap();
@@ -134,7 +134,7 @@ fn hostmem_mmap_without_mmap_flag_is_enodev() {
 
 #[test]
 fn hostmem_mapping_outlives_fd() {
-    let Some(hv) = kvm_or_skip("hostmem_mapping_outlives_fd") else {
+    let Some(hv) = shared_gmem_or_skip("hostmem_mapping_outlives_fd") else {
         return;
     };
     let vm = hv.create_vm(VmType::Default).unwrap();

@@ -23,7 +23,7 @@ fn map_without_exit_enabled_returns_enosys_without_exit() {
     let Some(hv) = kvm_or_skip("map_without_exit_enabled_returns_enosys_without_exit") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     let ops = [
         map(0x1000, 1, 0x10, Some(-1000)),
         GuestOp::Sync { tag: 9 },
@@ -41,7 +41,7 @@ fn map_without_exit_enabled_mismatch_reports_ret() {
     let Some(hv) = kvm_or_skip("map_without_exit_enabled_mismatch_reports_ret") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     let mut vcpu = vcpu_with(&g.vm, 0, &[map(0x1000, 1, 0x10, Some(0)), GuestOp::Halt]);
 
     let exits = run_to_hlt(&mut vcpu);
@@ -59,7 +59,7 @@ fn map_with_exit_enabled_exits_and_guest_sees_completed_ret() {
     let Some(hv) = kvm_or_skip("map_with_exit_enabled_exits_and_guest_sees_completed_ret") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     g.vm.enable_exit_hypercall(EXIT_MAP_GPA_RANGE).unwrap();
     let ops = [
         map(0x2000, 3, 0x10, Some(-7)),
@@ -84,7 +84,7 @@ fn map_with_exit_enabled_uncompleted_ret_is_preset_zero() {
     let Some(hv) = kvm_or_skip("map_with_exit_enabled_uncompleted_ret_is_preset_zero") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     g.vm.enable_exit_hypercall(EXIT_MAP_GPA_RANGE).unwrap();
     let ops = [
         map(0x0, 1, 0, Some(0)),
@@ -108,7 +108,7 @@ fn map_with_exit_enabled_bad_args_return_einval_without_exit() {
     let Some(hv) = kvm_or_skip("map_with_exit_enabled_bad_args_return_einval_without_exit") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     g.vm.enable_exit_hypercall(EXIT_MAP_GPA_RANGE).unwrap();
     let ops = [
         map(0x1001, 1, 0, Some(-22)),        // unaligned
@@ -131,7 +131,7 @@ fn map_reserved_attr_bits_still_exit() {
     let Some(hv) = kvm_or_skip("map_reserved_attr_bits_still_exit") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     g.vm.enable_exit_hypercall(EXIT_MAP_GPA_RANGE).unwrap();
     let mut vcpu = vcpu_with(&g.vm, 0, &[map(0x1000, 1, 1 << 5, None), GuestOp::Halt]);
 
@@ -152,7 +152,7 @@ fn map_byte_end_past_2_64_without_gfn_wrap_still_exits() {
     let Some(hv) = kvm_or_skip("map_byte_end_past_2_64_without_gfn_wrap_still_exits") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     g.vm.enable_exit_hypercall(EXIT_MAP_GPA_RANGE).unwrap();
     let mut vcpu = vcpu_with(
         &g.vm,
@@ -175,7 +175,7 @@ fn complete_hypercall_without_pending_exit_is_invalid() {
     let Some(hv) = kvm_or_skip("complete_hypercall_without_pending_exit_is_invalid") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     let mut vcpu = vcpu_with(&g.vm, 0, &[GuestOp::Halt]);
 
     assert!(vcpu.complete_hypercall(0).is_err());

@@ -14,7 +14,7 @@ fn kick_before_run_interrupts_next_run_once() {
     let Some(hv) = kvm_or_skip("kick_before_run_interrupts_next_run_once") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     let mut vcpu = vcpu_with(&g.vm, 0, &[GuestOp::Sync { tag: 5 }, GuestOp::Halt]);
 
     vcpu.kicker().kick();
@@ -30,7 +30,7 @@ fn kick_from_other_thread_is_never_lost() {
         return;
     };
     let size = 64 * MIB;
-    let g = gmem_guest(&hv, size);
+    let g = test_guest(&hv, size);
     // A long-running write so the kick very likely lands inside KVM_RUN.
     let ops = [
         write(0, size, 0x01),

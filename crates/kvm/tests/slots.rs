@@ -84,7 +84,7 @@ fn slots_runtime_slot_id_is_refused() {
     let Some(hv) = kvm_or_skip("slots_runtime_slot_id_is_refused") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     let _vcpu = vcpu_with(&g.vm, 0, &[GuestOp::Halt]);
     let mem = g.vm.create_shared(2 * MIB, SharedKind::Anonymous).unwrap();
 
@@ -148,7 +148,7 @@ fn slots_guest_op_spanning_two_slots_works() {
     let Some(hv) = kvm_or_skip("slots_guest_op_spanning_two_slots_works") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     let mem = g.vm.create_shared(2 * MIB, SharedKind::Memfd).unwrap();
     g.vm.set_user_memory_region(&plain(
         1,
@@ -181,7 +181,7 @@ fn slots_reloading_program_replaces_runtime_area() {
     let Some(hv) = kvm_or_skip("slots_reloading_program_replaces_runtime_area") else {
         return;
     };
-    let g = gmem_guest(&hv, 2 * MIB);
+    let g = test_guest(&hv, 2 * MIB);
     let mut vcpu = vcpu_with(&g.vm, 0, &[GuestOp::Sync { tag: 1 }, GuestOp::Halt]);
     assert_eq!(
         run_to_hlt(&mut vcpu),

@@ -1,12 +1,14 @@
 //! Shared helpers for the real-KVM integration tests.
 #![allow(dead_code)]
 
-use privmem_core::backend::MEM_GUEST_MEMFD;
-use privmem_core::{
-    Exit, GmemFlags, GmemRef, GuestMemfd, GuestOp, Hypervisor, Region, RegionApi, RunError,
-    UserAddr, Vcpu, Vm, VmType,
+use privmem_core::backend::{
+    SharedKind, SharedMemory, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MEM_GUEST_MEMFD,
 };
-use privmem_kvm::{KvmHypervisor, KvmShared, KvmVcpu, KvmVm};
+use privmem_core::{
+    Cap, Exit, GmemFlags, GmemRef, GuestMemfd, GuestOp, HostMemory, Hypervisor, Region,
+    RegionApi, RunError, UserAddr, Vcpu, Vm, VmType,
+};
+use privmem_kvm::{KvmMapping, KvmHypervisor, KvmShared, KvmVcpu, KvmVm};
 
 pub const MIB: u64 = 1 << 20;
 
@@ -19,26 +21,121 @@ pub fn kvm_or_skip(test: &str) -> Option<KvmHypervisor> {
             if std::env::var("REQUIRE_KVM").as_deref() == Ok("1") {
                 panic!("{test}: /dev/kvm unavailable ({e}) and REQUIRE_KVM=1");
             }
-            eprintln!("SKIP: {test}: /dev/kvm unavailable ({e})");
+            skip(&format!("{test}: /dev/kvm unavailable ({e})"));
             None
         }
     }
 }
 
-/// A default VM whose only memory is one MMAP|INIT_SHARED guest_memfd of
-/// `size` bytes at GPA 0 (slot 0).
-pub struct GmemGuest {
+/// A default VM with one slot of `size` bytes at GPA 0 (slot 0): an
+/// `MMAP|INIT_SHARED` guest_memfd as its only memory where the host has
+/// guest_memfd, else a memfd behind `userspace_addr` (hosts whose KVM is
+/// built without `CONFIG_KVM_GUEST_MEMFD`). Either way the host sees the
+/// guest's bytes through [`TestGuest::host`] and discards with
+/// [`TestGuest::punch`].
+pub struct TestGuest {
     pub vm: KvmVm,
-    pub gmem: GuestMemfd,
     pub size: u64,
+    mem: Backing,
 }
 
-pub fn gmem_guest(hv: &KvmHypervisor, size: u64) -> GmemGuest {
+enum Backing {
+    Gmem { file: GuestMemfd, map: KvmMapping },
+    Memfd(KvmShared),
+}
+
+/// True if the host can back a default VM with an `MMAP|INIT_SHARED`
+/// guest_memfd (`KVM_CAP_GUEST_MEMFD` and both flags).
+pub fn host_has_shared_gmem(hv: &KvmHypervisor) -> bool {
+    let flags = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED).0;
+    hv.check_extension(Cap::GuestMemfd).unwrap_or(0) != 0
+        && hv.check_extension(Cap::GuestMemfdFlags).unwrap_or(0) & flags == flags
+}
+
+/// Like [`kvm_or_skip`], and also skips (visibly, even with
+/// `REQUIRE_KVM=1`: no test can add a capability the host's kernel lacks)
+/// when the host has no `MMAP|INIT_SHARED` guest_memfd.
+pub fn shared_gmem_or_skip(test: &str) -> Option<KvmHypervisor> {
+    let hv = kvm_or_skip(test)?;
+    if host_has_shared_gmem(&hv) {
+        return Some(hv);
+    }
+    skip(&format!(
+        "{test}: host KVM has no MMAP|INIT_SHARED guest_memfd (KVM_CAP_GUEST_MEMFD={}, KVM_CAP_GUEST_MEMFD_FLAGS={})",
+        hv.check_extension(Cap::GuestMemfd).unwrap_or(0),
+        hv.check_extension(Cap::GuestMemfdFlags).unwrap_or(0)
+    ));
+    None
+}
+
+/// Where skips are recorded for `scripts/test` to print after the run
+/// (libtest hides a passing test's stderr).
+pub const SKIP_LOG: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped.txt");
+
+/// A visible skip: on stderr, and appended to [`SKIP_LOG`].
+pub fn skip(line: &str) {
+    use std::io::Write as _;
+    eprintln!("SKIP: {line}");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(SKIP_LOG);
+    if let Ok(mut f) = log {
+        let _ = writeln!(f, "SKIP: {line}");
+    }
+}
+
+pub fn test_guest(hv: &KvmHypervisor, size: u64) -> TestGuest {
     let vm = hv.create_vm(VmType::Default).expect("create vm");
-    let flags = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
-    let gmem = vm.create_guest_memfd(size, flags).expect("create gmem");
-    add_gmem_slot(&vm, 0, 0, size, &gmem);
-    GmemGuest { vm, gmem, size }
+    let mem = if host_has_shared_gmem(hv) {
+        let flags = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
+        let file = vm.create_guest_memfd(size, flags).expect("create gmem");
+        add_gmem_slot(&vm, 0, 0, size, &file);
+        let map = hv.gmem_mmap(&file, size, true).expect("mmap gmem");
+        Backing::Gmem { file, map }
+    } else {
+        let mem = vm.create_shared(size, SharedKind::Memfd).expect("memfd");
+        add_memfd_slot(&vm, 0, 0, &mem);
+        Backing::Memfd(mem)
+    };
+    TestGuest { vm, size, mem }
+}
+
+impl TestGuest {
+    /// The host's view of the guest's memory (offset = GPA).
+    pub fn host(&self) -> &dyn HostMemory {
+        match &self.mem {
+            Backing::Gmem { map, .. } => map,
+            Backing::Memfd(mem) => mem,
+        }
+    }
+
+    /// `fallocate(PUNCH_HOLE)` of `[offset, offset + len)` of the backing.
+    pub fn punch(&self, hv: &KvmHypervisor, offset: u64, len: u64) {
+        match &self.mem {
+            Backing::Gmem { file, .. } => {
+                let mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+                hv.gmem_fallocate(file, mode, offset as i64, len as i64)
+                    .expect("punch gmem");
+            }
+            Backing::Memfd(mem) => mem.discard(offset, len).expect("punch memfd"),
+        }
+    }
+}
+
+pub fn add_memfd_slot(vm: &KvmVm, slot: u32, gpa: u64, mem: &KvmShared) {
+    let region: Region<'_, KvmShared> = Region {
+        api: RegionApi::V2,
+        slot,
+        flags: 0,
+        gpa,
+        size: mem.len(),
+        userspace: UserAddr::Backing { mem, offset: 0 },
+        gmem: GmemRef::Raw(-1),
+        gmem_offset: 0,
+    };
+    vm.set_user_memory_region(&region)
+        .expect("set memory region");
 }
 
 pub fn add_gmem_slot(vm: &KvmVm, slot: u32, gpa: u64, size: u64, gmem: &GuestMemfd) {
