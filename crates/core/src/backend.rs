@@ -369,6 +369,12 @@ impl Quirks {
     }
 }
 
+fn shared_gmem_caps(check: impl Fn(Cap) -> Result<u64>) -> bool {
+    let flags = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED).0;
+    check(Cap::GuestMemfd).unwrap_or(0) != 0
+        && check(Cap::GuestMemfdFlags).unwrap_or(0) & flags == flags
+}
+
 /// A hypervisor: `/dev/kvm`, or the model of it.
 pub trait Hypervisor: Send + Sync + 'static {
     /// The VM type.
@@ -380,6 +386,12 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// System-scope `KVM_CHECK_EXTENSION`.
     fn check_extension(&self, cap: Cap) -> Result<u64>;
+    /// True if `KVM_CAP_GUEST_MEMFD` and both `MMAP` and `INIT_SHARED` in
+    /// `KVM_CAP_GUEST_MEMFD_FLAGS` are here: a guest_memfd can be a
+    /// default VM's shared memory. False on kernels without guest_memfd.
+    fn has_shared_gmem(&self) -> bool {
+        shared_gmem_caps(|c| self.check_extension(c))
+    }
     /// `KVM_CREATE_VM(type)`.
     fn create_vm(&self, ty: VmType) -> Result<Self::Vm>;
     /// `KVM_CREATE_VM` with a raw type number (for validation tests).
@@ -412,6 +424,11 @@ pub trait Vm: Send + Sync + 'static {
     fn vm_type(&self) -> VmType;
     /// VM-scope `KVM_CHECK_EXTENSION`.
     fn check_extension(&self, cap: Cap) -> Result<u64>;
+    /// True if this VM can have a `MMAP|INIT_SHARED` guest_memfd (see
+    /// [`Hypervisor::has_shared_gmem`]; false for VMs with private memory).
+    fn has_shared_gmem(&self) -> bool {
+        shared_gmem_caps(|c| self.check_extension(c))
+    }
     /// `KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL, mask)`.
     fn enable_exit_hypercall(&self, mask: u64) -> Result<()>;
     /// `KVM_CREATE_GUEST_MEMFD(size, flags)` with raw values.

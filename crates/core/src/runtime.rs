@@ -83,16 +83,13 @@ fn build_slot<V: Vm>(
 ) -> Result<SlotBacking<V::Shared>, SetupError> {
     let size = spec.range.len();
     let private_vm = vm.vm_type().has_private_mem();
-    let gmem_flags = vm.check_extension(Cap::GuestMemfdFlags).unwrap_or(0);
-    let init_shared = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
     let gmem_ok = vm.check_extension(Cap::GuestMemfd).unwrap_or(0) != 0;
-    let use_gmem =
-        spec.guest_memfd && gmem_ok && (private_vm || gmem_flags & init_shared.0 == init_shared.0);
+    let use_gmem = spec.guest_memfd && ((private_vm && gmem_ok) || vm.has_shared_gmem());
     let (gmem, gmem_only) = if use_gmem {
         let flags = if private_vm {
             GmemFlags(0)
         } else {
-            init_shared
+            GmemFlags::MMAP.union(GmemFlags::INIT_SHARED)
         };
         let file = setup(
             format!("guest_memfd for slot {id}"),

@@ -200,14 +200,27 @@ impl DevKvm {
     }
 }
 
-/// A VM built by [`bare_gmem_vm`]; dropping it destroys the VM.
+/// A VM built by [`bare_gmem_vm`] or [`bare_memfd_vm`]; dropping it
+/// destroys the VM.
 #[derive(Debug)]
 pub struct BareVm {
     // Field order is drop order: the mapping, then the VM (which drops the
-    // slot), then the guest_memfd.
+    // slot), then the backing file.
     _map: Option<Mmap>,
     _vm: OwnedFd,
-    _gmem: OwnedFd,
+    _file: OwnedFd,
+}
+
+/// `KVM_CREATE_VM(0)`.
+fn bare_default_vm(kvm: &DevKvm) -> Result<OwnedFd, BackendError> {
+    const KVM_CREATE_VM: libc::c_ulong = 0xae01;
+    // SAFETY: KVM_CREATE_VM takes its type by value and touches no user memory.
+    let vm = unsafe { libc::ioctl(kvm.file.as_raw_fd(), KVM_CREATE_VM, 0 as libc::c_ulong) };
+    if vm < 0 {
+        return Err(os_err("KVM_CREATE_VM"));
+    }
+    // SAFETY: KVM_CREATE_VM returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(vm) })
 }
 
 /// The kernel's own setup of a default VM with one guest_memfd slot of
@@ -219,14 +232,7 @@ pub struct BareVm {
 /// # Errors
 /// `Os` naming the call that failed.
 pub fn bare_gmem_vm(kvm: &DevKvm, size: u64, map_hva: bool) -> Result<BareVm, BackendError> {
-    const KVM_CREATE_VM: libc::c_ulong = 0xae01;
-    // SAFETY: KVM_CREATE_VM takes its type by value and touches no user memory.
-    let vm = unsafe { libc::ioctl(kvm.file.as_raw_fd(), KVM_CREATE_VM, 0 as libc::c_ulong) };
-    if vm < 0 {
-        return Err(os_err("KVM_CREATE_VM"));
-    }
-    // SAFETY: KVM_CREATE_VM returned a new fd that nothing else owns.
-    let vm = unsafe { OwnedFd::from_raw_fd(vm) };
+    let vm = bare_default_vm(kvm)?;
     let flags = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
     let gmem = sys::create_guest_memfd(vm.as_fd(), size, flags.0)?;
     let map = if map_hva {
@@ -253,7 +259,34 @@ pub fn bare_gmem_vm(kvm: &DevKvm, size: u64, map_hva: bool) -> Result<BareVm, Ba
     Ok(BareVm {
         _map: map,
         _vm: vm,
-        _gmem: gmem,
+        _file: gmem,
+    })
+}
+
+/// The same setup where the host has no guest_memfd, as privmem falls back
+/// to it: `KVM_CREATE_VM(0)`, `memfd_create` + `ftruncate(size)`, a shared
+/// mmap of it, and `KVM_SET_USER_MEMORY_REGION2` with that mapping as
+/// `userspace_addr`.
+///
+/// # Errors
+/// `Os` naming the call that failed.
+pub fn bare_memfd_vm(kvm: &DevKvm, size: u64) -> Result<BareVm, BackendError> {
+    let vm = bare_default_vm(kvm)?;
+    let memfd = BareMemfd::new(size)?;
+    let map = Mmap::new(size, libc::MAP_SHARED, Some(memfd.fd.as_fd()), "mmap")?;
+    let region = MemoryRegion2 {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: size,
+        userspace_addr: map.addr() as u64,
+        ..Default::default()
+    };
+    sys::set_user_memory_region2(vm.as_fd(), &region)?;
+    Ok(BareVm {
+        _map: Some(map),
+        _vm: vm,
+        _file: memfd.fd,
     })
 }
 

@@ -15,7 +15,8 @@ fn shared_flags() -> GmemFlags {
 
 #[test]
 fn hostmem_init_shared_mapping_roundtrips_across_mappings() {
-    let Some(hv) = shared_gmem_or_skip("hostmem_init_shared_mapping_roundtrips_across_mappings") else {
+    let Some(hv) = shared_gmem_or_skip("hostmem_init_shared_mapping_roundtrips_across_mappings")
+    else {
         return;
     };
     let vm = hv.create_vm(VmType::Default).unwrap();
@@ -56,7 +57,8 @@ fn hostmem_punch_hole_reads_zero_rest_kept() {
 
 #[test]
 fn hostmem_write_beyond_i_size_faults_after_landing_prefix() {
-    let Some(hv) = shared_gmem_or_skip("hostmem_write_beyond_i_size_faults_after_landing_prefix") else {
+    let Some(hv) = shared_gmem_or_skip("hostmem_write_beyond_i_size_faults_after_landing_prefix")
+    else {
         return;
     };
     let vm = hv.create_vm(VmType::Default).unwrap();
@@ -76,7 +78,8 @@ fn hostmem_write_beyond_i_size_faults_after_landing_prefix() {
 
 #[test]
 fn hostmem_read_straddling_i_size_reports_first_bad_byte() {
-    let Some(hv) = shared_gmem_or_skip("hostmem_read_straddling_i_size_reports_first_bad_byte") else {
+    let Some(hv) = shared_gmem_or_skip("hostmem_read_straddling_i_size_reports_first_bad_byte")
+    else {
         return;
     };
     let vm = hv.create_vm(VmType::Default).unwrap();
@@ -93,7 +96,8 @@ fn hostmem_read_straddling_i_size_reports_first_bad_byte() {
 
 #[test]
 fn hostmem_gmem_without_init_shared_faults_at_first_byte() {
-    let Some(hv) = shared_gmem_or_skip("hostmem_gmem_without_init_shared_faults_at_first_byte") else {
+    let Some(hv) = shared_gmem_or_skip("hostmem_gmem_without_init_shared_faults_at_first_byte")
+    else {
         return;
     };
     let vm = hv.create_vm(VmType::Default).unwrap();

@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use privmem_core::runtime::Machine;
-use privmem_core::{GuestOp, VmType};
-use privmem_kvm::bench::{bare_gmem_vm, DevKvm};
+use privmem_core::{GuestOp, Hypervisor, VmType};
+use privmem_kvm::bench::{bare_gmem_vm, bare_memfd_vm, DevKvm};
 use privmem_kvm::KvmHypervisor;
 use privmem_model::{KernelProfile, ModelHypervisor};
 
@@ -135,6 +135,18 @@ fn model(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+fn kvm_setup_note(name: &str, gmem: bool, map_hva: bool) -> String {
+    match (gmem, map_hva) {
+        (true, false) => format!("default VM, one MMAP|INIT_SHARED guest_memfd slot of {name}, no vCPU"),
+        (true, true) => format!(
+            "default VM, one MMAP|INIT_SHARED guest_memfd slot of {name}, no vCPU; both sides mmap the gmem for userspace_addr (PVM)"
+        ),
+        (false, _) => format!(
+            "default VM, one memfd-backed slot of {name}, no vCPU (host KVM has no guest_memfd: KVM_CAP_GUEST_MEMFD=0)"
+        ),
+    }
+}
+
 fn kvm(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let sizes: &[u64] = if ctx.quick {
         &[GIB, 64 * GIB]
@@ -144,6 +156,9 @@ fn kvm(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let hv = Arc::new(KvmHypervisor::open().context("the KVM scale benchmark needs /dev/kvm")?);
     let dev = DevKvm::open()?;
     let map_hva = privmem_kvm::caps::gmem_slots_need_hva();
+    // Without guest_memfd on the host privmem backs the slot with a memfd
+    // (runtime::build_slot); the baseline then makes the same calls.
+    let gmem = hv.has_shared_gmem();
     let mut rows = Vec::new();
     for &size in sizes {
         let name = size_name(size);
@@ -162,7 +177,13 @@ fn kvm(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             for _ in 0..reps {
                 total += match side {
                     Side::Baseline => {
-                        let (t, vm) = timed(|| bare_gmem_vm(&dev, size, map_hva));
+                        let (t, vm) = timed(|| {
+                            if gmem {
+                                bare_gmem_vm(&dev, size, map_hva)
+                            } else {
+                                bare_memfd_vm(&dev, size)
+                            }
+                        });
                         drop(vm?);
                         t
                     }
@@ -182,16 +203,12 @@ fn kvm(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             name: &label,
             unit: "ms",
             target: Target::RatioAtMost(1.1),
-            baseline_is:
-                "KVM_CREATE_VM + KVM_CREATE_GUEST_MEMFD + KVM_SET_USER_MEMORY_REGION2 alone",
-            note: Some(format!(
-                "default VM, one MMAP|INIT_SHARED guest_memfd slot of {name}, no vCPU{}",
-                if map_hva {
-                    "; both sides mmap the gmem for userspace_addr (PVM)"
-                } else {
-                    ""
-                }
-            )),
+            baseline_is: if gmem {
+                "KVM_CREATE_VM + KVM_CREATE_GUEST_MEMFD + KVM_SET_USER_MEMORY_REGION2 alone"
+            } else {
+                "KVM_CREATE_VM + memfd_create + ftruncate + mmap + KVM_SET_USER_MEMORY_REGION2 alone"
+            },
+            note: Some(kvm_setup_note(&name, gmem, map_hva)),
         }
         .row(&s);
         row.context = BTreeMap::from([("privmem_rss_growth_kib".to_string(), median(&growth))]);

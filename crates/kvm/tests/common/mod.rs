@@ -5,10 +5,10 @@ use privmem_core::backend::{
     SharedKind, SharedMemory, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MEM_GUEST_MEMFD,
 };
 use privmem_core::{
-    Cap, Exit, GmemFlags, GmemRef, GuestMemfd, GuestOp, HostMemory, Hypervisor, Region,
-    RegionApi, RunError, UserAddr, Vcpu, Vm, VmType,
+    Cap, Exit, GmemFlags, GmemRef, GuestMemfd, GuestOp, HostMemory, Hypervisor, Region, RegionApi,
+    RunError, UserAddr, Vcpu, Vm, VmType,
 };
-use privmem_kvm::{KvmMapping, KvmHypervisor, KvmShared, KvmVcpu, KvmVm};
+use privmem_kvm::{KvmHypervisor, KvmMapping, KvmShared, KvmVcpu, KvmVm};
 
 pub const MIB: u64 = 1 << 20;
 
@@ -44,20 +44,12 @@ enum Backing {
     Memfd(KvmShared),
 }
 
-/// True if the host can back a default VM with an `MMAP|INIT_SHARED`
-/// guest_memfd (`KVM_CAP_GUEST_MEMFD` and both flags).
-pub fn host_has_shared_gmem(hv: &KvmHypervisor) -> bool {
-    let flags = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED).0;
-    hv.check_extension(Cap::GuestMemfd).unwrap_or(0) != 0
-        && hv.check_extension(Cap::GuestMemfdFlags).unwrap_or(0) & flags == flags
-}
-
 /// Like [`kvm_or_skip`], and also skips (visibly, even with
 /// `REQUIRE_KVM=1`: no test can add a capability the host's kernel lacks)
 /// when the host has no `MMAP|INIT_SHARED` guest_memfd.
 pub fn shared_gmem_or_skip(test: &str) -> Option<KvmHypervisor> {
     let hv = kvm_or_skip(test)?;
-    if host_has_shared_gmem(&hv) {
+    if hv.has_shared_gmem() {
         return Some(hv);
     }
     skip(&format!(
@@ -87,7 +79,7 @@ pub fn skip(line: &str) {
 
 pub fn test_guest(hv: &KvmHypervisor, size: u64) -> TestGuest {
     let vm = hv.create_vm(VmType::Default).expect("create vm");
-    let mem = if host_has_shared_gmem(hv) {
+    let mem = if hv.has_shared_gmem() {
         let flags = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
         let file = vm.create_guest_memfd(size, flags).expect("create gmem");
         add_gmem_slot(&vm, 0, 0, size, &file);
