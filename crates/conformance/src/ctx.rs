@@ -66,6 +66,25 @@ pub(crate) fn expect_errno<T>(
     }
 }
 
+/// Like [`expect_errno`] where kernels differ: any errno of `want`.
+pub(crate) fn expect_errno_in<T>(
+    r: Result<T, BackendError>,
+    want: &[Errno],
+    what: impl Display,
+) -> Check {
+    let names = || {
+        want.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    match r {
+        Err(e) if e.errno().is_some_and(|n| want.contains(&n)) => Ok(()),
+        Err(e) => Err(fail(format!("{what}: expected {}, got {e}", names()))),
+        Ok(_) => Err(fail(format!("{what}: expected {}, got success", names()))),
+    }
+}
+
 /// `KVM_CREATE_VM` type names.
 pub(crate) fn vm_type_name(raw: u64) -> String {
     match raw {

@@ -315,20 +315,18 @@ impl VmInner {
             return Err(e);
         }
         // x86 kvm_arch_prepare_memory_region: the slot must end at or below
-        // kvm_mmu_max_gfn(); checked after kvm_gmem_bind (undone on failure).
+        // kvm_mmu_max_gfn(); checked after the guest_memfd's validation.
         let beyond_mmu =
             matches!(change, Change::Create | Change::Move) && base_gfn + npages - 1 > self.max_gfn;
         match change {
             Change::Create => {
                 let gmem = if is_gmem {
-                    Some(self.bind(r.gmem, gmem_offset, id, npages)?)
+                    let file = self.gmem_for_slot(r.gmem, gmem_offset, npages)?;
+                    Some(self.bind_gmem(file, gmem_offset, id, npages, beyond_mmu)?)
                 } else {
                     None
                 };
                 if beyond_mmu {
-                    if let Some(g) = gmem.as_ref().and_then(|g| g.file.upgrade()) {
-                        g.unbind(gmem_offset >> PAGE_SHIFT, self.id, id);
-                    }
                     return einval;
                 }
                 let slot = Slot {
@@ -369,14 +367,14 @@ impl VmInner {
         Ok(())
     }
 
-    /// `kvm_gmem_bind()`.
-    fn bind(
+    /// The validation half of `kvm_gmem_bind()` (6.12.118:
+    /// `kvm_gmem_prepare_memory_region()`): the fd, its VM, and the range.
+    fn gmem_for_slot(
         &self,
         gref: GmemRef<'_>,
         offset: u64,
-        id: u32,
         npages: u64,
-    ) -> Result<SlotGmem, Errno> {
+    ) -> Result<Arc<GmemFile>, Errno> {
         let file = match gref {
             GmemRef::File(g) => match gmem::file_of(g) {
                 Some(f) => Some(f),
@@ -393,8 +391,37 @@ impl VmInner {
         if (offset as i64) < 0 || !offset.is_multiple_of(PAGE_SIZE) || offset + size > file.size() {
             return Err(Errno::EINVAL);
         }
+        Ok(file)
+    }
+
+    /// Records the binding of file pages `[offset/4K, +npages)` to slot
+    /// `id`. Where the profile binds in `kvm_gmem_bind()` (6.18) an
+    /// overlap with a live binding is EINVAL, before the arch check that
+    /// fails with `beyond_mmu` (the binding is then undone); where it binds
+    /// in the commit phase (6.12.118, [`KernelProfile::gmem_binds_at_commit`])
+    /// the arch check comes first and an overlap is EEXIST.
+    fn bind_gmem(
+        &self,
+        file: Arc<GmemFile>,
+        offset: u64,
+        id: u32,
+        npages: u64,
+        beyond_mmu: bool,
+    ) -> Result<SlotGmem, Errno> {
         let pgoff = offset >> PAGE_SHIFT;
-        file.bind(pgoff, npages, self.id, id)?;
+        if self.profile.gmem_binds_at_commit() {
+            if beyond_mmu {
+                return Err(Errno::EINVAL);
+            }
+            file.bind(pgoff, npages, self.id, id)
+                .map_err(|_| Errno::EEXIST)?;
+        } else {
+            file.bind(pgoff, npages, self.id, id)?;
+            if beyond_mmu {
+                file.unbind(pgoff, self.id, id);
+                return Err(Errno::EINVAL);
+            }
+        }
         Ok(SlotGmem {
             file: Arc::downgrade(&file),
             pgoff,

@@ -33,7 +33,7 @@ pub const VM_TYPES: u64 = (1 << VmType::Default.kvm_type())
 /// Which kernel the model behaves as.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub enum KernelProfile {
-    /// Linux 6.12 (the nested rig kernel).
+    /// Linux 6.12 (the nested rig kernel, Debian's 6.12.118).
     V6_12,
     /// Linux 6.18 (this host's kernel).
     #[default]
@@ -95,6 +95,18 @@ impl KernelProfile {
     /// (SEV-ES/SNP/TDX, i.e. the model's `coco`).
     pub fn has_readonly_mem(self, ty: VmType) -> bool {
         !matches!(ty, VmType::Coco)
+    }
+
+    /// True if a guest_memfd's binding to a new memslot is recorded in the
+    /// memslot commit phase (`kvm_gmem_commit_memory_region()`, after
+    /// `kvm_arch_prepare_memory_region()`), so binding file pages that
+    /// another memslot holds is `EEXIST`. Debian's 6.12.118 does this (its
+    /// `kvm_gmem_bind()` is split into a prepare and a commit half; measured
+    /// in the rig, and read in its source); 6.12.117, measured in the rig
+    /// before, and the 6.18 source the spec follows bind in
+    /// `kvm_gmem_bind()` and answer `EINVAL`.
+    pub fn gmem_binds_at_commit(self) -> bool {
+        matches!(self, KernelProfile::V6_12)
     }
 
     /// `check_memory_region_flags()`: the valid flag mask for `flags`.

@@ -438,6 +438,41 @@ fn region_gmem_overlapping_file_range_returns_einval() {
 }
 
 #[test]
+fn region_gmem_overlapping_file_range_on_6_12_returns_eexist() {
+    // 6.12.118 records the binding in the commit phase: EEXIST, and the
+    // refused slot does not exist.
+    let hv = ModelHypervisor::new(KernelProfile::V6_12);
+    let vm = hv.create_vm(VmType::SwProtected).unwrap();
+    let g = gmem(&vm, 4 * M2, GmemFlags(0));
+    add_gmem_slot(&vm, 10, 0, 2 * M2, &g, 0).unwrap();
+    let r = add_gmem_slot(&vm, 11, 0x1_0000_0000, 2 * M2, &g, M2);
+    assert_eq!(errno(r), Some(Errno::EEXIST));
+    assert_eq!(vm.slot_count(), 1);
+    assert_eq!(hv.gmem_binding_count(&g).unwrap(), 1);
+    // The free half of the file still binds.
+    add_gmem_slot(&vm, 11, 0x1_0000_0000, 2 * M2, &g, 2 * M2).unwrap();
+}
+
+#[test]
+fn file_overlap_and_max_gfn_order_follows_the_profile() {
+    // A slot past kvm_mmu_max_gfn() over a bound file range: 6.18 checks the
+    // binding first (EINVAL, undone), 6.12.118 the arch limit first (EINVAL
+    // too); either way nothing stays bound and the free range still binds.
+    for profile in [KernelProfile::V6_12, KernelProfile::V6_18] {
+        let hv = ModelHypervisor::new(profile).with_max_gpa_bits(40);
+        let vm = hv.create_vm(VmType::SwProtected).unwrap();
+        let g = gmem(&vm, 4 * M2, GmemFlags(0));
+        add_gmem_slot(&vm, 10, 0, 2 * M2, &g, 0).unwrap();
+        for off in [0, 2 * M2] {
+            let r = add_gmem_slot(&vm, 11, 1 << 40, 2 * M2, &g, off);
+            assert_eq!(errno(r), Some(Errno::EINVAL), "{profile:?} offset {off:#x}");
+        }
+        assert_eq!(hv.gmem_binding_count(&g).unwrap(), 1, "{profile:?}");
+        add_gmem_slot(&vm, 11, 0x1_0000_0000, 2 * M2, &g, 2 * M2).unwrap();
+    }
+}
+
+#[test]
 fn region_gmem_rebind_after_delete_succeeds() {
     let (_hv, vm) = setup_vm(VmType::SwProtected);
     let g = gmem(&vm, M2, GmemFlags(0));
