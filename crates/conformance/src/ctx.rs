@@ -235,17 +235,23 @@ impl<'h, H: Hypervisor> Ctx<'h, H> {
     /// A VM that has private memory if the backend supports one, else a
     /// default VM that can bind guest_memfd; skips when neither exists.
     pub(crate) fn gmem_slot_vm(&self) -> Check<H::Vm> {
-        if self.has_vm_type(VmType::SwProtected) {
-            return self.create_vm(VmType::SwProtected);
+        let private = self.has_vm_type(VmType::SwProtected);
+        let vm = self.create_vm(if private {
+            VmType::SwProtected
+        } else {
+            VmType::Default
+        })?;
+        if vm.check_extension(Cap::GuestMemfd).unwrap_or(0) != 0 {
+            return Ok(vm);
         }
-        let vm = self.create_vm(VmType::Default)?;
-        if vm.check_extension(Cap::GuestMemfd).unwrap_or(0) == 0 {
-            return Err(Stop::Skip(format!(
+        Err(Stop::Skip(if private {
+            "the sw-protected VM has KVM_CAP_GUEST_MEMFD=0 (a kernel without guest_memfd)".into()
+        } else {
+            format!(
                 "KVM_CAP_VM_TYPES={:#x} lacks KVM_X86_SW_PROTECTED_VM and the default VM has KVM_CAP_GUEST_MEMFD=0",
                 self.caps.vm_type_bits()
-            )));
-        }
-        Ok(vm)
+            )
+        }))
     }
 }
 
