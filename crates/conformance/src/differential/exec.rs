@@ -7,22 +7,23 @@
 //! `userspace_addr` is a raw value are dropped from `Run` steps (except on
 //! default VMs' guest_memfd slots): with nothing mapped there the outcome
 //! depends on the host MMU (MMIO under PVM, a bare EFAULT with TDP), not on
-//! the kernel's rules. Nor is a private attribute set of more than 1 GiB
-//! run: the kernel's per-page storage makes its outcome a matter of the
-//! host's memory.
+//! the kernel's rules. Nor is an attribute set of more than 1 GiB that
+//! changes anything run: the kernel's per-page storage makes its outcome a
+//! matter of the host's memory.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
+use privmem_core::attrmap::AttrMap;
 use privmem_core::backend::{
     GmemRef, HostMemory, Region, RegionApi, SharedKind, UserAddr, MEM_GUEST_MEMFD,
 };
 use privmem_core::{
     Access, BackendError, Exit, GmemFlags, Gpa, GuestMemfd, GuestOp, GuestReport, Hypervisor,
 };
-use privmem_core::{RunError, Vcpu, Vm, VmType};
+use privmem_core::{GpaRange, RunError, Vcpu, Vm, VmType};
 
 use super::ops::{GmemSel, GuestSpec, Op, RegionOp, Sequence, Target, UserSel, VmSel};
 use crate::ctx::Shared;
@@ -36,9 +37,10 @@ const MAX_EXITS: usize = 32;
 const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 /// `KVM_MEMORY_ATTRIBUTE_PRIVATE`.
 const PRIVATE: u64 = 1 << 3;
-/// Largest private attribute set a step makes: 1 GiB (the kernel's
-/// per-page xarray needs ~10 bytes per 4 KiB page, ~2.5 MiB for 1 GiB).
-const MAX_PRIVATE_SET: u64 = 1 << 30;
+/// Largest attribute set a step makes that changes anything: 1 GiB (the
+/// kernel's per-page xarray needs ~10 bytes per 4 KiB page, ~2.5 MiB for
+/// 1 GiB).
+const MAX_ATTR_SET: u64 = 1 << 30;
 
 /// What one step produced.
 #[derive(Clone, PartialEq, Eq)]
@@ -166,6 +168,17 @@ fn rle(buf: &[u8]) -> Vec<(u8, u64)> {
     out
 }
 
+/// The range and target of a `KVM_SET_MEMORY_ATTRIBUTES` the kernel
+/// accepts on a VM with private memory (flags 0, attributes 0 or PRIVATE, a
+/// nonempty page-aligned range that does not wrap), else `None`.
+fn attr_set(addr: u64, size: u64, attrs: u64, flags: u64) -> Option<(GpaRange, bool)> {
+    if flags != 0 || (attrs != 0 && attrs != PRIVATE) {
+        return None;
+    }
+    let range = GpaRange::new_pages(Gpa(addr), size).ok()?;
+    Some((range, attrs == PRIVATE))
+}
+
 /// A live memslot, as far as `Run` steps need to know.
 #[derive(Clone, Copy, Debug)]
 struct ShadowSlot {
@@ -186,6 +199,9 @@ struct World<'h, H: Hypervisor> {
     shared: Shared<H>,
     memfd: OwnedFd,
     slots: BTreeMap<u32, ShadowSlot>,
+    /// The main VM's private pages after the successful attribute sets so
+    /// far (identical on both backends up to the first difference).
+    attrs: AttrMap,
     next_vcpu: u32,
 }
 
@@ -213,6 +229,7 @@ impl<'h, H: Hypervisor> World<'h, H> {
             shared,
             memfd,
             slots: BTreeMap::new(),
+            attrs: AttrMap::new(),
             next_vcpu: 0,
         })
     }
@@ -290,10 +307,15 @@ impl<'h, H: Hypervisor> World<'h, H> {
                 attrs,
                 flags,
             } => {
-                if self.attribute_set_needs_host_memory(*size, *attrs, *flags) {
+                let set = attr_set(*addr, *size, *attrs, *flags);
+                if set.is_some_and(|(r, p)| self.attribute_set_needs_host_memory(r, p)) {
                     return Res::NotApplicable;
                 }
-                res_of(self.vm.set_memory_attributes(*addr, *size, *attrs, *flags))
+                let res = res_of(self.vm.set_memory_attributes(*addr, *size, *attrs, *flags));
+                if let (Res::Ok, Some((range, private))) = (&res, set) {
+                    self.attrs.set(range, private);
+                }
+                res
             }
             Op::EnableExitHypercall { mask } => res_of(self.vm.enable_exit_hypercall(*mask)),
             Op::CheckExtension { cap } => self
@@ -304,16 +326,21 @@ impl<'h, H: Hypervisor> World<'h, H> {
         }
     }
 
-    /// True for a valid `KVM_SET_MEMORY_ATTRIBUTES` that would make more
-    /// than [`MAX_PRIVATE_SET`] bytes private on a VM with private memory.
-    /// The kernel stores attributes per page (`xa_reserve` + `xa_store` for
-    /// every gfn, ~10 bytes of kernel memory each), so such a call ends in
-    /// ENOMEM or the OOM killer depending on the machine's memory (it
-    /// panicked the rig's 4 GiB kernel); the model's range map does not
-    /// care. Its outcome is the host's, not the kernel rules', so neither
-    /// backend runs it.
-    fn attribute_set_needs_host_memory(&self, size: u64, attrs: u64, flags: u64) -> bool {
-        self.vm_type.has_private_mem() && attrs == PRIVATE && flags == 0 && size > MAX_PRIVATE_SET
+    /// True for a valid `KVM_SET_MEMORY_ATTRIBUTES` of more than
+    /// [`MAX_ATTR_SET`] bytes on a VM with private memory that changes any
+    /// page. Unless the whole range already has the attributes
+    /// (`kvm_range_has_memory_attributes`), the kernel `xa_reserve`s every
+    /// gfn before storing (~10 bytes of kernel memory each, shared sets
+    /// included), so such a call ends in ENOMEM or the OOM killer depending
+    /// on the machine's memory (a private set panicked the rig's 4 GiB
+    /// kernel; a shared set over 2^40 bytes with one private page grew its
+    /// slab by 20 MB/s until the OOM killer ended privmem); the model's range
+    /// map does not care. Its outcome is the host's, not the kernel rules',
+    /// so neither backend runs it.
+    fn attribute_set_needs_host_memory(&self, range: GpaRange, private: bool) -> bool {
+        self.vm_type.has_private_mem()
+            && range.len() > MAX_ATTR_SET
+            && !self.attrs.is_uniform(range, private)
     }
 
     fn create_gmem(&mut self, vm: VmSel, size: u64, flags: u64) -> Res {
