@@ -77,6 +77,12 @@ pub(crate) struct VmInner {
     /// and page tables never sit on pages made private (even slotless ones).
     private: Mutex<AttrMap>,
     slots: Mutex<BTreeMap<u32, SlotEntry>>,
+    /// The highest end of any op range a program of this VM has had: runtime
+    /// areas go above it when they fit, so privmem's own code never lands on
+    /// a GPA an earlier program touched (its faults there would replace the
+    /// kernel's MMIO SPTE for a slotless gfn, which decides how a later
+    /// access to it resolves on sw-protected VMs: `privmem_model` `mmio`).
+    op_high_water: AtomicU64,
 }
 
 /// Host properties a VM inherits from its hypervisor.
@@ -115,6 +121,7 @@ impl KvmVm {
                 exit_hypercall_mask: AtomicU64::new(0),
                 private: Mutex::new(AttrMap::new()),
                 slots: Mutex::new(BTreeMap::new()),
+                op_high_water: AtomicU64::new(0),
             }),
         }
     }
@@ -130,6 +137,11 @@ impl AsFd for KvmVm {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         fd_of(&self.inner.fd)
     }
+}
+
+/// The highest end of `ranges` (0 for none).
+fn top_of(ranges: &[(u64, u64)]) -> u64 {
+    ranges.iter().map(|r| r.1).max().unwrap_or(0)
 }
 
 impl VmInner {
@@ -207,7 +219,8 @@ impl VmInner {
     }
 
     /// Builds and installs the runtime area for vCPU `index`, replacing its
-    /// previous one. The area goes above every memslot and every op range.
+    /// previous one. The area goes above every memslot and every op range,
+    /// and above every op range of earlier programs of the VM when it fits.
     pub(crate) fn install_runtime_area(
         &self,
         index: u32,
@@ -248,7 +261,17 @@ impl VmInner {
             .chain(ranges.iter().map(|r| r.1))
             .max()
             .unwrap_or(0);
-        let layout = self.plan_clear_of_private(top, ranges, code.len() as u64)?;
+        let seen = self
+            .op_high_water
+            .fetch_max(top_of(ranges), Ordering::AcqRel)
+            .max(top_of(ranges));
+        // Above every GPA an earlier program touched if there is room, else
+        // above this program's ranges and the live memslots only.
+        let layout = match self.plan_clear_of_private(top.max(seen), ranges, code.len() as u64) {
+            Ok(layout) => layout,
+            Err(_) if seen > top => self.plan_clear_of_private(top, ranges, code.len() as u64)?,
+            Err(e) => return Err(e),
+        };
         let image = layout.image(code);
         let (backing, region) = self.area_backing(slot, &layout, &image)?;
         sys::set_user_memory_region2(fd_of(&self.fd), &region)?;

@@ -16,6 +16,7 @@ use privmem_core::{FaultErrno, Gpa, GpaRange, MemoryFault, VmType, PAGE_SIZE};
 use crate::backing::ModelShared;
 use crate::gmem::GmemFile;
 use crate::memslot::{Slot, UserBacking};
+use crate::mmio::Spte;
 use crate::vm::VmInner;
 
 /// Where `[gpa, gpa+len)` lives, or what exit the first page produces.
@@ -56,6 +57,48 @@ fn to_page_end(gpa: u64, want: u64) -> u64 {
 /// `access`; `write` selects read-only slot handling.
 pub(crate) fn resolve(vm: &VmInner, gpa: u64, want: u64, access: Access, write: bool) -> Resolved {
     debug_assert!(want > 0);
+    let gfn = gpa >> PAGE_SHIFT;
+    // 0. A sw-protected VM's MMIO SPTE for the gfn (see `mmio`): a live one
+    //    is emulated, a stale one makes the access shared whatever the
+    //    attributes.
+    let spte = if vm.ty == VmType::SwProtected {
+        vm.mmio.lookup(gfn)
+    } else {
+        Spte::None
+    };
+    if spte == Spte::Live {
+        return Resolved::Mmio {
+            len: to_page_end(gpa, want),
+        };
+    }
+    let resolved = resolve_fault(vm, gpa, want, access, write, spte == Spte::Stale);
+    if vm.ty == VmType::SwProtected {
+        note_sptes(vm, gfn, &resolved);
+    }
+    resolved
+}
+
+/// Records what a sw-protected VM's fault did to the gfn's MMIO SPTE.
+fn note_sptes(vm: &VmInner, gfn: u64, resolved: &Resolved) {
+    match resolved {
+        Resolved::Mmio { .. } if vm.slots.read().expect("slots").find(gfn).is_none() => {
+            vm.mmio.install(gfn);
+        }
+        Resolved::Gmem { .. } | Resolved::Shared { .. } => vm.mmio.replace(gfn),
+        _ => {}
+    }
+}
+
+/// The fault path proper; `as_shared` forces `is_private = false` (a
+/// reserved-bit fault on a stale MMIO SPTE).
+fn resolve_fault(
+    vm: &VmInner,
+    gpa: u64,
+    want: u64,
+    access: Access,
+    write: bool,
+    as_shared: bool,
+) -> Resolved {
     // 1. Privateness and the attribute mismatch check (taken before the
     //    no-slot check, as in kvm_mmu_faultin_pfn).
     let mut len = want;
@@ -67,7 +110,7 @@ pub(crate) fn resolve(vm: &VmInner, gpa: u64, want: u64, access: Access, write: 
         len = len.min(first.range.end().raw() - gpa);
         let is_private = match vm.ty {
             VmType::Default => false,
-            VmType::SwProtected => attr_private,
+            VmType::SwProtected => attr_private && !as_shared,
             VmType::Coco => access == Access::Private,
         };
         if is_private != attr_private {
@@ -89,6 +132,10 @@ pub(crate) fn resolve(vm: &VmInner, gpa: u64, want: u64, access: Access, write: 
     };
     let slot_end = slot.end_gfn() << PAGE_SHIFT;
     len = len.min(slot_end - gpa);
+    // A run stops before the next gfn with an MMIO SPTE (it resolves apart).
+    if let Some(next) = vm.mmio.next_after(gfn, slot.end_gfn()) {
+        len = len.min((next << PAGE_SHIFT) - gpa);
+    }
     let off_in_slot = gpa - (slot.base_gfn << PAGE_SHIFT);
     let gmem_only = slot.gmem.as_ref().is_some_and(|g| g.gmem_only);
     // Host quirk, not upstream (PVM): a default VM's faults are always

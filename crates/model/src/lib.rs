@@ -30,6 +30,7 @@ mod fault;
 mod gmem;
 mod inject;
 mod memslot;
+mod mmio;
 mod profile;
 mod vcpu;
 mod vm;

@@ -338,6 +338,7 @@ impl VmInner {
                     gmem,
                 };
                 self.slots.write().expect("slots").insert(slot);
+                self.mmio.memslots_changed();
             }
             Change::Move | Change::FlagsOnly => {
                 if beyond_mmu {
@@ -348,6 +349,7 @@ impl VmInner {
                 slot.base_gfn = base_gfn;
                 slot.flags = r.flags;
                 slots.insert(slot);
+                self.mmio.memslots_changed();
             }
         }
         Ok(())
@@ -359,6 +361,7 @@ impl VmInner {
         let Some(slot) = removed else {
             return Err(Errno::EINVAL);
         };
+        self.mmio.memslots_changed();
         if let Some(g) = slot.gmem {
             if let Some(file) = g.file.upgrade() {
                 file.unbind(g.pgoff, self.id, id);

@@ -101,6 +101,17 @@ pub struct ModelVcpu {
     mmio_data: [u8; 8],
     /// Bytes left in a byte-by-byte rescan of a mismatching MMIO qword.
     scan_left: u64,
+    /// A program was loaded (the KVM backend then has a runtime-area
+    /// memslot, deleted when the vCPU goes).
+    loaded: bool,
+}
+
+impl Drop for ModelVcpu {
+    fn drop(&mut self) {
+        if self.loaded {
+            self.vm.mmio.memslots_changed();
+        }
+    }
 }
 
 impl ModelVcpu {
@@ -122,6 +133,7 @@ impl ModelVcpu {
             pages: Arc::default(),
             mmio_data: [0; 8],
             scan_left: 0,
+            loaded: false,
         }
     }
 
@@ -457,6 +469,10 @@ impl Vcpu for ModelVcpu {
     }
 
     fn load_program(&mut self, ops: &[GuestOp]) -> Result<()> {
+        // privmem's KVM backend installs this vCPU's runtime-area memslot
+        // here: a memslot change (see `mmio`).
+        self.vm.mmio.memslots_changed();
+        self.loaded = true;
         self.program = ops.to_vec();
         self.pc = 0;
         self.progress = 0;

@@ -19,6 +19,7 @@ use crate::backing::ModelShared;
 use crate::gmem::{self, GmemFile, OP_CREATE};
 use crate::inject::{InjectOp, Injector};
 use crate::memslot::Slots;
+use crate::mmio::MmioSptes;
 use crate::profile::{
     Build, KernelProfile, EXIT_HYPERCALL_VALID_MASK, MAX_VCPU_IDS, TASK_SIZE_MAX,
 };
@@ -44,6 +45,8 @@ pub(crate) struct VmInner {
     pub(crate) quirks: Quirks,
     /// Kernel build options (`CONFIG_KVM_SMM`, `CONFIG_KVM_GUEST_MEMFD`).
     pub(crate) build: Build,
+    /// MMIO SPTEs and the memslot generation (sw-protected VMs).
+    pub(crate) mmio: MmioSptes,
     vcpus: Mutex<BTreeSet<u32>>,
 }
 
@@ -68,6 +71,7 @@ impl VmInner {
             max_gfn: (1u64 << (max_gpa_bits - PAGE_SHIFT)) - 1,
             quirks,
             build,
+            mmio: MmioSptes::default(),
             vcpus: Mutex::default(),
         }
     }

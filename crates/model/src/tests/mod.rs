@@ -11,6 +11,7 @@ mod host;
 mod hypercall;
 mod lifecycle;
 mod memslots;
+mod mmio_sptes;
 mod oracle;
 mod scenarios;
 
