@@ -164,10 +164,16 @@ fn kvm(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         let name = size_name(size);
         let label = format!("scale/kvm-setup/{name}");
         let w = workload(VmType::Default, false, vec![slot(0, size)], Vec::new());
+        // Twice the usual rounds in full runs: both sides' samples have
+        // heavy tails here (the kernel zeroes and frees the memslot's
+        // metadata, 2 GiB at 1 TiB with shadow paging), so the median of the
+        // per-round ratios needs more of them to settle.
         let rounds = if size >= TIB && ctx.quick {
             3
-        } else {
+        } else if ctx.quick {
             ctx.rounds()
+        } else {
+            2 * ctx.rounds() + 1
         };
         // Setups per sample, so that a sample lasts at least ~10 ms.
         let reps = (GIB * 16 / size).max(1) as usize;
