@@ -20,7 +20,10 @@
 //!
 //! Workload memory belongs to the workload. Each vCPU gets a *runtime area*,
 //! a memslot of its own (id `32000 + vcpu index`) placed at the first 2 MiB
-//! boundary above every existing memslot and every op range:
+//! boundary above every existing memslot and every op range, of this and
+//! (when there is room) of every earlier program of the VM, and clear of
+//! pages made private, so privmem's own accesses never touch a GPA the
+//! workload used (they would change the kernel's SPTE state there):
 //!
 //! ```text
 //!  GPA 0 ─────────────── workload memslots ───────────────┐
