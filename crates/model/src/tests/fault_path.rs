@@ -12,15 +12,6 @@ const PRIV: u64 = 8;
 const S: Access = Access::Shared;
 const P: Access = Access::Private;
 
-fn efault(gpa: u64, private: bool) -> Exit {
-    Exit::MemoryFault(MemoryFault {
-        gpa: Gpa(gpa),
-        size: PG,
-        private,
-        errno: FaultErrno::Efault,
-    })
-}
-
 #[test]
 fn d1_private_access_after_slot_deleted_is_private_efault() {
     let (_hv, vm) = setup_vm(VmType::SwProtected);

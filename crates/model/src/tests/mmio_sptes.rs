@@ -3,21 +3,12 @@
 //! test is the rig differential's minimal sequence (seed 14, 40 steps).
 
 use privmem_core::backend::{Access, Vcpu, Vm};
-use privmem_core::{Exit, FaultErrno, Gpa, MemoryFault, MmioExit, VmType};
+use privmem_core::{Exit, Gpa, MmioExit, VmType};
 
 use super::*;
 
 const PRIV: u64 = 8;
 const S: Access = Access::Shared;
-
-fn efault(gpa: u64, private: bool) -> Exit {
-    Exit::MemoryFault(MemoryFault {
-        gpa: Gpa(gpa),
-        size: PG,
-        private,
-        errno: FaultErrno::Efault,
-    })
-}
 
 fn mmio(gpa: u64, len: u8, write: bool) -> Exit {
     Exit::Mmio(MmioExit {

@@ -43,6 +43,16 @@ pub(crate) fn setup_vm(ty: VmType) -> (ModelHypervisor, ModelVm) {
     (hv, vm)
 }
 
+/// The EFAULT memory-fault exit for the page at `gpa`.
+pub(crate) fn efault(gpa: u64, private: bool) -> Exit {
+    Exit::MemoryFault(privmem_core::MemoryFault {
+        gpa: Gpa(gpa),
+        size: PG,
+        private,
+        errno: privmem_core::FaultErrno::Efault,
+    })
+}
+
 /// The errno of a failed call (None on success or a non-errno error).
 pub(crate) fn errno<T>(r: Result<T>) -> Option<Errno> {
     r.err().and_then(|e| e.errno())
