@@ -72,21 +72,13 @@ pub(crate) fn resolve(vm: &VmInner, gpa: u64, want: u64, access: Access, write: 
         };
     }
     let resolved = resolve_fault(vm, gpa, want, access, write, spte == Spte::Stale);
-    if vm.ty == VmType::SwProtected {
-        note_sptes(vm, gfn, &resolved);
+    // A mapping replaces the gfn's MMIO SPTE (the no-slot path installs one).
+    if vm.ty == VmType::SwProtected
+        && matches!(resolved, Resolved::Gmem { .. } | Resolved::Shared { .. })
+    {
+        vm.mmio.replace(gfn);
     }
     resolved
-}
-
-/// Records what a sw-protected VM's fault did to the gfn's MMIO SPTE.
-fn note_sptes(vm: &VmInner, gfn: u64, resolved: &Resolved) {
-    match resolved {
-        Resolved::Mmio { .. } if vm.slots.read().expect("slots").find(gfn).is_none() => {
-            vm.mmio.install(gfn);
-        }
-        Resolved::Gmem { .. } | Resolved::Shared { .. } => vm.mmio.replace(gfn),
-        _ => {}
-    }
 }
 
 /// The fault path proper; `as_shared` forces `is_private = false` (a
@@ -122,12 +114,14 @@ fn resolve_fault(
     let gfn = gpa >> PAGE_SHIFT;
     let slots = vm.slots.read().expect("slots");
     let Some(slot) = slots.find(gfn) else {
-        return if is_private {
-            fault(gpa, true, FaultErrno::Efault)
-        } else {
-            Resolved::Mmio {
-                len: to_page_end(gpa, want),
-            }
+        if is_private {
+            return fault(gpa, true, FaultErrno::Efault);
+        }
+        if vm.ty == VmType::SwProtected {
+            vm.mmio.install(gfn);
+        }
+        return Resolved::Mmio {
+            len: to_page_end(gpa, want),
         };
     };
     let slot_end = slot.end_gfn() << PAGE_SHIFT;
