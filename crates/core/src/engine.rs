@@ -4,7 +4,8 @@
 //! Order of a conversion (see DESIGN.md):
 //! 1. validate alignment, bounds (below the [`GpaLimit`], 2^52 by default);
 //! 2. lock the range (overlapping conversions serialise, disjoint ones don't);
-//! 3. return early if every page already has the wanted attribute;
+//! 3. return early if every page already has the wanted attribute, unless
+//!    the range is only partly inside guest memory (refused: see below);
 //! 4. refuse what cannot succeed: a page not backed by guest_memfd, a gap
 //!    between slots, or private memory on a VM without it;
 //! 5. apply to the kernel: `KVM_SET_MEMORY_ATTRIBUTES` first (so the guest can
@@ -18,6 +19,13 @@
 //!    conversion rolls forward and the failed pieces are deferred: they are
 //!    retried before any later conversion touches them, and that conversion
 //!    is refused if they still fail, so stale data never shows across it.
+//!
+//! Ranges outside guest memory (no memslot): a range *wholly* outside
+//! converts to shared as a no-op ([`Outcome::NoOp`], the guest sees 0 from
+//! `MAP_GPA_RANGE`), as QEMU ignores a TDX firmware's conversions of its MMIO
+//! ranges to shared; converting it to private is refused (-22). A range
+//! *partly* outside is refused either way, even when the pages inside
+//! already have the wanted attribute.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -65,7 +73,8 @@ pub enum Origin {
 /// A successful conversion.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Outcome {
-    /// Nothing to do: every page already had the attribute.
+    /// Nothing to do: every page already had the attribute (this includes
+    /// a conversion to shared of a range wholly outside guest memory).
     NoOp,
     /// This many pages changed.
     Converted {
@@ -315,6 +324,7 @@ impl<H: Hypervisor> Engine<H> {
             .for_each(|r| changed.push(r));
         let runs = changed.as_slice();
         if runs.is_empty() {
+            self.refuse_partly_outside(range)?;
             return Ok(Outcome::NoOp);
         }
         self.refuse_unconvertible(range, to_private)?;
@@ -439,6 +449,28 @@ impl<H: Hypervisor> Engine<H> {
                 }
             }
         })
+    }
+
+    /// Refuses a range that covers some memslot and some gap. (A range
+    /// wholly outside memory passes: converting it to shared is a no-op.)
+    fn refuse_partly_outside(&self, range: GpaRange) -> Result<(), ConvertError> {
+        let first = self
+            .slots
+            .partition_point(|s| s.range.end() <= range.start());
+        let touches = self
+            .slots
+            .get(first)
+            .is_some_and(|s| s.range.overlaps(range));
+        if !touches {
+            return Ok(());
+        }
+        match self.pieces_iter(range).find_map(Result::err) {
+            Some(gap) => Err(ConvertError::Refused {
+                gpa: gap.raw(),
+                why: format!("{range} is only partly inside guest memory (gap at {gap})"),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn refuse_unconvertible(&self, range: GpaRange, to_private: bool) -> Result<(), ConvertError> {

@@ -25,6 +25,8 @@ ops = [
   { op = "map", gpa = "0x100000", pages = 1, to = "shared", expect_ret = 0 },
   { op = "sync", tag = 1 },
 ]
+[[vcpu]]
+ops = [{ op = "halt" }]
 "#;
 
 fn mutate(seed: &str, edits: &[(usize, u8)]) -> String {

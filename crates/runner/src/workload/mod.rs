@@ -1,10 +1,15 @@
 //! The workload file (the CLI's TOML contract): parsing and validation.
 //!
-//! Every error names the key path and the offending value; nothing here
-//! allocates in proportion to a size the file states.
+//! serde derive with `deny_unknown_fields` reads the file as written
+//! ([`raw`]), every value spanned; [`build`] then checks what serde cannot
+//! (required keys, alignment, ranges, limits, the vCPU count). Every error
+//! names the file, the key path, the line and the value as written; nothing
+//! here allocates in proportion to a size the file states.
 
+mod build;
 mod ops;
-mod parse;
+mod raw;
+mod source;
 #[cfg(test)]
 mod tests;
 
@@ -16,10 +21,8 @@ use privmem_core::engine::EngineConfig;
 use privmem_core::types::{Gpa, GpaRange, VmType};
 use privmem_core::{GpaLimit, GuestOp};
 
-use ops::parse_vcpus;
-pub use parse::parse_size;
-use parse::{parse_initial, parse_poison, parse_policy, parse_slots, parse_vm_type, Ctx};
-use toml::Value;
+use raw::RawWorkload;
+use source::Source;
 
 /// Guest memory must end at or below this limit (x86's 52-bit MAXPHYADDR).
 pub const GPA_LIMIT: GpaLimit = GpaLimit::X86_MAXPHYADDR;
@@ -28,7 +31,8 @@ pub const MAX_GPA: u64 = GPA_LIMIT.end().raw();
 /// At most this many vCPUs.
 pub const MAX_VCPUS: u32 = 64;
 
-/// A workload error: the key path, the value and why.
+/// A workload error: the file, the line, and for a bad value the key path,
+/// the value as written and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WorkloadError {
     /// The file could not be read.
@@ -40,21 +44,25 @@ pub enum WorkloadError {
         why: String,
     },
     /// The file is not valid TOML.
-    #[error("{file}: invalid toml: {why}")]
+    #[error("{file}:{line}: invalid toml: {why}")]
     Toml {
         /// File name.
         file: String,
+        /// 1-based line of the error.
+        line: usize,
         /// Parser message.
         why: String,
     },
-    /// A key has a bad value.
-    #[error("{file}: key `{key}` = {value}: {why}")]
+    /// A key has a bad value, is unknown, or is missing.
+    #[error("{file}:{line}: key `{key}` = {value}: {why}")]
     Key {
         /// File name.
         file: String,
         /// Key path, e.g. `vcpu[0].ops[2].gpa`.
         key: String,
-        /// The value as written.
+        /// 1-based line of the value (of its table when it is missing).
+        line: usize,
+        /// The value as written (`(missing)` for a missing key).
         value: String,
         /// Why it is rejected.
         why: String,
@@ -158,31 +166,38 @@ pub fn load(path: &Path) -> Result<Workload, WorkloadError> {
 
 /// Parses workload text; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Workload, WorkloadError> {
-    let root: toml::Table = text
+    let src = Source { file, text };
+    let de = toml::Deserializer::parse(text).map_err(|e| src.syntax(&e))?;
+    let raw: RawWorkload = serde_path_to_error::deserialize(de).map_err(|e| src.serde(&e))?;
+    build::workload(&src, raw)
+}
+
+/// Parses `"4096"`, `"0x1000"`, `"4KiB"`, `"2MiB"`, `"1GiB"`, `"1TiB"` (also `K`/`M`/`G`/`T`, `KB`...).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return u64::from_str_radix(&hex.replace('_', ""), 16)
+            .map_err(|e| format!("bad hex number: {e}"));
+    }
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let n: u64 = digits
+        .replace('_', "")
         .parse()
-        .map_err(|e: toml::de::Error| WorkloadError::Toml {
-            file: file.to_string(),
-            why: e.message().to_string(),
-        })?;
-    let cx = Ctx { file };
-    cx.check_keys("", &root, &["vm", "policy", "slot", "poison", "vcpu"])?;
-    let vm_val = root
-        .get("vm")
-        .ok_or_else(|| cx.err("vm", &Value::String(String::new()), "missing [vm] table"))?;
-    let vm = cx.table("vm", vm_val)?;
-    cx.check_keys("vm", vm, &["type", "memory", "vcpus", "initial"])?;
-    let vm_type = parse_vm_type(&cx, vm)?;
-    let initial_private = parse_initial(&cx, vm, vm_type)?;
-    let policy = parse_policy(&cx, root.get("policy"))?;
-    let slots = parse_slots(&cx, vm, root.get("slot"))?;
-    let poison = parse_poison(&cx, root.get("poison"), &slots)?;
-    let vcpus = parse_vcpus(&cx, vm, root.get("vcpu"), &slots)?;
-    Ok(Workload {
-        vm_type,
-        initial_private,
-        policy,
-        slots,
-        poison,
-        vcpus,
-    })
+        .map_err(|e| format!("bad number: {e}"))?;
+    let shift = match suffix.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "KB" | "k" => 10,
+        "M" | "MiB" | "MB" => 20,
+        "G" | "GiB" | "GB" => 30,
+        "T" | "TiB" | "TB" => 40,
+        other => return Err(format!("unknown size suffix `{other}`")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| "size overflows 64 bits".to_string())
 }
