@@ -1,24 +1,27 @@
 //! The conversion engine: one transaction serves explicit (`MAP_GPA_RANGE`)
-//! and implicit (memory-fault) conversions.
+//! and implicit (memory-fault) conversions, over any [`ConversionBackend`].
 //!
-//! Order of a conversion (see DESIGN.md):
+//! Order of a conversion (DESIGN.md, "The order of a conversion"):
 //! 1. validate alignment, bounds (below the [`GpaLimit`], 2^52 by default);
-//! 2. lock the range (overlapping conversions serialise, disjoint ones don't);
+//! 2. lock the range (overlapping conversions and slot changes serialise,
+//!    disjoint ones don't), retry discards deferred there earlier;
 //! 3. return early if every page already has the wanted attribute, unless
 //!    the range is only partly inside guest memory (refused: see below);
 //! 4. refuse what cannot succeed: a page not backed by guest_memfd, a gap
 //!    between slots, or private memory on a VM without it;
-//! 5. apply to the kernel: `KVM_SET_MEMORY_ATTRIBUTES` first (so the guest can
-//!    no longer fault the old side in), then discard the side no longer in use
-//!    for the pages that changed: PUNCH_HOLE on guest_memfd when going shared,
-//!    the shared backing (fallocate or madvise) when going private;
-//! 6. commit to the attribute map only after the kernel accepted;
-//! 7. if the first discard fails, restore the old attributes run by run (a
-//!    clean rollback: nothing was freed yet). If a later one fails, some
-//!    backing is already gone and going back would lose data, so the
-//!    conversion rolls forward and the failed pieces are deferred: they are
-//!    retried before any later conversion touches them, and that conversion
-//!    is refused if they still fail, so stale data never shows across it.
+//! 5. **to shared**: ask the listeners ([`ConversionListener::prepare_shared`],
+//!    a refusal rolls back), set the attributes, punch the pages out of
+//!    guest_memfd, commit the map, tell the listeners it committed. If the
+//!    first punch fails the attributes are restored run by run (nothing was
+//!    freed yet) and the listeners' preparation cancelled; if a later one
+//!    fails, some backing is already gone and going back would lose data,
+//!    so the conversion rolls forward and the failed pieces are deferred;
+//! 6. **to private**: set the attributes (the point of no return), commit
+//!    the map, tell the listeners (before the discard: a device stops DMA
+//!    first), then discard the shared backing; a failed discard is deferred;
+//! 7. deferred discards are retried before any later conversion (or slot
+//!    removal) touches them, which is refused if they still fail, so stale
+//!    data never shows across it. Map == kernel view after every outcome.
 //!
 //! Ranges outside guest memory (no memslot): a range *wholly* outside
 //! converts to shared as a no-op ([`Outcome::NoOp`], the guest sees 0 from
@@ -27,47 +30,63 @@
 //! *partly* outside is refused either way, even when the pages inside
 //! already have the wanted attribute.
 
+mod discard;
+mod exits;
+mod notify;
+mod slots;
+
+pub use exits::{HypercallExit, MemoryFaultExit, StopReason, VcpuAction};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::attrmap::{AttrMap, Run};
-use crate::backend::{Hypervisor, SharedMemory, Vm, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
-use crate::decide::DiscardPolicy;
+use crate::contract::{ConversionBackend, VmSupport};
+use crate::decide::{DiscardPolicy, FaultPolicy, RepeatGuard};
 use crate::error::BackendError;
+use crate::listener::{ConversionListener, ListenerPanic};
 use crate::rangelock::RangeLocks;
-use crate::types::{Attrs, Gpa, GpaLimit, GpaRange, GuestMemfd, SlotId, PAGE_SIZE};
-
-/// Where a guest_memfd slot's private pages live.
-#[derive(Debug, Clone)]
-pub struct GmemPiece {
-    /// The file.
-    pub file: Arc<GuestMemfd>,
-    /// Offset of the slot's first page in the file.
-    pub offset: u64,
-}
-
-/// What backs one memslot.
-#[derive(Debug)]
-pub struct SlotBacking<S> {
-    /// Slot id.
-    pub id: SlotId,
-    /// GPA range.
-    pub range: GpaRange,
-    /// guest_memfd, if any.
-    pub gmem: Option<GmemPiece>,
-    /// Shared backing at `userspace_addr`, if any (offset 0 = slot start).
-    pub shared: Option<S>,
-    /// Shared accesses are served from guest_memfd (MMAP file).
-    pub gmem_only: bool,
-}
+use crate::slot::{SlotDesc, SlotTable};
+use crate::types::{Attrs, Gpa, GpaLimit, GpaRange};
 
 /// Who asked for a conversion.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Origin {
     /// `KVM_HC_MAP_GPA_RANGE`.
     Explicit,
     /// `KVM_EXIT_MEMORY_FAULT`.
     Implicit,
+}
+
+/// The attribute a conversion gives its pages.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum ConvertTo {
+    /// `KVM_MEMORY_ATTRIBUTE_PRIVATE`: backed by guest_memfd.
+    Private,
+    /// No attribute: backed by the shared memory at `userspace_addr`.
+    Shared,
+}
+
+impl ConvertTo {
+    /// `Private` for `true`.
+    pub const fn from_private(private: bool) -> ConvertTo {
+        if private {
+            ConvertTo::Private
+        } else {
+            ConvertTo::Shared
+        }
+    }
+    /// True for `Private`.
+    pub const fn is_private(self) -> bool {
+        matches!(self, ConvertTo::Private)
+    }
+    /// "private" or "shared".
+    pub const fn name(self) -> &'static str {
+        match self {
+            ConvertTo::Private => "private",
+            ConvertTo::Shared => "shared",
+        }
+    }
 }
 
 /// A successful conversion.
@@ -104,6 +123,17 @@ pub enum ConvertError {
         /// Why.
         why: String,
     },
+    /// A conversion listener refused the conversion to shared (or panicked
+    /// preparing it); nothing changed.
+    #[error("conversion of {range} to shared refused by {listener}: {reason}")]
+    ListenerRefused {
+        /// The range.
+        range: GpaRange,
+        /// The listener's name.
+        listener: String,
+        /// Its reason (or its panic message).
+        reason: String,
+    },
     /// The kernel rejected the attribute change; nothing changed.
     #[error("kernel rejected conversion of {range}")]
     Kernel {
@@ -113,7 +143,8 @@ pub enum ConvertError {
         #[source]
         source: BackendError,
     },
-    /// A discard failed after the attributes changed; they were restored.
+    /// The first guest_memfd punch of a conversion to shared failed; the
+    /// attributes were restored.
     #[error("discard failed in {range}; attributes rolled back (rollback ok: {restored})")]
     RolledBack {
         /// The range.
@@ -126,13 +157,33 @@ pub enum ConvertError {
     },
 }
 
-/// How an [`Engine`] converts.
+/// Whether the engine pre-faults a converted range (`KVM_PRE_FAULT_MEMORY`
+/// on the vCPU that asked, where the VM has `KVM_CAP_PRE_FAULT_MEMORY`).
+/// Errors are ignored, as QEMU does: the guest's own access will fault the
+/// page in, and report any error, in the usual way.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum PrefaultPolicy {
+    /// Never.
+    #[default]
+    Off,
+    /// After an explicit conversion to private.
+    ToPrivate,
+    /// After every explicit conversion, either way (QEMU's
+    /// `kvm_handle_hc_map_gpa_range`).
+    Every,
+}
+
+/// How an [`Engine`] converts and answers exits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub struct EngineConfig {
     /// Whether a conversion frees the backing no longer in use.
     pub discard: DiscardPolicy,
     /// Conversions ending above this limit are [`ConvertError::Invalid`].
     pub gpa_limit: GpaLimit,
+    /// How memory-fault exits are answered ([`Engine::handle_fault`]).
+    pub faults: FaultPolicy,
+    /// Pre-faulting after explicit conversions.
+    pub prefault: PrefaultPolicy,
 }
 
 /// Conversion and discard counters.
@@ -152,33 +203,46 @@ pub struct Stats {
     pub discarded_shared: AtomicU64,
     /// Discards that failed after the attributes changed and were deferred.
     pub deferred_discards: AtomicU64,
+    /// Conversions to shared a listener refused.
+    pub listener_refusals: AtomicU64,
+    /// Listener calls that panicked (caught).
+    pub listener_panics: AtomicU64,
+    /// `KVM_PRE_FAULT_MEMORY` calls made.
+    pub prefault_calls: AtomicU64,
+    /// `KVM_PRE_FAULT_MEMORY` calls that failed (ignored).
+    pub prefault_errors: AtomicU64,
 }
 
 /// The conversion engine of one VM.
-pub struct Engine<H: Hypervisor> {
-    hv: Arc<H>,
-    vm: Arc<H::Vm>,
-    slots: Vec<SlotBacking<<H::Vm as Vm>::Shared>>,
-    private_mem: bool,
+pub struct Engine<B: ConversionBackend> {
+    backend: B,
+    support: VmSupport,
     config: EngineConfig,
+    /// The slots, sorted; replaced whole when one is added or removed.
+    slots: RwLock<SlotTable<B::Gmem, B::Shared>>,
+    /// Serialises slot changes (check, kernel call, table swap).
+    slot_edit: Mutex<()>,
     map: Mutex<AttrMap>,
     locks: RangeLocks,
-    /// Discards deferred after a partial failure: (pages, toward private).
-    pending: Mutex<Vec<(GpaRange, bool)>>,
+    /// Discards deferred after a partial failure: (pages, direction).
+    pending: Mutex<Vec<(GpaRange, ConvertTo)>>,
     /// `!pending.is_empty()`, readable without the lock: conversions on
     /// other vCPUs skip the mutex (and its cache-line traffic) when nothing
     /// is deferred. Written only under the `pending` lock; a conversion that
     /// overlaps a deferred range orders after the one that deferred it
     /// through the range lock.
     has_pending: AtomicBool,
+    listeners: notify::Listeners,
     /// Counters.
     pub stats: Stats,
 }
 
-impl<H: Hypervisor> std::fmt::Debug for Engine<H> {
+impl<B: ConversionBackend> std::fmt::Debug for Engine<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("slots", &self.slots.len())
+            .field("support", &self.support)
+            .field("config", &self.config)
+            .field("slots", &self.slots().len())
             .finish_non_exhaustive()
     }
 }
@@ -225,64 +289,53 @@ impl Runs {
     }
 }
 
-/// One slot-sized piece of a run: pages `[range)` in slot `slot`.
-struct Piece<'a, S> {
-    slot: &'a SlotBacking<S>,
-    range: GpaRange,
-}
-
-impl<S> Piece<'_, S> {
-    fn slot_offset(&self) -> u64 {
-        self.range
-            .start()
-            .checked_offset_from(self.slot.range.start())
-            .unwrap_or(0)
-    }
-}
-
-impl<H: Hypervisor> Engine<H> {
-    /// An engine over `slots` (disjoint; sorted here). Conversions are
-    /// refused outright on a VM type without private memory.
-    pub fn new(
-        hv: Arc<H>,
-        vm: Arc<H::Vm>,
-        mut slots: Vec<SlotBacking<<H::Vm as Vm>::Shared>>,
-        config: EngineConfig,
-    ) -> Engine<H> {
-        slots.sort_by_key(|s| s.range.start());
-        let private_mem = vm.vm_type().has_private_mem();
+impl<B: ConversionBackend> Engine<B> {
+    /// An engine over `backend`, with no slots yet ([`add_slot`](Self::add_slot)).
+    /// Asks the backend once what the VM supports.
+    pub fn new(backend: B, config: EngineConfig) -> Engine<B> {
+        let support = backend.support();
         Engine {
-            hv,
-            vm,
-            slots,
-            private_mem,
+            backend,
+            support,
             config,
+            slots: RwLock::new(Arc::new(Vec::new())),
+            slot_edit: Mutex::new(()),
             map: Mutex::new(AttrMap::new()),
             locks: RangeLocks::new(),
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
+            listeners: notify::Listeners::default(),
             stats: Stats::default(),
         }
     }
 
-    /// The slots.
-    pub fn slots(&self) -> &[SlotBacking<<H::Vm as Vm>::Shared>] {
-        &self.slots
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
-    /// The VM.
-    pub fn vm(&self) -> &Arc<H::Vm> {
-        &self.vm
-    }
-
-    /// The hypervisor.
-    pub fn hypervisor(&self) -> &Arc<H> {
-        &self.hv
+    /// What the VM supports (asked once, at [`new`](Self::new)).
+    pub fn support(&self) -> VmSupport {
+        self.support
     }
 
     /// The configuration.
     pub fn config(&self) -> EngineConfig {
         self.config
+    }
+
+    /// A repeat guard for one vCPU, with the configured limit
+    /// ([`FaultPolicy::max_repeats`]). Keep one per vCPU.
+    pub fn repeat_guard(&self) -> RepeatGuard {
+        RepeatGuard::new(self.config.faults.max_repeats)
+    }
+
+    /// A snapshot of the slots, sorted by address.
+    pub fn slots(&self) -> SlotTable<B::Gmem, B::Shared> {
+        self.slots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// A snapshot of the attribute map.
@@ -294,47 +347,80 @@ impl<H: Hypervisor> Engine<H> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sets `ranges` private in the kernel and the map (initial state; no discard).
+    /// Sets `ranges` private in the kernel and the map (initial state: no
+    /// discard, no listener).
     pub fn init_private(&self, ranges: &[GpaRange]) -> Result<(), ConvertError> {
         for &range in ranges {
-            self.set_kernel_attrs(range, true)
+            let _guard = self.locks.lock(range);
+            self.set_kernel_attrs(range, ConvertTo::Private)
                 .map_err(|source| ConvertError::Kernel { range, source })?;
             self.lock_map().set(range, true);
         }
         Ok(())
     }
 
-    /// Converts `[gpa, gpa+len)` to private or shared, as one transaction.
+    /// Converts `[gpa, gpa+len)` to `to`, as one transaction.
     pub fn convert(
         &self,
         gpa: Gpa,
         len: u64,
-        to_private: bool,
+        to: ConvertTo,
         origin: Origin,
     ) -> Result<Outcome, ConvertError> {
         let range = validate(gpa, len, self.config.gpa_limit)?;
         let _guard = self.locks.lock(range);
-        self.settle_pending(range)?;
+        self.convert_locked(range, to, origin)
+    }
+
+    /// The transaction, with `range` locked.
+    fn convert_locked(
+        &self,
+        range: GpaRange,
+        to: ConvertTo,
+        origin: Origin,
+    ) -> Result<Outcome, ConvertError> {
+        let slots = self.slots();
+        self.settle_pending(&slots, range)?;
         // The runs that change (usually one; no allocation for up to two).
         // One walk of the map: no run to change means a no-op.
         let mut changed = Runs::new(range);
         self.lock_map()
             .runs_iter(range)
-            .filter(|r| r.private != to_private)
+            .filter(|r| r.private != to.is_private())
             .for_each(|r| changed.push(r));
         let runs = changed.as_slice();
         if runs.is_empty() {
-            self.refuse_partly_outside(range)?;
+            slots::refuse_partly_outside(&slots, range)?;
             return Ok(Outcome::NoOp);
         }
-        self.refuse_unconvertible(range, to_private)?;
-        self.set_kernel_attrs(range, to_private)
-            .map_err(|source| ConvertError::Kernel { range, source })?;
+        slots::refuse_unconvertible(&slots, range, to, self.support)?;
+        let pages = match to {
+            ConvertTo::Shared => self.to_shared(&slots, range, runs, origin)?,
+            ConvertTo::Private => self.to_private(&slots, range, runs, origin)?,
+        };
+        self.count(pages, to, origin);
+        Ok(Outcome::Converted { pages })
+    }
+
+    fn to_shared(
+        &self,
+        slots: &[Arc<SlotDesc<B::Gmem, B::Shared>>],
+        range: GpaRange,
+        runs: &[Run],
+        origin: Origin,
+    ) -> Result<u64, ConvertError> {
+        let event = self.listeners.event(range, ConvertTo::Shared, origin, runs);
+        let prepared = self.prepare_shared(&event)?;
+        if let Err(source) = self.set_kernel_attrs(range, ConvertTo::Shared) {
+            self.cancel_shared(&event, prepared);
+            return Err(ConvertError::Kernel { range, source });
+        }
         if self.config.discard.discards() {
-            if let Err((done, rest, source)) = self.discard_runs(runs, to_private) {
+            if let Err((done, rest, source)) = self.discard_runs(slots, runs, ConvertTo::Shared) {
                 if done == 0 {
                     // Nothing was discarded yet: a clean rollback loses nothing.
                     let restored = self.restore(runs);
+                    self.cancel_shared(&event, prepared);
                     return Err(ConvertError::RolledBack {
                         range,
                         restored,
@@ -344,70 +430,42 @@ impl<H: Hypervisor> Engine<H> {
                 // Some backing is already gone, so going back would lose data:
                 // roll forward. The rest is retried before any later
                 // conversion touches it, and refused there if it still fails.
-                self.defer(&rest, to_private);
+                self.defer(&rest, ConvertTo::Shared);
             }
         }
-        let pages = self.lock_map().set(range, to_private);
-        self.count(pages, to_private, origin);
-        Ok(Outcome::Converted { pages })
+        let pages = self.lock_map().set(range, false);
+        self.committed(&event);
+        Ok(pages)
     }
 
-    /// Records discards that failed after the attributes changed.
-    fn defer(&self, pieces: &[GpaRange], to_private: bool) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.extend(pieces.iter().map(|&r| (r, to_private)));
-        self.has_pending
-            .store(!pending.is_empty(), Ordering::Release);
-        self.stats
-            .deferred_discards
-            .fetch_add(pieces.len() as u64, Ordering::Relaxed);
-    }
-
-    /// Retries deferred discards overlapping `range`; refuses the conversion if
-    /// one still fails, so stale data can never show across it.
-    fn settle_pending(&self, range: GpaRange) -> Result<(), ConvertError> {
-        if !self.has_pending.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let mut kept = Vec::with_capacity(pending.len());
-        let mut failure = None;
-        for (r, to_private) in pending.drain(..) {
-            if !r.overlaps(range) || failure.is_some() {
-                kept.push((r, to_private));
-                continue;
-            }
-            if let Err((_, e)) = self.discard_pieces(&[r], to_private) {
-                failure = Some(ConvertError::Refused {
-                    gpa: r.start().raw(),
-                    why: format!(
-                        "stale backing of {r} could not be discarded earlier and still fails: {e}"
-                    ),
-                });
-                kept.push((r, to_private));
+    fn to_private(
+        &self,
+        slots: &[Arc<SlotDesc<B::Gmem, B::Shared>>],
+        range: GpaRange,
+        runs: &[Run],
+        origin: Origin,
+    ) -> Result<u64, ConvertError> {
+        self.set_kernel_attrs(range, ConvertTo::Private)
+            .map_err(|source| ConvertError::Kernel { range, source })?;
+        // The kernel accepted: from here on the conversion commits.
+        let pages = self.lock_map().set(range, true);
+        let event = self
+            .listeners
+            .event(range, ConvertTo::Private, origin, runs);
+        self.committed(&event);
+        if self.config.discard.discards() {
+            if let Err((_, rest, _)) = self.discard_runs(slots, runs, ConvertTo::Private) {
+                self.defer(&rest, ConvertTo::Private);
             }
         }
-        *pending = kept;
-        self.has_pending
-            .store(!pending.is_empty(), Ordering::Release);
-        failure.map_or(Ok(()), Err)
+        Ok(pages)
     }
 
-    /// Ranges still waiting for a discard.
-    pub fn pending_discards(&self) -> Vec<GpaRange> {
-        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.iter().map(|(r, _)| *r).collect()
-    }
-
-    fn count(&self, pages: u64, to_private: bool, origin: Origin) {
+    fn count(&self, pages: u64, to: ConvertTo, origin: Origin) {
         let s = &self.stats;
-        let dir = if to_private {
-            &s.to_private_pages
-        } else {
-            &s.to_shared_pages
+        let dir = match to {
+            ConvertTo::Private => &s.to_private_pages,
+            ConvertTo::Shared => &s.to_shared_pages,
         };
         dir.fetch_add(pages, Ordering::Relaxed);
         let o = match origin {
@@ -417,208 +475,26 @@ impl<H: Hypervisor> Engine<H> {
         o.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Splits `range` into per-slot pieces, in order; the iterator ends
-    /// with `Err(first uncovered gpa)` at a gap. No allocation.
-    fn pieces_iter(
-        &self,
-        range: GpaRange,
-    ) -> impl Iterator<Item = Result<Piece<'_, <H::Vm as Vm>::Shared>, Gpa>> + '_ {
-        let mut cursor = range.start();
-        let first = self.slots.partition_point(|s| s.range.end() <= cursor);
-        let mut slots = self.slots[first..].iter();
-        let mut failed = false;
-        std::iter::from_fn(move || {
-            if failed || cursor >= range.end() {
-                return None;
-            }
-            let piece = slots
-                .next()
-                .filter(|s| s.range.contains(cursor))
-                .and_then(|slot| {
-                    let r = GpaRange::from_bounds(cursor, slot.range.end().min(range.end()))?;
-                    Some(Piece { slot, range: r })
-                });
-            match piece {
-                Some(p) => {
-                    cursor = p.range.end();
-                    Some(Ok(p))
-                }
-                None => {
-                    failed = true;
-                    Some(Err(cursor))
-                }
-            }
-        })
-    }
-
-    /// Refuses a range that covers some memslot and some gap. (A range
-    /// wholly outside memory passes: converting it to shared is a no-op.)
-    fn refuse_partly_outside(&self, range: GpaRange) -> Result<(), ConvertError> {
-        let first = self
-            .slots
-            .partition_point(|s| s.range.end() <= range.start());
-        let touches = self
-            .slots
-            .get(first)
-            .is_some_and(|s| s.range.overlaps(range));
-        if !touches {
-            return Ok(());
-        }
-        match self.pieces_iter(range).find_map(Result::err) {
-            Some(gap) => Err(ConvertError::Refused {
-                gpa: gap.raw(),
-                why: format!("{range} is only partly inside guest memory (gap at {gap})"),
-            }),
-            None => Ok(()),
-        }
-    }
-
-    fn refuse_unconvertible(&self, range: GpaRange, to_private: bool) -> Result<(), ConvertError> {
-        if !self.private_mem {
-            return Err(ConvertError::Refused {
-                gpa: range.start().raw(),
-                why: format!("the {} VM has no private memory", self.vm.vm_type().name()),
-            });
-        }
-        // One walk of the slots; a gap anywhere is reported before a slot
-        // without guest_memfd.
-        let mut no_gmem = None;
-        for piece in self.pieces_iter(range) {
-            match piece {
-                Err(gpa) => {
-                    return Err(ConvertError::Refused {
-                        gpa: gpa.raw(),
-                        why: format!("{range} is not fully covered by memslots (gap at {gpa})"),
-                    })
-                }
-                Ok(p) if p.slot.gmem.is_none() => {
-                    no_gmem.get_or_insert(p);
-                }
-                Ok(_) => {}
-            }
-        }
-        if let Some(p) = no_gmem {
-            let why = format!(
-                "{} is not backed by guest_memfd (slot {}), so it cannot become {}",
-                p.range,
-                p.slot.id.0,
-                if to_private { "private" } else { "shared" }
-            );
-            return Err(ConvertError::Refused {
-                gpa: p.range.start().raw(),
-                why,
-            });
-        }
-        Ok(())
-    }
-
-    fn set_kernel_attrs(&self, range: GpaRange, private: bool) -> Result<(), BackendError> {
-        self.vm.set_memory_attributes(
-            range.start().raw(),
-            range.len(),
-            Attrs::from_private(private).0,
-            0,
-        )
-    }
-
-    /// Discards the side no longer in use for every run, split at slot
-    /// boundaries (pieces outside slots are skipped: `refuse_unconvertible`
-    /// already rejected those). On failure returns how many pieces were
-    /// discarded, the pieces left (the failed one first) and the error.
-    fn discard_runs(
-        &self,
-        runs: &[Run],
-        to_private: bool,
-    ) -> Result<(), (usize, Vec<GpaRange>, BackendError)> {
-        let mut done = 0;
-        let mut pieces = runs
-            .iter()
-            .flat_map(|r| self.pieces_iter(r.range).map_while(Result::ok));
-        while let Some(p) = pieces.next() {
-            if let Err(e) = self.discard_one(&p, to_private) {
-                let rest = std::iter::once(p.range)
-                    .chain(pieces.map(|p| p.range))
-                    .collect();
-                return Err((done, rest, e));
-            }
-            done += 1;
-        }
-        Ok(())
-    }
-
-    fn discard_one(
-        &self,
-        p: &Piece<'_, <H::Vm as Vm>::Shared>,
-        to_private: bool,
-    ) -> Result<(), BackendError> {
-        if to_private {
-            self.discard_shared(p)
-        } else {
-            self.discard_gmem(p)
-        }
-    }
-
-    /// Discards each piece in order; on failure returns how many succeeded.
-    fn discard_pieces(
-        &self,
-        pieces: &[GpaRange],
-        to_private: bool,
-    ) -> Result<(), (usize, BackendError)> {
-        for (i, &r) in pieces.iter().enumerate() {
-            let res = match self.pieces_iter(r).next() {
-                Some(Ok(p)) => self.discard_one(&p, to_private),
-                _ => Ok(()),
-            };
-            res.map_err(|e| (i, e))?;
-        }
-        Ok(())
-    }
-
-    fn discard_gmem(&self, p: &Piece<'_, <H::Vm as Vm>::Shared>) -> Result<(), BackendError> {
-        let Some(g) = &p.slot.gmem else { return Ok(()) };
-        let off = g
-            .offset
-            .checked_add(p.slot_offset())
-            .ok_or_else(|| overflow("punch"))?;
-        let (off, len) = (to_i64(off)?, to_i64(p.range.len())?);
-        self.hv.gmem_fallocate(
-            &g.file,
-            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-            off,
-            len,
-        )?;
-        self.stats
-            .discarded_gmem
-            .fetch_add(p.range.len() / PAGE_SIZE, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn discard_shared(&self, p: &Piece<'_, <H::Vm as Vm>::Shared>) -> Result<(), BackendError> {
-        if p.slot.gmem_only {
-            return Ok(());
-        }
-        let Some(shared) = &p.slot.shared else {
-            return Ok(());
-        };
-        shared.discard(p.slot_offset(), p.range.len())?;
-        self.stats
-            .discarded_shared
-            .fetch_add(p.range.len() / PAGE_SIZE, Ordering::Relaxed);
-        Ok(())
+    fn set_kernel_attrs(&self, range: GpaRange, to: ConvertTo) -> Result<(), BackendError> {
+        self.backend
+            .set_attributes(range, Attrs::from_private(to.is_private()))
     }
 
     /// Puts every run's attribute back. Returns false if any restore failed.
     fn restore(&self, runs: &[Run]) -> bool {
-        runs.iter()
-            .all(|r| self.set_kernel_attrs(r.range, r.private).is_ok())
+        runs.iter().all(|r| {
+            self.set_kernel_attrs(r.range, ConvertTo::from_private(r.private))
+                .is_ok()
+        })
     }
 
     /// The final attribute map of guest_memfd-backed memory, coalesced across
     /// adjacent slots.
     pub fn gmem_attributes(&self) -> Vec<Run> {
+        let slots = self.slots();
         let map = self.lock_map();
         let mut out: Vec<Run> = Vec::new();
-        for s in self.slots.iter().filter(|s| s.gmem.is_some()) {
+        for s in slots.iter().filter(|s| s.gmem.is_some()) {
             for run in map.runs(s.range) {
                 match out.last_mut() {
                     Some(last)
@@ -633,17 +509,17 @@ impl<H: Hypervisor> Engine<H> {
         }
         out
     }
-}
 
-fn overflow(op: &'static str) -> BackendError {
-    BackendError::Invalid {
-        op,
-        why: "offset overflows".into(),
+    /// Registers `listener`; it is told about every conversion from the next
+    /// one on (module [`listener`](crate::listener)).
+    pub fn add_listener(&self, listener: Arc<dyn ConversionListener>) {
+        self.listeners.add(listener);
     }
-}
 
-fn to_i64(v: u64) -> Result<i64, BackendError> {
-    i64::try_from(v).map_err(|_| overflow("discard"))
+    /// Listener panics caught so far, oldest first.
+    pub fn listener_panics(&self) -> Vec<ListenerPanic> {
+        self.listeners.panics()
+    }
 }
 
 fn validate(gpa: Gpa, len: u64, limit: GpaLimit) -> Result<GpaRange, ConvertError> {
@@ -652,7 +528,7 @@ fn validate(gpa: Gpa, len: u64, limit: GpaLimit) -> Result<GpaRange, ConvertErro
         len,
         why,
     };
-    if !gpa.is_page_aligned() || !len.is_multiple_of(PAGE_SIZE) {
+    if !gpa.is_page_aligned() || !len.is_multiple_of(crate::types::PAGE_SIZE) {
         return Err(invalid("not page-aligned"));
     }
     let range = GpaRange::new(gpa, len).map_err(|_| invalid("empty or wrapping"))?;
@@ -665,6 +541,7 @@ fn validate(gpa: Gpa, len: u64, limit: GpaLimit) -> Result<GpaRange, ConvertErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::PAGE_SIZE;
 
     fn run(page: u64, private: bool) -> Run {
         Run {

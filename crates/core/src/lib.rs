@@ -19,11 +19,14 @@
 pub mod abi;
 pub mod attrmap;
 pub mod backend;
+pub mod contract;
 pub mod decide;
 pub mod engine;
 pub mod error;
 pub mod exit;
+pub mod listener;
 pub mod rangelock;
+pub mod slot;
 pub mod types;
 
 pub use backend::{

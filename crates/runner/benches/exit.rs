@@ -1,6 +1,7 @@
 //! Micro benchmarks of the per-exit work privmem adds on top of `KVM_RUN`:
-//! decoding a `kvm_run` image (`privmem_core::abi::decode_exit`) and deciding
-//! (`handle::handle_exit`, over `privmem_core::decide`).
+//! decoding a `kvm_run` image (`privmem_core::abi::decode_exit`), the
+//! runner's exit handler (`handle::handle_exit`) and the pure fault decision
+//! under the engine's per-exit call (`privmem_core::decide::decide_fault`).
 //!
 //! `cargo bench -p privmem-runner --bench exit`
 
@@ -8,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use privmem_core::abi::{self, build, RunResult, KVM_EXIT_IO, KVM_EXIT_MEMORY_FAULT};
-use privmem_core::decide::FaultPolicy;
+use privmem_core::decide::{decide_fault, FaultPolicy, RepeatGuard};
 use privmem_core::exit::{Exit, FaultErrno, GuestReport, MemoryFault, MEMORY_EXIT_FLAG_PRIVATE};
 use privmem_core::Gpa;
 use privmem_runner::handle::{handle_exit, VcpuState};
@@ -57,28 +58,28 @@ fn bench(c: &mut Criterion) {
     let sync = Exit::Report(GuestReport::Sync { tag: 7 });
     c.bench_function("handle_exit/sync", |b| {
         b.iter_batched_ref(
-            || VcpuState::new(0, policy.max_repeats),
+            || VcpuState::new(0),
             |st| {
                 for _ in 0..1000 {
-                    black_box(handle_exit(st, &policy, black_box(&sync)));
+                    black_box(handle_exit(st, black_box(&sync)));
                 }
             },
             criterion::BatchSize::SmallInput,
         )
     });
     let mut addr = 0u64;
-    c.bench_function("handle_exit/memory_fault", |b| {
-        let mut st = VcpuState::new(0, policy.max_repeats);
+    c.bench_function("decide_fault/memory_fault", |b| {
+        let mut guard = RepeatGuard::new(policy.max_repeats);
         b.iter(|| {
             // A different page each time: the repeat guard never fires.
             addr = addr.wrapping_add(4096);
-            let f = Exit::MemoryFault(MemoryFault {
+            let f = MemoryFault {
                 gpa: Gpa(addr),
                 size: 4096,
                 private: true,
                 errno: FaultErrno::Efault,
-            });
-            handle_exit(&mut st, &policy, black_box(&f))
+            };
+            decide_fault(&policy, &mut guard, black_box(&f))
         })
     });
 }

@@ -1,19 +1,17 @@
-//! The runner's pure exit handler: `handle_exit(state, policy, exit) ->
-//! Decision`. It takes memory faults and hypercalls to privmem-core's
-//! [`decide`](privmem_core::decide) and adds what only privmem's own guest
-//! programs need: exit counters, check and sync reports, and the reasons a
-//! vCPU stopped as the report names them. No I/O here, so tests feed it
-//! synthetic exits (Firecracker's pattern).
-
-use std::num::NonZeroU32;
+//! The runner's pure exit handler: `handle_exit(state, exit) -> Decision`.
+//! It counts exits and handles what only privmem's own guest programs need
+//! (check and sync reports, halts, MMIO, shutdowns). Memory faults and
+//! hypercalls go to the engine's public per-exit calls
+//! ([`Engine::handle_fault`](privmem_core::engine::Engine::handle_fault),
+//! [`Engine::handle_decoded_hypercall`](privmem_core::engine::Engine::handle_decoded_hypercall)),
+//! the same an embedding VMM makes, and [`VcpuState::apply`] records their
+//! answer. No I/O here, so tests feed it synthetic exits (Firecracker's
+//! pattern).
 
 use serde::Serialize;
 
-use privmem_core::decide::{
-    decide_fault, decide_hypercall, FaultAction, FaultPolicy, FaultStop, HypercallAction,
-    RepeatGuard,
-};
-use privmem_core::exit::{Exit, GuestReport, MapGpaRange, MemoryFault};
+use privmem_core::engine::{StopReason, VcpuAction};
+use privmem_core::exit::{Exit, GuestReport, Hypercall, MemoryFault};
 use privmem_core::types::Gpa;
 
 /// Why a vCPU stopped (workload.md `error.kind`).
@@ -139,7 +137,6 @@ pub struct VcpuState {
     pub state: RunState,
     /// Why it stopped.
     pub error: Option<VcpuError>,
-    guard: RepeatGuard,
 }
 
 /// What the runtime must do next.
@@ -147,20 +144,20 @@ pub struct VcpuState {
 pub enum Decision {
     /// Re-enter the guest.
     Resume,
-    /// Write `hypercall.ret` and re-enter.
-    CompleteHypercall(i64),
-    /// Run the engine on a `MAP_GPA_RANGE`, then complete with 0 or -22.
-    Explicit(MapGpaRange),
-    /// Run the engine on the faulting page, then re-enter (or stop if refused).
-    Implicit(MemoryFault),
+    /// A memory fault: ask the engine ([`Engine::handle_fault`](privmem_core::engine::Engine::handle_fault)),
+    /// record its answer with [`VcpuState::apply`].
+    MemoryFault(MemoryFault),
+    /// A hypercall: ask the engine
+    /// ([`Engine::handle_decoded_hypercall`](privmem_core::engine::Engine::handle_decoded_hypercall))
+    /// for `hypercall.ret`, complete it and re-enter.
+    Hypercall(Hypercall),
     /// The vCPU is done (`state` says how).
     Done,
 }
 
 impl VcpuState {
-    /// A fresh running vCPU whose repeat guard trips at `max_repeats`
-    /// (take it from the [`FaultPolicy`] passed to [`handle_exit`]).
-    pub fn new(index: u32, max_repeats: NonZeroU32) -> VcpuState {
+    /// A fresh running vCPU.
+    pub fn new(index: u32) -> VcpuState {
         VcpuState {
             index,
             exits: ExitCounts::default(),
@@ -168,7 +165,30 @@ impl VcpuState {
             syncs: Vec::new(),
             state: RunState::Running,
             error: None,
-            guard: RepeatGuard::new(max_repeats),
+        }
+    }
+
+    /// Records the engine's answer to a memory fault: resume, or stop with
+    /// the report's kind for the reason.
+    pub fn apply(&mut self, action: VcpuAction) -> Decision {
+        match action {
+            VcpuAction::Resume => Decision::Resume,
+            VcpuAction::Poisoned { fault, .. } => {
+                let msg = format!(
+                    "guest touched hardware-poisoned page {} ({})",
+                    fault.gpa,
+                    if fault.private { "private" } else { "shared" }
+                );
+                self.stop(VcpuError::fault(ErrorKind::Hwpoison, &fault, msg))
+            }
+            VcpuAction::Stop(why) => {
+                let kind = ErrorKind::from(&why);
+                let err = match why.fault() {
+                    Some(f) => VcpuError::fault(kind, f, why.to_string()),
+                    None => VcpuError::plain(kind, None, why.to_string()),
+                };
+                self.stop(err)
+            }
         }
     }
 
@@ -196,24 +216,13 @@ impl VcpuState {
     }
 }
 
-/// Decides what to do with one exit.
-pub fn handle_exit(st: &mut VcpuState, policy: &FaultPolicy, exit: &Exit) -> Decision {
+/// Decides what to do with one exit (memory faults and hypercalls are
+/// handed on to the engine).
+pub fn handle_exit(st: &mut VcpuState, exit: &Exit) -> Decision {
     st.count(exit);
-    if let Exit::MemoryFault(f) = exit {
-        return match decide_fault(policy, &mut st.guard, f) {
-            FaultAction::Convert(f) => Decision::Implicit(f),
-            FaultAction::Stop(why) => {
-                let kind = ErrorKind::from(&why);
-                st.stop(VcpuError::fault(kind, why.fault(), why.to_string()))
-            }
-        };
-    }
-    st.guard.reset();
     match exit {
-        Exit::Hypercall(h) => match decide_hypercall(h) {
-            HypercallAction::Convert(m) => Decision::Explicit(m),
-            HypercallAction::Complete(ret) => Decision::CompleteHypercall(ret),
-        },
+        Exit::MemoryFault(f) => Decision::MemoryFault(*f),
+        Exit::Hypercall(h) => Decision::Hypercall(*h),
         Exit::Report(r) => handle_report(st, r),
         Exit::Hlt => st.finish(RunState::Halted, None),
         Exit::Io(_) => Decision::Resume,
@@ -240,16 +249,18 @@ pub fn handle_exit(st: &mut VcpuState, policy: &FaultPolicy, exit: &Exit) -> Dec
             None,
             format!("unknown exit reason {r}"),
         )),
-        Exit::MemoryFault(_) => Decision::Resume,
     }
 }
 
-impl From<&FaultStop> for ErrorKind {
-    fn from(why: &FaultStop) -> ErrorKind {
+impl From<&StopReason> for ErrorKind {
+    fn from(why: &StopReason) -> ErrorKind {
         match why {
-            FaultStop::Hwpoison(_) => ErrorKind::Hwpoison,
-            FaultStop::Loop { .. } => ErrorKind::FaultLoop,
-            FaultStop::Denied(_) => ErrorKind::FaultDenied,
+            StopReason::Loop { .. } => ErrorKind::FaultLoop,
+            StopReason::Denied(_) => ErrorKind::FaultDenied,
+            StopReason::Unresolvable { .. } => ErrorKind::Unresolvable,
+            StopReason::NotAMemoryFault { .. }
+            | StopReason::BadExit(_)
+            | StopReason::ConversionFailed { .. } => ErrorKind::Internal,
         }
     }
 }
@@ -290,145 +301,83 @@ fn check_failed(st: &mut VcpuState, gpa: Gpa, message: String) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use privmem_core::decide::ImplicitPolicy;
-    use privmem_core::exit::{FaultErrno, Hypercall, MmioExit, PageSizeHint};
+    use privmem_core::exit::{FaultErrno, MmioExit};
 
-    fn new_state() -> VcpuState {
-        VcpuState::new(0, FaultPolicy::DEFAULT_MAX_REPEATS)
-    }
-
-    fn fault(gpa: u64, private: bool, errno: FaultErrno) -> Exit {
-        Exit::MemoryFault(MemoryFault {
+    fn fault(gpa: u64, private: bool, errno: FaultErrno) -> MemoryFault {
+        MemoryFault {
             gpa: Gpa(gpa),
             size: 4096,
             private,
             errno,
-        })
-    }
-
-    #[test]
-    fn handle_hwpoison_stops_with_hwpoison_never_converts() {
-        let mut st = new_state();
-        let d = handle_exit(
-            &mut st,
-            &FaultPolicy::default(),
-            &fault(0x300000, true, FaultErrno::Ehwpoison),
-        );
-        assert_eq!(d, Decision::Done);
-        assert_eq!(st.error.as_ref().map(|e| e.kind), Some(ErrorKind::Hwpoison));
-        assert_eq!(st.error.as_ref().and_then(|e| e.gpa), Some(0x300000));
-    }
-
-    #[test]
-    fn handle_fault_convert_policy_asks_for_implicit_conversion() {
-        let mut st = new_state();
-        let d = handle_exit(
-            &mut st,
-            &FaultPolicy::default(),
-            &fault(0x1000, true, FaultErrno::Efault),
-        );
-        assert!(matches!(d, Decision::Implicit(f) if f.private && f.gpa == Gpa(0x1000)));
-    }
-
-    #[test]
-    fn handle_fault_deny_policy_stops_with_fault_denied() {
-        let mut st = new_state();
-        let p = FaultPolicy {
-            implicit: ImplicitPolicy::Deny,
-            ..FaultPolicy::default()
-        };
-        handle_exit(&mut st, &p, &fault(0x1000, true, FaultErrno::Efault));
-        assert_eq!(st.error.map(|e| e.kind), Some(ErrorKind::FaultDenied));
-    }
-
-    #[test]
-    fn handle_same_fault_max_repeats_times_stops_with_fault_loop() {
-        let mut st = new_state();
-        let p = FaultPolicy::default();
-        let f = fault(0x2000, false, FaultErrno::Efault);
-        assert!(matches!(
-            handle_exit(&mut st, &p, &f),
-            Decision::Implicit(_)
-        ));
-        assert!(matches!(
-            handle_exit(&mut st, &p, &f),
-            Decision::Implicit(_)
-        ));
-        assert_eq!(handle_exit(&mut st, &p, &f), Decision::Done);
-        assert_eq!(st.error.map(|e| e.kind), Some(ErrorKind::FaultLoop));
-    }
-
-    #[test]
-    fn handle_other_exit_between_faults_resets_repeat_guard() {
-        let mut st = new_state();
-        let p = FaultPolicy::default();
-        let f = fault(0x2000, false, FaultErrno::Efault);
-        handle_exit(&mut st, &p, &f);
-        handle_exit(&mut st, &p, &f);
-        handle_exit(&mut st, &p, &Exit::Report(GuestReport::CheckPassed));
-        assert!(matches!(
-            handle_exit(&mut st, &p, &f),
-            Decision::Implicit(_)
-        ));
-    }
-
-    #[test]
-    fn handle_different_faults_do_not_trip_guard() {
-        let mut st = new_state();
-        let p = FaultPolicy::default();
-        for i in 0..10 {
-            let d = handle_exit(&mut st, &p, &fault(i * 4096, true, FaultErrno::Efault));
-            assert!(matches!(d, Decision::Implicit(_)));
         }
     }
 
     #[test]
-    fn handle_invalid_map_completes_with_einval() {
-        let mut st = new_state();
-        let d = handle_exit(
-            &mut st,
-            &FaultPolicy::default(),
-            &Exit::Hypercall(Hypercall::decode(12, [1, 1, 0, 0, 0, 0])),
+    fn faults_and_hypercalls_go_to_the_engine_counted() {
+        let mut st = VcpuState::new(0);
+        let f = fault(0x1000, true, FaultErrno::Efault);
+        assert_eq!(
+            handle_exit(&mut st, &Exit::MemoryFault(f)),
+            Decision::MemoryFault(f)
         );
-        assert_eq!(d, Decision::CompleteHypercall(-22));
+        let h = Hypercall::decode(12, [0x1000, 2, 0x10, 0, 0, 0]);
+        assert_eq!(
+            handle_exit(&mut st, &Exit::Hypercall(h)),
+            Decision::Hypercall(h)
+        );
+        assert_eq!((st.exits.memory_fault, st.exits.hypercall), (1, 1));
+        assert_eq!(st.state, RunState::Running);
     }
 
     #[test]
-    fn handle_unknown_hypercall_completes_with_enosys() {
-        let mut st = new_state();
-        let d = handle_exit(
-            &mut st,
-            &FaultPolicy::default(),
-            &Exit::Hypercall(Hypercall::decode(99, [0; 6])),
+    fn poisoned_action_stops_with_hwpoison_and_the_gpa() {
+        let mut st = VcpuState::new(0);
+        let f = fault(0x300000, true, FaultErrno::Ehwpoison);
+        let d = st.apply(VcpuAction::Poisoned {
+            gpa: f.gpa,
+            fault: f,
+        });
+        assert_eq!(d, Decision::Done);
+        let e = st.error.expect("stopped");
+        assert_eq!(
+            (e.kind, e.gpa, e.errno),
+            (ErrorKind::Hwpoison, Some(0x300000), Some("EHWPOISON"))
         );
-        assert_eq!(d, Decision::CompleteHypercall(-1000));
     }
 
     #[test]
-    fn handle_valid_map_is_explicit() {
-        let mut st = new_state();
-        let d = handle_exit(
-            &mut st,
-            &FaultPolicy::default(),
-            &Exit::Hypercall(Hypercall::decode(12, [0x1000, 2, 0x10, 0, 0, 0])),
-        );
-        assert!(
-            matches!(d, Decision::Explicit(m) if m.to_private && m.pages == 2 && m.page_size_hint == PageSizeHint::Size4K)
-        );
+    fn stop_reasons_map_to_report_kinds() {
+        let f = fault(0x2000, false, FaultErrno::Efault);
+        let cases = [
+            (
+                StopReason::Loop { fault: f, count: 3 },
+                ErrorKind::FaultLoop,
+            ),
+            (StopReason::Denied(f), ErrorKind::FaultDenied),
+            (
+                StopReason::NotAMemoryFault { errno: 5 },
+                ErrorKind::Internal,
+            ),
+        ];
+        for (why, kind) in cases {
+            let mut st = VcpuState::new(0);
+            st.apply(VcpuAction::Stop(why));
+            assert_eq!(st.error.map(|e| e.kind), Some(kind));
+        }
+        let mut st = VcpuState::new(0);
+        assert_eq!(st.apply(VcpuAction::Resume), Decision::Resume);
+        assert_eq!(st.state, RunState::Running);
     }
 
     #[test]
     fn handle_check_failed_marks_failed() {
-        let mut st = new_state();
+        let mut st = VcpuState::new(0);
         let r = GuestReport::CheckFailed {
             gpa: Gpa(0x1234),
             seen: 0,
             expected: 0xab,
         };
-        assert_eq!(
-            handle_exit(&mut st, &FaultPolicy::default(), &Exit::Report(r)),
-            Decision::Done
-        );
+        assert_eq!(handle_exit(&mut st, &Exit::Report(r)), Decision::Done);
         assert_eq!(st.state, RunState::Failed);
         assert_eq!(st.checks.failed, 1);
         assert!(st.error.unwrap().message.contains("0xab"));
@@ -436,24 +385,20 @@ mod tests {
 
     #[test]
     fn handle_mmio_stops_unresolvable() {
-        let mut st = new_state();
+        let mut st = VcpuState::new(0);
         let m = Exit::Mmio(MmioExit {
             gpa: Gpa(0xdead000),
             len: 4,
             write: true,
         });
-        handle_exit(&mut st, &FaultPolicy::default(), &m);
+        handle_exit(&mut st, &m);
         assert_eq!(st.error.map(|e| e.kind), Some(ErrorKind::Unresolvable));
     }
 
     #[test]
     fn handle_sync_records_tag_and_counts_io() {
-        let mut st = new_state();
-        handle_exit(
-            &mut st,
-            &FaultPolicy::default(),
-            &Exit::Report(GuestReport::Sync { tag: 7 }),
-        );
+        let mut st = VcpuState::new(0);
+        handle_exit(&mut st, &Exit::Report(GuestReport::Sync { tag: 7 }));
         assert_eq!(st.syncs, vec![7]);
         assert_eq!(st.exits.io, 1);
     }

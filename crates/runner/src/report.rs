@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use privmem_core::attrmap::Run;
 use privmem_core::backend::{Hypervisor, Vm};
+use privmem_core::contract::HvBackend;
 use privmem_core::engine::Engine;
 
 use crate::handle::{Checks, ExitCounts, RunState, VcpuError, VcpuState};
@@ -100,7 +101,7 @@ pub struct Report {
 impl Report {
     /// Assembles the report from the engine and the final vCPU states.
     pub fn build<H: Hypervisor>(
-        engine: &Engine<H>,
+        engine: &Engine<HvBackend<H>>,
         w: &Workload,
         states: Vec<VcpuState>,
         elapsed: Duration,
@@ -122,10 +123,10 @@ impl Report {
             .iter()
             .all(|v| v.state == RunState::Halted && v.checks.failed == 0);
         Report {
-            backend: engine.hypervisor().name().to_string(),
+            backend: engine.backend().hypervisor().name().to_string(),
             backend_reason: String::new(),
             vm_type: w.vm_type.name(),
-            hypercall_transport: engine.vm().hypercall_transport(),
+            hypercall_transport: engine.backend().vm().hypercall_transport(),
             ok,
             vcpus,
             conversions: Conversions {

@@ -6,19 +6,17 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use privmem_core::backend::{
-    Cap, GmemRef, Hypervisor, Kick, Region, RegionApi, RunError, SharedKind, UserAddr, Vcpu, Vm,
-    MEM_GUEST_MEMFD,
-};
-use privmem_core::decide::FaultPolicy;
-use privmem_core::engine::{ConvertError, Engine, GmemPiece, Origin, SlotBacking};
+use privmem_core::backend::{Cap, Hypervisor, Kick, RunError, SharedKind, Vcpu, Vm};
+use privmem_core::contract::HvBackend;
+use privmem_core::engine::{ConvertError, Engine};
 use privmem_core::error::BackendError;
-use privmem_core::exit::{hc_ret, MemoryFault, EXIT_HYPERCALL_MAP_GPA_RANGE};
-use privmem_core::types::{GmemFlags, GuestMemfd, SlotId, PAGE_SIZE};
+use privmem_core::exit::{Exit, EXIT_HYPERCALL_MAP_GPA_RANGE};
+use privmem_core::slot::{GmemBinding, SharedBinding, SlotDesc, SlotError};
+use privmem_core::types::{GmemFlags, SlotId};
 
 use crate::handle::{handle_exit, Decision, ErrorKind, RunState, VcpuError, VcpuState};
 use crate::report::Report;
-use crate::workload::{Policy, SlotSpec, Workload};
+use crate::workload::{SlotSpec, Workload};
 /// Consecutive EINTR/EAGAIN returns tolerated before the vCPU is stopped.
 const MAX_RETRIES: u32 = 100_000;
 
@@ -37,6 +35,9 @@ pub enum SetupError {
     /// Initial attributes could not be applied.
     #[error("setup: initial attributes")]
     Convert(#[from] ConvertError),
+    /// A memslot could not be added.
+    #[error("setup: memslot")]
+    Slot(#[from] SlotError),
 }
 
 fn setup<T>(what: impl Into<String>, r: Result<T, BackendError>) -> Result<T, SetupError> {
@@ -53,17 +54,19 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
 }
 
-/// The engine, the loaded vCPUs and the policy of a [`Machine`].
-pub type MachineParts<H> = (Arc<Engine<H>>, Vec<VcpuOf<H>>, Policy);
+/// The engine privmem's harness runs: the conversion engine over the full
+/// hypervisor traits ([`HvBackend`]).
+pub type HvEngine<H> = Engine<HvBackend<H>>;
+/// The engine and the loaded vCPUs of a [`Machine`].
+pub type MachineParts<H> = (Arc<HvEngine<H>>, Vec<VcpuOf<H>>);
 /// The vCPU type of a hypervisor.
 pub type VcpuOf<H> = <<H as Hypervisor>::Vm as Vm>::Vcpu;
 
 /// A VM built from a workload, ready to run.
 pub struct Machine<H: Hypervisor> {
     /// The engine (owns the VM and slots).
-    pub engine: Arc<Engine<H>>,
+    pub engine: Arc<HvEngine<H>>,
     vcpus: Vec<<H::Vm as Vm>::Vcpu>,
-    policy: Policy,
 }
 
 impl<H: Hypervisor> std::fmt::Debug for Machine<H> {
@@ -74,17 +77,18 @@ impl<H: Hypervisor> std::fmt::Debug for Machine<H> {
     }
 }
 
-/// Builds the slot backing for one workload slot.
-fn build_slot<V: Vm>(
+/// The slot description for one workload slot: its guest_memfd and shared
+/// memory, created on `vm`.
+fn describe_slot<V: Vm>(
     vm: &V,
     spec: &SlotSpec,
     id: u16,
-) -> Result<SlotBacking<V::Shared>, SetupError> {
+) -> Result<SlotDesc<privmem_core::GuestMemfd, V::Shared>, SetupError> {
     let size = spec.range.len();
     let private_vm = vm.vm_type().has_private_mem();
     let gmem_ok = vm.check_extension(Cap::GuestMemfd).unwrap_or(0) != 0;
     let use_gmem = spec.guest_memfd && ((private_vm && gmem_ok) || vm.has_shared_gmem());
-    let (gmem, gmem_only) = if use_gmem {
+    let gmem = if use_gmem {
         let flags = if private_vm {
             GmemFlags(0)
         } else {
@@ -94,67 +98,27 @@ fn build_slot<V: Vm>(
             format!("guest_memfd for slot {id}"),
             vm.create_guest_memfd(size, flags),
         )?;
-        (
-            Some(GmemPiece {
-                file: Arc::new(file),
-                offset: 0,
-            }),
-            !private_vm,
-        )
+        Some(GmemBinding { file, offset: 0 })
     } else {
-        (None, false)
+        None
     };
+    // A default VM's MMAP|INIT_SHARED guest_memfd is its only backing.
+    let gmem_only = use_gmem && !private_vm;
     let shared = if gmem_only {
         None
     } else {
-        Some(setup(
+        let mem = setup(
             format!("shared memory for slot {id}"),
             vm.create_shared(size, SharedKind::Memfd),
-        )?)
+        )?;
+        Some(SharedBinding { mem, offset: 0 })
     };
-    add_region(
-        vm,
-        spec,
-        id,
-        gmem.as_ref().map(|g| &*g.file),
-        shared.as_ref(),
-    )?;
-    // A memslot holds no file reference: dropping our handle releases the
-    // file and kills the binding (kvm_gmem_release), as a VMM closing its fd.
-    let gmem = if spec.close_guest_memfd { None } else { gmem };
-    Ok(SlotBacking {
+    Ok(SlotDesc {
         id: SlotId(id),
         range: spec.range,
         gmem,
         shared,
-        gmem_only,
     })
-}
-
-fn add_region<V: Vm>(
-    vm: &V,
-    spec: &SlotSpec,
-    id: u16,
-    gmem: Option<&GuestMemfd>,
-    shared: Option<&V::Shared>,
-) -> Result<(), SetupError> {
-    let region = Region {
-        api: RegionApi::V2,
-        slot: u32::from(id),
-        flags: if gmem.is_some() { MEM_GUEST_MEMFD } else { 0 },
-        gpa: spec.range.start().raw(),
-        size: spec.range.len(),
-        userspace: match shared {
-            Some(mem) => UserAddr::Backing { mem, offset: 0 },
-            None => UserAddr::Raw(0),
-        },
-        gmem: gmem.map_or(GmemRef::Raw(-1), GmemRef::File),
-        gmem_offset: 0,
-    };
-    setup(
-        format!("memslot {id} at {}", spec.range),
-        vm.set_user_memory_region(&region),
-    )
 }
 
 impl<H: Hypervisor> Machine<H> {
@@ -167,7 +131,10 @@ impl<H: Hypervisor> Machine<H> {
         // Not every VM can forward MAP_GPA_RANGE; the guest then sees -1000,
         // exactly as on a kernel without the exit enabled.
         let _ = vm.enable_exit_hypercall(EXIT_HYPERCALL_MAP_GPA_RANGE);
-        let mut slots = Vec::with_capacity(w.slots.len());
+        let engine = Arc::new(Engine::new(
+            HvBackend::new(hv, vm.clone()),
+            w.policy.engine_config(),
+        ));
         for (i, spec) in w.slots.iter().enumerate() {
             let id = u16::try_from(i).map_err(|_| SetupError::Backend {
                 what: "slots".into(),
@@ -176,9 +143,14 @@ impl<H: Hypervisor> Machine<H> {
                     why: "too many slots".into(),
                 },
             })?;
-            slots.push(build_slot(&*vm, spec, id)?);
+            engine.add_slot(describe_slot(&*vm, spec, id)?)?;
+            if spec.close_guest_memfd {
+                // A memslot holds no file reference: dropping the only
+                // handle releases the file and kills the binding
+                // (kvm_gmem_release), as a VMM closing its fd.
+                engine.close_gmem(SlotId(id))?;
+            }
         }
-        let engine = Arc::new(Engine::new(hv, vm.clone(), slots, w.policy.engine_config()));
         if w.initial_private {
             let gmem: Vec<_> = w
                 .slots
@@ -198,17 +170,13 @@ impl<H: Hypervisor> Machine<H> {
             setup(format!("load program of vcpu {i}"), vcpu.load_program(ops))?;
             vcpus.push(vcpu);
         }
-        Ok(Machine {
-            engine,
-            vcpus,
-            policy: w.policy,
-        })
+        Ok(Machine { engine, vcpus })
     }
 
-    /// The engine, the vCPUs (programs loaded) and the policy, for callers
+    /// The engine and the vCPUs (programs loaded), for callers
     /// that drive vCPUs themselves with [`run_vcpu`].
     pub fn into_parts(self) -> MachineParts<H> {
-        (self.engine, self.vcpus, self.policy)
+        (self.engine, self.vcpus)
     }
 
     /// Runs every vCPU on its own thread until all are done.
@@ -221,9 +189,8 @@ impl<H: Hypervisor> Machine<H> {
             for vcpu in self.vcpus {
                 let (engine, stop, done) = (self.engine.clone(), stop.clone(), done_tx.clone());
                 let results = &results;
-                let policy = self.policy;
                 s.spawn(move || {
-                    let st = run_vcpu(vcpu, &engine, &policy, &stop);
+                    let st = run_vcpu(vcpu, &engine, &stop);
                     results
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
@@ -275,27 +242,26 @@ fn watchdog(
     }
 }
 
-/// One vCPU's run loop: run, decode (in the backend), handle, act, until
+/// One vCPU's run loop: run, decode (in the backend), handle, and hand
+/// memory faults and hypercalls to the engine's public per-exit calls, until
 /// the vCPU halts, fails or is stopped (`stop` raised, e.g. by a timeout).
 pub fn run_vcpu<H: Hypervisor>(
     mut vcpu: <H::Vm as Vm>::Vcpu,
-    engine: &Engine<H>,
-    policy: &Policy,
+    engine: &HvEngine<H>,
     stop: &AtomicBool,
 ) -> VcpuState {
-    run_vcpu_on(&mut vcpu, engine, policy, stop)
+    run_vcpu_on(&mut vcpu, engine, stop)
 }
 
 /// [`run_vcpu`] on a borrowed vCPU, which the caller keeps (e.g. to load
 /// another program and run it again, as `privmem bench` does).
 pub fn run_vcpu_on<H: Hypervisor>(
     vcpu: &mut <H::Vm as Vm>::Vcpu,
-    engine: &Engine<H>,
-    policy: &Policy,
+    engine: &HvEngine<H>,
     stop: &AtomicBool,
 ) -> VcpuState {
-    let policy: FaultPolicy = policy.fault_policy();
-    let mut st = VcpuState::new(vcpu.index(), policy.max_repeats);
+    let mut st = VcpuState::new(vcpu.index());
+    let mut guard = engine.repeat_guard();
     let mut retries = 0u32;
     while st.state == RunState::Running {
         if stop.load(Ordering::SeqCst) {
@@ -314,8 +280,25 @@ pub fn run_vcpu_on<H: Hypervisor>(
             }
         };
         retries = 0;
-        let decision = handle_exit(&mut st, &policy, &exit);
-        act(vcpu, &mut st, engine, decision);
+        if !matches!(exit, Exit::MemoryFault(_)) {
+            guard.reset();
+        }
+        match handle_exit(&mut st, &exit) {
+            Decision::Resume | Decision::Done => {}
+            Decision::MemoryFault(f) => {
+                st.apply(engine.handle_fault(&mut guard, &f));
+            }
+            Decision::Hypercall(h) => {
+                let ret = engine.handle_decoded_hypercall(&mut guard, &h, None);
+                if let Err(e) = vcpu.complete_hypercall(ret) {
+                    st.stop(VcpuError::plain(
+                        ErrorKind::Internal,
+                        None,
+                        format!("completing hypercall: {e}"),
+                    ));
+                }
+            }
+        }
     }
     st
 }
@@ -341,46 +324,6 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out.join(": ")
-}
-
-fn act<V: Vcpu, H: Hypervisor>(vcpu: &mut V, st: &mut VcpuState, engine: &Engine<H>, d: Decision) {
-    let ret = match d {
-        Decision::Resume | Decision::Done => return,
-        Decision::CompleteHypercall(ret) => ret,
-        Decision::Explicit(m) => {
-            let len = m.pages.saturating_mul(PAGE_SIZE);
-            match engine.convert(m.gpa, len, m.to_private, Origin::Explicit) {
-                Ok(_) => hc_ret::OK,
-                Err(_) => hc_ret::EINVAL,
-            }
-        }
-        Decision::Implicit(f) => return implicit(st, engine, &f),
-    };
-    if let Err(e) = vcpu.complete_hypercall(ret) {
-        st.stop(VcpuError::plain(
-            ErrorKind::Internal,
-            None,
-            format!("completing hypercall: {e}"),
-        ));
-    }
-}
-
-fn implicit<H: Hypervisor>(st: &mut VcpuState, engine: &Engine<H>, f: &MemoryFault) {
-    match engine.convert(
-        f.gpa.page_base(),
-        f.size.max(PAGE_SIZE),
-        f.private,
-        Origin::Implicit,
-    ) {
-        Ok(_) => {}
-        Err(e @ (ConvertError::Refused { .. } | ConvertError::Invalid { .. })) => {
-            st.stop(VcpuError::fault(ErrorKind::Unresolvable, f, e.to_string()));
-        }
-        Err(e) => {
-            let msg = format!("{e}: {}", source_chain(&e));
-            st.stop(VcpuError::fault(ErrorKind::Internal, f, msg));
-        }
-    }
 }
 
 /// Builds, runs and reports a workload on `hv`.

@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::machine;
-use privmem_core::engine::{Origin, Outcome};
+use privmem_core::engine::{ConvertTo, Origin, Outcome};
 use privmem_core::{Gpa, GpaRange};
 
 #[test]
@@ -23,13 +23,13 @@ ops = [ { op = "halt" } ]
     let e = m.engine.clone();
     // Every other page of the first 16 becomes shared: 8 private runs left.
     for p in (0..16u64).step_by(2) {
-        e.convert(Gpa(p * 4096), 4096, false, Origin::Explicit)
+        e.convert(Gpa(p * 4096), 4096, ConvertTo::Shared, Origin::Explicit)
             .unwrap();
     }
     let before = e.stats.discarded_gmem.load(Ordering::Relaxed);
 
     let out = e
-        .convert(Gpa(0), 16 * 4096, false, Origin::Explicit)
+        .convert(Gpa(0), 16 * 4096, ConvertTo::Shared, Origin::Explicit)
         .unwrap();
 
     assert_eq!(out, Outcome::Converted { pages: 8 });

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 mod common;
 use common::machine;
 use privmem_core::backend::{GmemRef, Region, RegionApi, UserAddr, Vcpu, Vm};
-use privmem_core::engine::Origin;
+use privmem_core::engine::{ConvertTo, Origin};
 use privmem_core::exit::Exit;
 use privmem_core::{Errno, Gpa};
 use privmem_model::{InjectOp, ModelShared};
@@ -44,7 +44,7 @@ fn run_eintr_and_eagain_are_retried() {
 #[test]
 fn slot_deleted_while_vcpu_waits_at_fault_ends_defined() {
     let (_hv, m) = machine(RW);
-    let (engine, mut vcpus, policy) = m.into_parts();
+    let (engine, mut vcpus) = m.into_parts();
     let mut vcpu = vcpus.remove(0);
     // Run until the shared write faults (page 0x3000 is private).
     let fault = loop {
@@ -68,7 +68,7 @@ fn slot_deleted_while_vcpu_waits_at_fault_ends_defined() {
         .vm()
         .set_user_memory_region(&delete)
         .expect("delete slot 0");
-    let st = run_vcpu(vcpu, &engine, &policy, &AtomicBool::new(false));
+    let st = run_vcpu(vcpu, &engine, &AtomicBool::new(false));
     // The access can never succeed again; the guard stops it, no hang.
     assert_eq!(st.state, RunState::Stopped);
     let kind = st.error.as_ref().map(|e| e.kind);
@@ -97,18 +97,19 @@ ops = [
 ]
 "#;
     let (hv, m) = machine(text);
-    let (engine, mut vcpus, policy) = m.into_parts();
-    let st = run_vcpu(vcpus.remove(0), &engine, &policy, &AtomicBool::new(false));
+    let (engine, mut vcpus) = m.into_parts();
+    let st = run_vcpu(vcpus.remove(0), &engine, &AtomicBool::new(false));
     assert_eq!(st.error.as_ref().map(|e| e.kind), Some(ErrorKind::Hwpoison));
     // The VMM recovers the page: shared (punch, which clears the poison), then private again.
     let len = 4096;
     engine
-        .convert(Gpa(0x2000), len, false, Origin::Explicit)
+        .convert(Gpa(0x2000), len, ConvertTo::Shared, Origin::Explicit)
         .expect("to shared");
     engine
-        .convert(Gpa(0x2000), len, true, Origin::Explicit)
+        .convert(Gpa(0x2000), len, ConvertTo::Private, Origin::Explicit)
         .expect("to private");
-    let gmem = engine.slots()[0].gmem.as_ref().expect("gmem");
+    let slots = engine.slots();
+    let gmem = slots[0].gmem.as_ref().expect("gmem");
     let mut page = vec![0xffu8; 4096];
     hv.gmem_read(&gmem.file, 0x2000, &mut page)
         .expect("read recovered page");

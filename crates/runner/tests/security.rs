@@ -11,11 +11,11 @@ mod common;
 use common::machine;
 use privmem_core::attrmap::AttrMap;
 use privmem_core::backend::HostMemory;
-use privmem_core::engine::Engine;
+
 use privmem_core::{Errno, Gpa, GpaRange};
 use privmem_model::{InjectOp, ModelHypervisor};
 use privmem_runner::handle::{ErrorKind, RunState, VcpuState};
-use privmem_runner::runtime::RunOptions;
+use privmem_runner::runtime::{HvEngine, RunOptions};
 
 fn all_halted(states: &[VcpuState]) {
     for s in states {
@@ -30,8 +30,9 @@ fn all_halted(states: &[VcpuState]) {
 }
 
 /// Reads `len` bytes of slot 0's shared backing at `off` (the host's view).
-fn host_shared(engine: &Engine<ModelHypervisor>, off: u64, len: usize) -> Vec<u8> {
-    let shared = engine.slots()[0].shared.as_ref().expect("shared backing");
+fn host_shared(engine: &HvEngine<ModelHypervisor>, off: u64, len: usize) -> Vec<u8> {
+    let slots = engine.slots();
+    let shared = &slots[0].shared.as_ref().expect("shared backing").mem;
     let mut buf = vec![0xeeu8; len];
     shared.read(off, &mut buf).expect("host read");
     buf
@@ -135,7 +136,7 @@ ops = [
     assert_eq!(states[0].exits.memory_fault, 2);
 }
 
-fn kernel_attrs(engine: &Engine<ModelHypervisor>) -> AttrMap {
+fn kernel_attrs(engine: &HvEngine<ModelHypervisor>) -> AttrMap {
     engine.vm().attributes()
 }
 

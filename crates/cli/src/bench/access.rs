@@ -104,7 +104,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         vec![program(size, 1)],
     );
     let m = Machine::new(hv, &w).context("model setup")?;
-    let (engine, mut vcpus, policy) = m.into_parts();
+    let (engine, mut vcpus) = m.into_parts();
     let mut vcpu = vcpus.pop().context("one vCPU")?;
     let stop = AtomicBool::new(false);
     let memfd = BareMemfd::new(size)?;
@@ -133,7 +133,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             }
             Side::Privmem => {
                 vcpu.load_program(&program(size, byte))?;
-                let (t, st) = timed(|| run_vcpu_on(&mut vcpu, &engine, &policy, &stop));
+                let (t, st) = timed(|| run_vcpu_on(&mut vcpu, &engine, &stop));
                 if st.state != RunState::Halted || st.checks.passed != 1 {
                     bail!("guest ended {:?}: {:?}", st.state, st.error);
                 }

@@ -19,13 +19,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use privmem_core::engine::{Engine, Origin, Outcome};
+use privmem_core::engine::{ConvertTo, Origin, Outcome};
 use privmem_core::{Access, Gpa, GuestOp, HostMemory, Vcpu, VmType};
 use privmem_kvm::bench::BareMemfd;
 use privmem_model::{KernelProfile, ModelHypervisor};
 use privmem_runner::handle::RunState;
-use privmem_runner::runtime::{run_vcpu_on, Machine, VcpuOf};
-use privmem_runner::workload::Policy;
+use privmem_runner::runtime::{run_vcpu_on, HvEngine, Machine, VcpuOf};
 
 use super::util::{size_name, slot, timed, workload, GIB, MIB};
 use super::{median, Ctx, Row, RowSpec, Samples, Side, Target};
@@ -34,9 +33,8 @@ type Model = ModelHypervisor;
 
 /// The model machine both passes run on.
 struct Rig {
-    engine: Arc<Engine<Model>>,
+    engine: Arc<HvEngine<Model>>,
     vcpu: VcpuOf<Model>,
-    policy: Policy,
     size: u64,
 }
 
@@ -44,14 +42,9 @@ impl Rig {
     fn new(size: u64) -> anyhow::Result<Rig> {
         let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
         let w = workload(VmType::SwProtected, true, vec![slot(0, size)], vec![vec![]]);
-        let (engine, mut vcpus, policy) = Machine::new(hv, &w).context("model setup")?.into_parts();
+        let (engine, mut vcpus) = Machine::new(hv, &w).context("model setup")?.into_parts();
         let vcpu = vcpus.pop().context("one vCPU")?;
-        Ok(Rig {
-            engine,
-            vcpu,
-            policy,
-            size,
-        })
+        Ok(Rig { engine, vcpu, size })
     }
 
     /// The guest writes all its (private) memory.
@@ -66,12 +59,7 @@ impl Rig {
             GuestOp::Halt,
         ];
         self.vcpu.load_program(&ops)?;
-        let st = run_vcpu_on(
-            &mut self.vcpu,
-            &self.engine,
-            &self.policy,
-            &AtomicBool::new(false),
-        );
+        let st = run_vcpu_on(&mut self.vcpu, &self.engine, &AtomicBool::new(false));
         if st.state != RunState::Halted || st.exits.memory_fault != 0 {
             bail!("private write ended {:?}: {:?}", st.state, st.error);
         }
@@ -80,24 +68,20 @@ impl Rig {
 
     /// The host writes all the shared memory.
     fn host_writes_shared(&self) -> anyhow::Result<()> {
-        let shared = self.engine.slots()[0]
-            .shared
-            .as_ref()
-            .context("shared backing")?;
+        let slots = self.engine.slots();
+        let shared = slots[0].shared.as_ref().context("shared backing")?;
         shared
+            .mem
             .fill(0, self.size, 0xa5)
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// One pass of conversions in `req`-byte requests; seconds.
-    fn pass(&self, req: u64, to_private: bool) -> anyhow::Result<f64> {
+    fn pass(&self, req: u64, to: ConvertTo) -> anyhow::Result<f64> {
         let (t, r) = timed(|| -> anyhow::Result<u64> {
             let mut pages = 0;
             for off in (0..self.size).step_by(req as usize) {
-                match self
-                    .engine
-                    .convert(Gpa(off), req, to_private, Origin::Explicit)?
-                {
+                match self.engine.convert(Gpa(off), req, to, Origin::Explicit)? {
                     Outcome::Converted { pages: p } => pages += p,
                     Outcome::NoOp => bail!("conversion at {off:#x} was a no-op"),
                 }
@@ -115,11 +99,11 @@ impl Rig {
         if written {
             self.guest_writes_private()?;
         }
-        let t1 = self.pass(req, false)?;
+        let t1 = self.pass(req, ConvertTo::Shared)?;
         if written {
             self.host_writes_shared()?;
         }
-        let t2 = self.pass(req, true)?;
+        let t2 = self.pass(req, ConvertTo::Private)?;
         Ok(t1 + t2)
     }
 }

@@ -36,7 +36,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         vec![ops.clone()],
     );
     let machine = Machine::new(hv, &w).context("setting up the KVM VM")?;
-    let (engine, mut vcpus, policy) = machine.into_parts();
+    let (engine, mut vcpus) = machine.into_parts();
     let mut vcpu = vcpus.pop().context("one vCPU")?;
     let stop = AtomicBool::new(false);
     let exits = n + 1;
@@ -54,7 +54,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
                 Ok(t * 1e6 / exits as f64)
             }
             Side::Privmem => {
-                let (t, st) = timed(|| run_vcpu_on(&mut vcpu, &engine, &policy, &stop));
+                let (t, st) = timed(|| run_vcpu_on(&mut vcpu, &engine, &stop));
                 if st.state != RunState::Halted || st.syncs.len() as u64 != n {
                     bail!(
                         "vCPU ended {:?} with {} syncs (error {:?})",

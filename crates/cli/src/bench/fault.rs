@@ -72,17 +72,17 @@ fn measure(
         }
         Side::Privmem => {
             let m = Machine::new(hv.clone(), &w).context("model setup")?;
-            let (engine, mut vcpus, policy) = m.into_parts();
+            let (engine, mut vcpus) = m.into_parts();
             let mut vcpu = vcpus.pop().context("one vCPU")?;
             if populated {
                 vcpu.load_program(&[write, GuestOp::Halt])?;
-                let st = run_vcpu_on(&mut vcpu, &engine, &policy, &stop);
+                let st = run_vcpu_on(&mut vcpu, &engine, &stop);
                 if st.state != RunState::Halted || st.exits.memory_fault != 0 {
                     bail!("private write phase ended {:?}: {:?}", st.state, st.error);
                 }
             }
             vcpu.load_program(&touch)?;
-            let (t, st) = timed(|| run_vcpu_on(&mut vcpu, &engine, &policy, &stop));
+            let (t, st) = timed(|| run_vcpu_on(&mut vcpu, &engine, &stop));
             let faults = st.exits.memory_fault;
             if st.state != RunState::Halted || faults != pages {
                 bail!(

@@ -154,7 +154,7 @@ fn discard_never_exposes_data_through_the_mappings() {
     assert_eq!(states[0].state, RunState::Halted, "{:?}", states[0].error);
     assert_eq!(states[0].checks.passed, 7);
     let slot = &engine.slots()[0];
-    let shared = slot.shared.as_ref().unwrap();
+    let shared = &slot.shared.as_ref().unwrap().mem;
     let gmem = crate::gmem::file_of(&slot.gmem.as_ref().unwrap().file).unwrap();
     assert!(shared.memfd().is_mapped() && gmem.mem.is_mapped());
     // The host's view of the discarded shared pages: zeros, no page.

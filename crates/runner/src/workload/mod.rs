@@ -17,7 +17,7 @@ use std::num::NonZeroU32;
 use std::path::Path;
 
 use privmem_core::decide::{DiscardPolicy, FaultPolicy, ImplicitPolicy};
-use privmem_core::engine::EngineConfig;
+use privmem_core::engine::{EngineConfig, PrefaultPolicy};
 use privmem_core::types::{Gpa, GpaRange, VmType};
 use privmem_core::{GpaLimit, GuestOp};
 
@@ -111,6 +111,8 @@ impl Policy {
                 DiscardPolicy::Keep
             },
             gpa_limit: GPA_LIMIT,
+            faults: self.fault_policy(),
+            prefault: PrefaultPolicy::Off,
         }
     }
 }
