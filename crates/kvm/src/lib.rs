@@ -13,6 +13,9 @@
 //!   `privmem_core::abi`), protocol ports, port-I/O hypercall emulation, kicks.
 //! - [`guest`]: x86 encoder, op compiler, runtime-area layout.
 //! - [`caps`]: hypercall transport detection.
+//! - [`vmm`]: privmem in a VMM of its own: the engine's contract over a
+//!   `kvm_ioctls::VmFd` ([`vmm::VmFdBackend`]), `KVM_RUN` with the errno of a
+//!   memory fault kept ([`vmm::run`]), `KVM_PRE_FAULT_MEMORY` ([`vmm::VcpuPreFault`]).
 //! - [`hostmem`]: [`HostMap`], a bounds-checked shared mapping of a memfd
 //!   accessed with raw copies (the model's page store).
 //!
@@ -77,6 +80,7 @@ pub mod stats;
 pub mod sys;
 pub mod vcpu;
 pub mod vm;
+pub mod vmm;
 
 pub use hostmem::{HostMap, HostMapError};
 pub use hypervisor::KvmHypervisor;

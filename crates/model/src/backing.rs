@@ -450,6 +450,8 @@ struct SharedInner {
     mem: Memfd,
     kind: SharedKind,
     discarded_pages: AtomicU64,
+    /// The VM's injection table, for backings a VM created.
+    inject: Option<Arc<crate::inject::Injector>>,
 }
 
 /// The model's shared backing for `userspace_addr`: a memfd of `len` bytes.
@@ -467,6 +469,16 @@ impl ModelShared {
     /// # Errors
     /// `Invalid` for a zero or unaligned size; `Os` if the memfd fails.
     pub fn new(size: u64, kind: SharedKind) -> Result<ModelShared> {
+        ModelShared::create(size, kind, None)
+    }
+
+    /// [`ModelShared::new`], with discards failing where `inject` says
+    /// ([`InjectOp::DiscardShared`](crate::InjectOp::DiscardShared)).
+    pub(crate) fn create(
+        size: u64,
+        kind: SharedKind,
+        inject: Option<Arc<crate::inject::Injector>>,
+    ) -> Result<ModelShared> {
         const OP: &str = "create_shared";
         if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
             return Err(BackendError::Invalid {
@@ -481,6 +493,7 @@ impl ModelShared {
                 mem,
                 kind,
                 discarded_pages: AtomicU64::new(0),
+                inject,
             }),
         })
     }
@@ -575,6 +588,14 @@ impl SharedMemory for ModelShared {
                 op: OP,
                 why: format!("range {offset:#x}+{len:#x} is unaligned or outside the backing"),
             });
+        }
+        let injected = self
+            .inner
+            .inject
+            .as_ref()
+            .and_then(|i| i.check(crate::InjectOp::DiscardShared));
+        if let Some(errno) = injected {
+            return Err(BackendError::os(OP, errno));
         }
         self.inner
             .mem

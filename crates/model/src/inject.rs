@@ -29,6 +29,9 @@ pub enum InjectOp {
     Run,
     /// `mmap` of a guest_memfd (e.g. ENOMEM).
     Mmap,
+    /// Discarding a VM-created shared backing (`fallocate(PUNCH_HOLE)` on
+    /// its memfd; e.g. EIO), as a conversion to private does.
+    DiscardShared,
 }
 
 #[derive(Debug)]

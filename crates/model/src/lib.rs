@@ -26,6 +26,7 @@
 
 mod attrs;
 mod backing;
+pub mod embed;
 mod fault;
 mod gmem;
 mod inject;

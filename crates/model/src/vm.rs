@@ -241,7 +241,7 @@ impl Vm for ModelVm {
     }
 
     fn create_shared(&self, size: u64, kind: SharedKind) -> Result<ModelShared> {
-        ModelShared::new(size, kind)
+        ModelShared::create(size, kind, Some(self.inner.inject.clone()))
     }
 
     fn create_vcpu(&self, index: u32) -> Result<ModelVcpu> {
