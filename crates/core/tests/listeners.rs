@@ -94,19 +94,6 @@ fn setup() -> (Arc<ModelHypervisor>, Arc<ModelEngine>) {
     (hv, Arc::new(e))
 }
 
-fn private_pages(e: &ModelEngine) -> String {
-    let k = e.vm().attributes();
-    assert_eq!(k, e.attr_map(), "map == kernel view");
-    format!(
-        "{:?}",
-        k.runs(range(0, 1 << 20))
-            .iter()
-            .filter(|r| r.private)
-            .map(|r| r.range)
-            .collect::<Vec<_>>()
-    )
-}
-
 #[test]
 fn to_private_listener_is_told_before_the_shared_backing_is_discarded() {
     let (_hv, e) = setup();
