@@ -140,7 +140,10 @@ fn two_vcpus_convert_while_slots_come_and_go() {
     );
     eprintln!("{cycles} hotplug cycles, {ok} explicit ok, {refused} refused, {implicit} implicit");
     assert!(cycles > 10, "only {cycles} hotplug cycles");
-    assert!(refused > 0 && ok > 1000 && implicit > 100, "refused {refused}, ok {ok}, implicit {implicit}");
+    assert!(
+        refused > 0 && ok > 1000 && implicit > 100,
+        "refused {refused}, ok {ok}, implicit {implicit}"
+    );
     // Merge the two oracles (disjoint pages) and compare page by page.
     let map = e.attr_map();
     let kernel = e.vm().attributes();
