@@ -13,6 +13,7 @@
 //! `rig/run --example vmm` runs it on real KVM inside the rig.
 
 use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_enable_cap, KVM_CAP_EXIT_HYPERCALL, KVM_CAP_GUEST_MEMFD, KVM_CAP_VM_TYPES};
@@ -29,11 +30,9 @@ use vm_memory::{Bytes, GuestAddress, GuestRegionMmap, MemoryRegionAddress};
 const MEM: u64 = 2 << 20;
 const CODE: u64 = 0x1000;
 const SW_PROTECTED_VM: u64 = 1;
-/// The guest reports a hypercall's return value on this port,
+/// Guest ports: a hypercall's return value, a byte read at 0x8000, "unplug".
 const PORT_RET: u16 = 0xf0;
-/// a byte it read at 0x8000 on this one,
 const PORT_READ: u16 = 0xf1;
-/// and asks the VMM to unplug its guest_memfd on this one.
 const PORT_UNPLUG: u16 = 0xf2;
 
 type Error = Box<dyn std::error::Error>;
@@ -70,13 +69,8 @@ impl ConversionListener for Dma {
         "example-dma"
     }
     fn committed(&self, c: &Conversion<'_>) {
-        println!(
-            "listener: {} -> {} ({} pages, {:?})",
-            c.range,
-            c.to.name(),
-            c.pages(),
-            c.origin
-        );
+        let (r, to, n) = (c.range, c.to.name(), c.pages());
+        println!("listener: {r} -> {to} ({n} pages, {:?})", c.origin);
     }
 }
 
@@ -127,13 +121,11 @@ fn run() -> Result<Option<String>, Error> {
 
     // The VMM's memory: shared anonymous memory through vm-memory, and a
     // guest_memfd for the private side. One description makes the memslot.
-    let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-    let mmap = Arc::new(MmapRegion::build(
-        None,
-        MEM as usize,
+    let (prot, flags) = (
         libc::PROT_READ | libc::PROT_WRITE,
-        flags,
-    )?);
+        libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+    );
+    let mmap = Arc::new(MmapRegion::build(None, MEM as usize, prot, flags)?);
     let ram = GuestRegionMmap::with_arc(mmap.clone(), GuestAddress(0)).ok_or("region")?;
     ram.write_slice(GUEST, MemoryRegionAddress(CODE))?;
     let config = EngineConfig {
@@ -173,7 +165,12 @@ fn run() -> Result<Option<String>, Error> {
             if run.private { "private" } else { "shared" }
         );
     }
-    println!("vmm: OK");
+    let stats = &engine.stats;
+    let (calls, errors) = (
+        stats.prefault_calls.load(Relaxed),
+        stats.prefault_errors.load(Relaxed),
+    );
+    println!("vmm: OK (KVM_PRE_FAULT_MEMORY calls: {calls}, errors ignored: {errors})");
     Ok(None)
 }
 
