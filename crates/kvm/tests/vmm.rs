@@ -138,7 +138,7 @@ fn shared_regions_discard_by_their_kind() {
     };
     let b = VmFdBackend::new(vm, VmType::Default);
     // Shared and private anonymous memory, and a MAP_SHARED file mapping.
-    let mut file = File::from(OwnedFd::from(tempfile()));
+    let mut file = File::from(tempfile());
     file.set_len(2 * MIB).unwrap();
     file.seek(SeekFrom::Start(0x3000)).unwrap();
     file.write_all(&[0x42; 0x1000]).unwrap();
