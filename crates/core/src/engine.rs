@@ -379,12 +379,8 @@ impl<B: ConversionBackend> Engine<B> {
         to: ConvertTo,
         origin: Origin,
     ) -> Result<Outcome, ConvertError> {
-        // Held for the whole transaction (two uncontended atomics, no
-        // reference count): a slot change waits for it, and slots
-        // overlapping `range` cannot change anyway (range lock).
-        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
-        let slots: &[Arc<SlotDesc<B::Gmem, B::Shared>>] = &slots;
-        self.settle_pending(slots, range)?;
+        let slots = self.slots();
+        self.settle_pending(&slots, range)?;
         // The runs that change (usually one; no allocation for up to two).
         // One walk of the map: no run to change means a no-op.
         let mut changed = Runs::new(range);
@@ -394,13 +390,13 @@ impl<B: ConversionBackend> Engine<B> {
             .for_each(|r| changed.push(r));
         let runs = changed.as_slice();
         if runs.is_empty() {
-            slots::refuse_partly_outside(slots, range)?;
+            slots::refuse_partly_outside(&slots, range)?;
             return Ok(Outcome::NoOp);
         }
-        slots::refuse_unconvertible(slots, range, to, self.support)?;
+        slots::refuse_unconvertible(&slots, range, to, self.support)?;
         let pages = match to {
-            ConvertTo::Shared => self.to_shared(slots, range, runs, origin)?,
-            ConvertTo::Private => self.to_private(slots, range, runs, origin)?,
+            ConvertTo::Shared => self.to_shared(&slots, range, runs, origin)?,
+            ConvertTo::Private => self.to_private(&slots, range, runs, origin)?,
         };
         self.count(pages, to, origin);
         Ok(Outcome::Converted { pages })
