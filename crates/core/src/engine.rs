@@ -379,6 +379,8 @@ impl<B: ConversionBackend> Engine<B> {
         to: ConvertTo,
         origin: Origin,
     ) -> Result<Outcome, ConvertError> {
+        // A snapshot, not the lock: listeners may read the slots, and a slot
+        // change elsewhere must not wait for this transaction's syscalls.
         let slots = self.slots();
         self.settle_pending(&slots, range)?;
         // The runs that change (usually one; no allocation for up to two).
