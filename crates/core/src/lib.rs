@@ -2,27 +2,27 @@
 //!
 //! # Use privmem in your VMM
 //!
-//! 1. Implement the narrow contract [`ConversionBackend`](contract::ConversionBackend)
+//! 1. Implement the narrow contract [`ConversionBackend`]
 //!    over your VM (set attributes, punch guest_memfd, discard shared
 //!    memory, create and delete memslots, what the VM supports), or take a
 //!    ready one: `privmem_kvm::vmm::VmFdBackend` over a `kvm_ioctls::VmFd`,
 //!    `privmem_model::embed::ModelBackend` over the model (a test double).
-//! 2. Build one [`Engine`](engine::Engine) per VM with an
-//!    [`EngineConfig`](engine::EngineConfig) (discard, fault policy,
+//! 2. Build one [`Engine`] per VM with an
+//!    [`EngineConfig`] (discard, fault policy,
 //!    prefault, GPA limit).
-//! 3. Describe each memslot once as a [`SlotDesc`](slot::SlotDesc) and
+//! 3. Describe each memslot once as a [`SlotDesc`] and
 //!    [`add_slot`](engine::Engine::add_slot) it: the engine validates it
 //!    against its backings and creates the kernel memslot from the same
 //!    description. Slots can be added and removed while vCPUs run.
-//! 4. Register [`ConversionListener`](listener::ConversionListener)s for
+//! 4. Register [`ConversionListener`]s for
 //!    devices that DMA into guest memory.
-//! 5. In each vCPU's exit loop, keep a [`RepeatGuard`](decide::RepeatGuard)
+//! 5. In each vCPU's exit loop, keep a [`RepeatGuard`]
 //!    ([`Engine::repeat_guard`](engine::Engine::repeat_guard)) and call
 //!    [`Engine::handle_hypercall`](engine::Engine::handle_hypercall) on
 //!    `KVM_EXIT_HYPERCALL` (its answer goes to `hypercall.ret`) and
 //!    [`Engine::handle_memory_fault`](engine::Engine::handle_memory_fault)
 //!    on `KVM_EXIT_MEMORY_FAULT` with `KVM_RUN`'s errno (its answer is a
-//!    [`VcpuAction`](engine::VcpuAction): resume, stop and why, or a
+//!    [`VcpuAction`]: resume, stop and why, or a
 //!    poisoned page).
 //!
 //! A memory-fault exit handled on the model, with no KVM:
@@ -59,7 +59,7 @@
 //!
 //! # Modules
 //!
-//! - [`contract`]: the engine's narrow backend contract, and [`HvBackend`](contract::HvBackend)
+//! - [`contract`]: the engine's narrow backend contract, and [`HvBackend`]
 //!   over the full traits;
 //! - [`engine`]: conversions as transactions (attributes, discard,
 //!   rollback), slots, listeners and the per-exit calls;
