@@ -147,8 +147,8 @@ fn two_vcpus_convert_while_slots_come_and_go() {
     // Merge the two oracles (disjoint pages) and compare page by page.
     let map = e.attr_map();
     let kernel = e.vm().attributes();
-    for page in 0..PAGES {
-        let want = oracles[0][page].or(oracles[1][page]).unwrap_or(false);
+    for (page, (a, b)) in oracles[0].iter().zip(&oracles[1]).enumerate() {
+        let want = a.or(*b).unwrap_or(false);
         let gpa = Gpa(page as u64 * PAGE);
         assert_eq!(map.is_private(gpa), want, "map at {gpa}");
         assert_eq!(kernel.is_private(gpa), want, "kernel at {gpa}");
