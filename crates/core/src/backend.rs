@@ -479,6 +479,16 @@ pub trait Vcpu: Send + 'static {
     /// A handle other threads use to make a running (or the next) `run`
     /// return [`RunError::Interrupted`] promptly (timeouts, shutdown).
     fn kicker(&self) -> std::sync::Arc<dyn Kick>;
+    /// `KVM_PRE_FAULT_MEMORY(gpa, size)`: `gpa`/`size` come back advanced
+    /// past what was mapped. The default answers `Unsupported` (no backend
+    /// models the ioctl yet; the engine asks only VMs that report
+    /// `KVM_CAP_PRE_FAULT_MEMORY`).
+    fn pre_fault(&mut self, gpa: &mut Gpa, size: &mut u64) -> Result<()> {
+        Err(unsupported(
+            "KVM_PRE_FAULT_MEMORY",
+            format!("pre-faulting {gpa}+{size:#x} on this backend"),
+        ))
+    }
 }
 
 /// Interrupts a vCPU from another thread.

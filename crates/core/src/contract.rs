@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use crate::backend::{
-    GmemRef, Hypervisor, Region, RegionApi, SharedMemory, UserAddr, Vm, FALLOC_FL_KEEP_SIZE,
+    GmemRef, Hypervisor, Region, RegionApi, SharedMemory, UserAddr, Vcpu, Vm, FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE, MEM_GUEST_MEMFD,
 };
 use crate::error::{BackendError, Result};
@@ -96,6 +96,13 @@ pub trait PreFault {
     /// failure, as the kernel copies them back; `Ok` means at least one
     /// page was mapped.
     fn pre_fault(&mut self, gpa: &mut Gpa, size: &mut u64) -> Result<()>;
+}
+
+/// Every vCPU of the full traits pre-faults through [`Vcpu::pre_fault`].
+impl<V: Vcpu> PreFault for V {
+    fn pre_fault(&mut self, gpa: &mut Gpa, size: &mut u64) -> Result<()> {
+        Vcpu::pre_fault(self, gpa, size)
+    }
 }
 
 /// [`ConversionBackend`] over any [`Hypervisor`] (the harness's KVM backend

@@ -289,7 +289,7 @@ pub fn run_vcpu_on<H: Hypervisor>(
                 st.apply(engine.handle_fault(&mut guard, &f));
             }
             Decision::Hypercall(h) => {
-                let ret = engine.handle_decoded_hypercall(&mut guard, &h, None);
+                let ret = engine.handle_decoded_hypercall(&mut guard, &h, Some(&mut *vcpu));
                 if let Err(e) = vcpu.complete_hypercall(ret) {
                     st.stop(VcpuError::plain(
                         ErrorKind::Internal,
