@@ -1,4 +1,4 @@
-//! privmem's KVM backend: the only crate with `unsafe`.
+//! privmem's KVM backend.
 //!
 //! It implements the `privmem_core` hypervisor traits on `/dev/kvm`:
 //! [`KvmHypervisor`] → [`KvmVm`] → [`KvmVcpu`], guest_memfd mappings
@@ -7,14 +7,14 @@
 //! # Modules
 //! - [`sys`]: raw ioctls (`KVM_SET_USER_MEMORY_REGION2`, `KVM_SET_MEMORY_ATTRIBUTES`,
 //!   `KVM_CREATE_GUEST_MEMFD`, `KVM_ENABLE_CAP`, `KVM_RUN`) with pinned layouts.
-//! - [`mem`]: mmaps and SIGBUS-free host access via `process_vm_readv/writev`.
+//! - [`mem`]: guest_memfd mappings and shared backings on `privmem_mem`
+//!   (rust-vmm `vm-memory` regions), with SIGBUS-free host access through
+//!   the kernel (`process_vm_readv/writev`).
 //! - [`vm`]: memslots own their backings until deleted; runtime areas.
 //! - [`vcpu`]: `KVM_RUN` (exit_reason reset before every run, decoding by
 //!   `privmem_core::abi`), protocol ports, port-I/O hypercall emulation, kicks.
 //! - [`guest`]: x86 encoder, op compiler, runtime-area layout.
 //! - [`caps`]: hypercall transport detection.
-//! - [`hostmem`]: [`HostMap`], a bounds-checked shared mapping of a memfd
-//!   accessed with raw copies (the model's page store).
 //!
 //! # Guest memory layout
 //!
@@ -67,10 +67,8 @@
 //! - `vmcall`/`vmmcall` never exit, so `map` uses the port-I/O transport.
 #![deny(missing_docs)]
 
-pub mod bench;
 pub mod caps;
 pub mod guest;
-pub mod hostmem;
 pub mod hypervisor;
 pub mod mem;
 pub mod stats;
@@ -78,7 +76,6 @@ pub mod sys;
 pub mod vcpu;
 pub mod vm;
 
-pub use hostmem::{HostMap, HostMapError};
 pub use hypervisor::KvmHypervisor;
 pub use mem::{KvmMapping, KvmShared};
 pub use vcpu::{KvmKick, KvmVcpu};

@@ -115,6 +115,14 @@ impl Kick for KvmKick {
     }
 }
 
+/// The vCPU's fd, for a caller's own bare `KVM_RUN` loop (the `exit`
+/// benchmark's baseline, `privmem-baseline`).
+impl std::os::fd::AsFd for KvmVcpu {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        fd_of(&self.fd)
+    }
+}
+
 /// A KVM vCPU running privmem guest programs.
 #[derive(Debug)]
 pub struct KvmVcpu {
@@ -159,12 +167,6 @@ impl KvmVcpu {
             pending: Pending::None,
             buf: Vec::new(),
         })
-    }
-
-    /// The vCPU fd and its `kvm_run` mapping, for [`crate::bench`]'s bare
-    /// `KVM_RUN` loop.
-    pub(crate) fn raw_parts(&self) -> (std::os::fd::BorrowedFd<'_>, &Mmap) {
-        (fd_of(&self.fd), &self.run)
     }
 
     /// GPA and size of this vCPU's runtime area, once a program is loaded.

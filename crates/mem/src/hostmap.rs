@@ -145,7 +145,7 @@ impl HostMap {
     /// # Errors
     /// `OutOfRange` if the range is not inside the mapping.
     pub fn slice(&self, offset: u64, len: u64) -> Result<VolatileSlice<'_>, MapError> {
-        self.map.slice("slice", offset, len)
+        self.map.checked_slice("slice", offset, len)
     }
 
     /// Copies `buf.len()` bytes at `offset` into `buf`.
@@ -153,7 +153,7 @@ impl HostMap {
     /// # Errors
     /// `OutOfRange` if the range is not inside the mapping (nothing copied).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), MapError> {
-        let s = self.map.slice("read", offset, buf.len() as u64)?;
+        let s = self.map.checked_slice("read", offset, buf.len() as u64)?;
         s.copy_to(buf);
         Ok(())
     }
@@ -163,7 +163,7 @@ impl HostMap {
     /// # Errors
     /// `OutOfRange` if the range is not inside the mapping (nothing copied).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), MapError> {
-        let s = self.map.slice("write", offset, data.len() as u64)?;
+        let s = self.map.checked_slice("write", offset, data.len() as u64)?;
         s.copy_from(data);
         Ok(())
     }
@@ -174,7 +174,7 @@ impl HostMap {
     /// # Errors
     /// `OutOfRange` if the range is not inside the mapping (nothing stored).
     pub fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), MapError> {
-        let s = self.map.slice("fill", offset, len)?;
+        let s = self.map.checked_slice("fill", offset, len)?;
         let p = s.ptr_guard_mut();
         if len >= STREAM_MIN {
             // SAFETY: `p` is valid for `p.len()` bytes of the live, writable
@@ -199,7 +199,7 @@ impl HostMap {
     /// # Errors
     /// `OutOfRange` if the range is not inside the mapping.
     pub fn prefault(&self, offset: u64, len: u64) -> Result<(), MapError> {
-        let s = self.map.slice("prefault", offset, len)?;
+        let s = self.map.checked_slice("prefault", offset, len)?;
         let mut at = 0u64;
         while at < len {
             // A volatile load, never elided; its value is discarded.
@@ -230,7 +230,7 @@ impl HostMap {
         len: u64,
         expect: u8,
     ) -> Result<Option<(u64, u8)>, MapError> {
-        let s = self.map.slice("find_not", offset, len)?;
+        let s = self.map.checked_slice("find_not", offset, len)?;
         let p = s.ptr_guard();
         // SAFETY: `p` is valid for reads of `p.len()` bytes of the live
         // mapping (bounds-checked by `slice`; every in-bounds byte is backed).

@@ -110,7 +110,7 @@ impl Mapping {
         let (len, past_end) = clamp(self.len(), offset, local.len() as u64);
         if len > 0 {
             let slice = self
-                .slice("transfer", offset, len)
+                .checked_slice("transfer", offset, len)
                 .map_err(|_| Fault { offset })?;
             let remote = slice.ptr_guard_mut().as_ptr() as usize;
             copy(remote, &mut local, len as usize).map_err(|done| Fault {

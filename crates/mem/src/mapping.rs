@@ -106,9 +106,22 @@ impl Mapping {
         self.region.size() == 0
     }
 
-    /// The bytes `[offset, offset+len)` as a volatile slice, after checking
-    /// that they lie inside the mapping (`op` names the access in the error).
-    pub(crate) fn slice(
+    /// The bytes `[offset, offset+len)` as a vm-memory volatile slice,
+    /// after checking that they lie inside the mapping.
+    ///
+    /// CPU loads and stores through the slice raise SIGBUS where the file
+    /// has no page to give (past its end, or a guest_memfd page the host may
+    /// not touch); use the `_checked` accessors for such memory, or a
+    /// [`crate::HostMap`], whose files cannot shrink.
+    ///
+    /// # Errors
+    /// `OutOfRange` if the range is not inside the mapping.
+    pub fn slice(&self, offset: u64, len: u64) -> Result<VolatileSlice<'_>, MapError> {
+        self.checked_slice("slice", offset, len)
+    }
+
+    /// [`Mapping::slice`], with `op` naming the access in the error.
+    pub(crate) fn checked_slice(
         &self,
         op: &'static str,
         offset: u64,
@@ -159,7 +172,7 @@ impl Mapping {
     /// `OutOfRange` if the range is not inside the mapping; `Os` if
     /// `madvise` fails.
     pub fn discard(&self, offset: u64, len: u64) -> Result<(), MapError> {
-        let s = self.slice("discard", offset, len)?;
+        let s = self.checked_slice("discard", offset, len)?;
         let p = s.ptr_guard_mut();
         // SAFETY: `[p, p+len)` lies inside the live mapping (checked by
         // `slice`). MADV_REMOVE only replaces the range's pages with zeros;
@@ -181,7 +194,7 @@ impl Mapping {
     /// # Errors
     /// `OutOfRange`, or `Os` if `mincore` fails.
     pub fn resident_run(&self, offset: u64, len: u64) -> Result<Residency, MapError> {
-        self.slice("resident_run", offset, len)?;
+        self.checked_slice("resident_run", offset, len)?;
         if len == 0 {
             return Ok(Residency {
                 resident: false,
@@ -216,7 +229,7 @@ impl Mapping {
     /// `mincore` of the `bytes <= MINCORE_BATCH` pages at page-aligned
     /// `start`: one byte per page, bit 0 set if resident.
     fn mincore(&self, start: u64, bytes: u64) -> Result<[u8; MINCORE_BATCH], MapError> {
-        let s = self.slice("resident_run", start, bytes)?;
+        let s = self.checked_slice("resident_run", start, bytes)?;
         let p = s.ptr_guard();
         let mut vec = [0u8; MINCORE_BATCH];
         debug_assert!(p.len().div_ceil(PAGE_SIZE as usize) <= MINCORE_BATCH);
@@ -263,14 +276,14 @@ mod tests {
         let m = Mapping::anonymous(2 * P).unwrap();
         assert_eq!(m.len(), 2 * P);
         assert!(!m.is_empty());
-        assert!(m.slice("t", 0, 2 * P).is_ok());
-        assert!(m.slice("t", 2 * P, 0).is_ok());
+        assert!(m.checked_slice("t", 0, 2 * P).is_ok());
+        assert!(m.checked_slice("t", 2 * P, 0).is_ok());
         let oob = |r: Result<VolatileSlice<'_>, MapError>| {
             matches!(r, Err(MapError::OutOfRange { op: "t", .. }))
         };
-        assert!(oob(m.slice("t", 1, 2 * P)));
-        assert!(oob(m.slice("t", u64::MAX, 2)));
-        assert!(oob(m.slice("t", 2 * P + 1, 0)));
+        assert!(oob(m.checked_slice("t", 1, 2 * P)));
+        assert!(oob(m.checked_slice("t", u64::MAX, 2)));
+        assert!(oob(m.checked_slice("t", 2 * P + 1, 0)));
     }
 
     #[test]

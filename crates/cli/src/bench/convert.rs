@@ -19,12 +19,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use privmem_baseline::BareMemfd;
 use privmem_core::engine::{Engine, Origin, Outcome};
 use privmem_core::handle::RunState;
 use privmem_core::runtime::{run_vcpu_on, Machine, VcpuOf};
 use privmem_core::workload::Policy;
 use privmem_core::{Access, Gpa, GuestOp, HostMemory, Vcpu, VmType};
-use privmem_kvm::bench::BareMemfd;
 use privmem_model::{KernelProfile, ModelHypervisor};
 
 use super::util::{size_name, slot, timed, workload, GIB, MIB};

@@ -19,10 +19,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use privmem_baseline::BareMemfd;
 use privmem_core::handle::RunState;
 use privmem_core::runtime::{run_vcpu_on, Machine};
 use privmem_core::{Access, Gpa, GuestOp, Vcpu, VmType, PAGE_SIZE};
-use privmem_kvm::bench::BareMemfd;
 use privmem_model::{KernelProfile, ModelHypervisor};
 
 use super::util::{slot, timed, workload};

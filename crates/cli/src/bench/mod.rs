@@ -36,7 +36,7 @@ use serde::Serialize;
 /// Counts heap bytes per thread (for the `attrmap` memory figure); plain
 /// `System` allocation otherwise.
 #[global_allocator]
-static ALLOC: privmem_kvm::bench::CountingAlloc = privmem_kvm::bench::CountingAlloc;
+static ALLOC: privmem_baseline::CountingAlloc = privmem_baseline::CountingAlloc;
 
 /// The benchmarks, in run order.
 pub const ALL: [&str; 7] = [
@@ -403,7 +403,7 @@ impl LoadMark {
         LoadMark {
             wall: Instant::now(),
             system_busy_s: busy / 100.0,
-            own_s: privmem_kvm::bench::process_cpu_time().as_secs_f64(),
+            own_s: privmem_baseline::process_cpu_time().as_secs_f64(),
         }
     }
 

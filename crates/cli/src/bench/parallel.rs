@@ -18,11 +18,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use privmem_baseline::process_cpu_time;
 use privmem_core::exit::MAP_GPA_RANGE_ENCRYPTED;
 use privmem_core::handle::RunState;
 use privmem_core::runtime::{Machine, RunOptions};
 use privmem_core::{GuestOp, VmType, PAGE_SIZE};
-use privmem_kvm::bench::process_cpu_time;
 use privmem_model::{KernelProfile, ModelHypervisor};
 
 use super::util::{size_name, slot, timed, workload, MIB};

@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
+use privmem_baseline::{bare_gmem_vm, bare_memfd_vm, DevKvm};
 use privmem_core::runtime::Machine;
 use privmem_core::{GuestOp, Hypervisor, VmType};
-use privmem_kvm::bench::{bare_gmem_vm, bare_memfd_vm, DevKvm};
 use privmem_kvm::KvmHypervisor;
 use privmem_model::{KernelProfile, ModelHypervisor};
 
