@@ -59,13 +59,21 @@ pub use vm::ModelVm;
 use inject::Injector;
 
 /// The model of `/dev/kvm`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ModelHypervisor {
     profile: KernelProfile,
     inject: Arc<Injector>,
     max_gpa_bits: u32,
     quirks: Quirks,
     build: Build,
+}
+
+/// The default profile with every default [`ModelHypervisor::new`] sets
+/// (a derived `Default` would give a zero MMU width).
+impl Default for ModelHypervisor {
+    fn default() -> ModelHypervisor {
+        ModelHypervisor::new(KernelProfile::default())
+    }
 }
 
 impl ModelHypervisor {

@@ -61,6 +61,7 @@ fn bytes_of(hv: &ModelHypervisor, g: &GuestMemfd, len: u64) -> Vec<u8> {
 #[test]
 fn default_width_is_52_bits() {
     assert_eq!(setup_hv().max_gpa_bits(), 52);
+    assert_eq!(ModelHypervisor::default().max_gpa_bits(), 52);
 }
 
 #[test]
