@@ -19,10 +19,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use privmem_baseline::{bare_gmem_vm, bare_memfd_vm, DevKvm};
-use privmem_core::runtime::Machine;
 use privmem_core::{GuestOp, Hypervisor, VmType};
 use privmem_kvm::KvmHypervisor;
 use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_runner::runtime::Machine;
 
 use super::util::{rss_kib, size_name, slot, timed, workload, GIB, TIB};
 use super::{median, Ctx, Row, RowSpec, Samples, Side, Target};
