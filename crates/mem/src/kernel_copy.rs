@@ -227,6 +227,23 @@ mod tests {
     }
 
     #[test]
+    fn pages_past_the_end_of_the_file_fault_instead_of_sigbus() {
+        // A CPU store to the second page would raise SIGBUS: the file ends
+        // after one page (as a guest_memfd access beyond i_size does).
+        use crate::memfd::{Memfd, Seal};
+        use crate::Share;
+        use std::os::fd::AsFd;
+        let f = Memfd::create("t", P, Seal::None).unwrap();
+        let m = Mapping::file(f.as_fd(), 0, 2 * P, Share::Shared).unwrap();
+        let err = m.write_checked(P - 2, &[1, 2, 3, 4]).unwrap_err();
+        assert_eq!(err, Fault { offset: P });
+        let mut b = [0u8; 4];
+        assert_eq!(m.read_checked(P - 2, &mut b), Err(Fault { offset: P }));
+        assert_eq!(&b[..2], &[1, 2]);
+        assert_eq!(m.fill_checked(P, 5, 9), Err(Fault { offset: P }));
+    }
+
+    #[test]
     fn copies_span_many_iovec_batches() {
         // More than IOV_MAX pages, starting mid-page.
         let pages = IOV_MAX as u64 + 3;
