@@ -5,7 +5,8 @@
 //!
 //! A host load or store to a guest_memfd page beyond `i_size`, or to any
 //! page of a guest_memfd created without `INIT_SHARED`, raises **SIGBUS**
-//! (`kvm_gmem_fault_user_mapping` returns `VM_FAULT_SIGBUS`). privmem must
+//! (`kvm_gmem_fault_user_mapping` returns `VM_FAULT_SIGBUS`;
+//! docs/semantics/guest-memfd.md, "`mmap` and host faults"). privmem must
 //! never die from that. Instead of touching the mapping with CPU loads and
 //! stores, these accessors copy with `process_vm_readv`/`process_vm_writev`
 //! on our own pid: the kernel faults the pages in on our behalf (GUP) and
