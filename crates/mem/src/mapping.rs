@@ -1,5 +1,5 @@
 //! [`Mapping`]: one owned `mmap` of guest memory, a rust-vmm
-//! [`MmapRegion`](vm_memory::MmapRegion) that is unmapped on drop.
+//! [`MmapRegion`] that is unmapped on drop.
 //!
 //! A `Mapping` never hands out a Rust reference into the memory. Host code
 //! moves bytes either through the kernel ([`Mapping::read_checked`] and its
@@ -187,7 +187,7 @@ impl Mapping {
 
     /// Whether the page holding `offset` is resident, and how many bytes of
     /// `[offset, offset+len)` from there lie in pages of the same residency
-    /// (`mincore`, [`MINCORE_BATCH`] pages per call). Queries never fault
+    /// (`mincore`, 256 pages per call). Queries never fault
     /// pages in. Residency can change right after the call; callers use it
     /// as a hint only.
     ///
