@@ -5,6 +5,10 @@ use crate::types::{Gpa, PAGE_SHIFT};
 
 /// `KVM_HC_MAP_GPA_RANGE`.
 pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
+/// `KVM_EXIT_HYPERCALL_VALID_MASK` (x86): `BIT(KVM_HC_MAP_GPA_RANGE)`, the
+/// only hypercall `KVM_CAP_EXIT_HYPERCALL` can turn into an exit, and the
+/// mask privmem enables.
+pub const EXIT_HYPERCALL_MAP_GPA_RANGE: u64 = 1 << KVM_HC_MAP_GPA_RANGE;
 /// `KVM_MAP_GPA_RANGE_ENCRYPTED` (bit 4): the range becomes private.
 pub const MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
 /// Bits 3:0: page-size hint.

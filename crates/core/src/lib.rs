@@ -17,7 +17,7 @@ pub mod types;
 pub mod workload;
 
 pub use backend::{
-    Access, Cap, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, Hypervisor, Kick,
+    Access, Cap, Emulations, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, Hypervisor, Kick,
     Quirks, Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr, Vcpu, Vm,
 };
 pub use error::{BackendError, Errno};

@@ -18,8 +18,7 @@ use crate::report::Report;
 use crate::types::{GmemFlags, GuestMemfd, SlotId};
 use crate::workload::{Policy, SlotSpec, Workload};
 
-/// `KVM_EXIT_HYPERCALL_VALID_MASK`: `BIT(KVM_HC_MAP_GPA_RANGE)`.
-pub const EXIT_HYPERCALL_MAP_GPA_RANGE: u64 = 1 << 12;
+use crate::exit::EXIT_HYPERCALL_MAP_GPA_RANGE;
 /// Consecutive EINTR/EAGAIN returns tolerated before the vCPU is stopped.
 const MAX_RETRIES: u32 = 100_000;
 

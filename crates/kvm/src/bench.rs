@@ -22,7 +22,48 @@ use privmem_core::backend::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, MEM_GUEST
 use privmem_core::{BackendError, Errno, GmemFlags};
 
 use crate::mem::Mmap;
-use crate::sys::{self, os_err, MemoryRegion2};
+use crate::sys::{self, os_err};
+use kvm_bindings::{kvm_create_guest_memfd, kvm_userspace_memory_region2 as MemoryRegion2, KVMIO};
+use vmm_sys_util::ioctl::ioctl_with_ref;
+
+// Raw, like `bare_default_vm`: the baseline's VM is a bare fd (no
+// kvm-ioctls `VmFd`), so its setup costs the kernel calls alone.
+mod raw {
+    use super::{kvm_create_guest_memfd, MemoryRegion2, KVMIO};
+    vmm_sys_util::ioctl_iowr_nr!(KVM_CREATE_GUEST_MEMFD, KVMIO, 0xd4, kvm_create_guest_memfd);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_USER_MEMORY_REGION2, KVMIO, 0x49, MemoryRegion2);
+}
+use raw::{KVM_CREATE_GUEST_MEMFD, KVM_SET_USER_MEMORY_REGION2};
+
+/// `KVM_CREATE_GUEST_MEMFD` on a bare VM fd.
+fn bare_create_gmem(vm: BorrowedFd<'_>, size: u64, flags: u64) -> Result<OwnedFd, BackendError> {
+    let arg = kvm_create_guest_memfd {
+        size,
+        flags,
+        ..Default::default()
+    };
+    // SAFETY: `arg` is a live kvm_create_guest_memfd the kernel only reads.
+    let fd = unsafe { ioctl_with_ref(&vm, KVM_CREATE_GUEST_MEMFD(), &arg) };
+    if fd < 0 {
+        return Err(os_err("KVM_CREATE_GUEST_MEMFD"));
+    }
+    // SAFETY: the ioctl returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `KVM_SET_USER_MEMORY_REGION2` on a bare VM fd.
+///
+/// # Safety
+/// `r.userspace_addr` must be 0 or inside a mapping of `r.memory_size`
+/// bytes that outlives the slot.
+unsafe fn bare_set_region2(vm: BorrowedFd<'_>, r: &MemoryRegion2) -> Result<(), BackendError> {
+    // SAFETY: `r` is a live struct the kernel only reads; the caller
+    // guarantees the address it names.
+    if unsafe { ioctl_with_ref(&vm, KVM_SET_USER_MEMORY_REGION2(), r) } < 0 {
+        return Err(os_err("KVM_SET_USER_MEMORY_REGION2"));
+    }
+    Ok(())
+}
 use crate::vcpu::KvmVcpu;
 
 /// `EINTR`.
@@ -227,14 +268,14 @@ fn bare_default_vm(kvm: &DevKvm) -> Result<OwnedFd, BackendError> {
 /// `size` bytes at GPA 0: `KVM_CREATE_VM(0)`, `KVM_CREATE_GUEST_MEMFD(size,
 /// MMAP|INIT_SHARED)` and `KVM_SET_USER_MEMORY_REGION2`. With `map_hva`, the
 /// gmem is also mmapped and its address passed as `userspace_addr`, as
-/// privmem does on hosts that need it ([`crate::caps::gmem_slots_need_hva`]).
+/// privmem does with the opt-in `gmem_hva` emulation ([`privmem_core::Quirks::gmem_hva`]).
 ///
 /// # Errors
 /// `Os` naming the call that failed.
 pub fn bare_gmem_vm(kvm: &DevKvm, size: u64, map_hva: bool) -> Result<BareVm, BackendError> {
     let vm = bare_default_vm(kvm)?;
     let flags = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
-    let gmem = sys::create_guest_memfd(vm.as_fd(), size, flags.0)?;
+    let gmem = bare_create_gmem(vm.as_fd(), size, flags.0)?;
     let map = if map_hva {
         Some(Mmap::new(
             size,
@@ -255,7 +296,8 @@ pub fn bare_gmem_vm(kvm: &DevKvm, size: u64, map_hva: bool) -> Result<BareVm, Ba
         guest_memfd: gmem.as_raw_fd() as u32,
         ..Default::default()
     };
-    sys::set_user_memory_region2(vm.as_fd(), &region)?;
+    // SAFETY: the address is 0 or `map`'s, which `BareVm` drops after the VM.
+    unsafe { bare_set_region2(vm.as_fd(), &region) }?;
     Ok(BareVm {
         _map: map,
         _vm: vm,
@@ -282,7 +324,8 @@ pub fn bare_memfd_vm(kvm: &DevKvm, size: u64) -> Result<BareVm, BackendError> {
         userspace_addr: map.addr() as u64,
         ..Default::default()
     };
-    sys::set_user_memory_region2(vm.as_fd(), &region)?;
+    // SAFETY: the address is `map`'s, which `BareVm` drops after the VM.
+    unsafe { bare_set_region2(vm.as_fd(), &region) }?;
     Ok(BareVm {
         _map: Some(map),
         _vm: vm,
