@@ -50,9 +50,14 @@ pub fn sigrtmin() -> i32 {
 
 extern "C" fn noop_handler(_: libc::c_int) {}
 
+/// The one pointer to `noop_handler` privmem installs and compares: the
+/// address of a function is not unique across codegen units, the value of
+/// a static is.
+static NOOP_HANDLER: extern "C" fn(libc::c_int) = noop_handler;
+
 /// The address of `noop_handler` as `sigaction.sa_sigaction` holds it.
 fn noop_address() -> libc::sighandler_t {
-    noop_handler as extern "C" fn(libc::c_int) as libc::sighandler_t
+    NOOP_HANDLER as libc::sighandler_t
 }
 
 /// The current disposition of `sig` (`SIG_DFL`, `SIG_IGN` or a handler).

@@ -33,11 +33,15 @@ extern "C" fn counting_handler(_: libc::c_int) {
     HANDLED.fetch_add(1, Ordering::SeqCst);
 }
 
+/// The one pointer to [`counting_handler`] (function addresses are not
+/// unique across codegen units; a static's value is).
+static COUNTING: extern "C" fn(libc::c_int) = counting_handler;
+
 /// Installs [`counting_handler`] for `sig`, as a VMM installs its own.
 fn install_own_handler(sig: i32) {
     // SAFETY: an all-zero sigaction is valid; the handler is async-signal-safe.
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-    sa.sa_sigaction = counting_handler as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    sa.sa_sigaction = COUNTING as libc::sighandler_t;
     // SAFETY: `sa` is fully initialized.
     assert_eq!(unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) }, 0);
 }
@@ -73,10 +77,7 @@ fn install_refuses_a_signal_the_caller_handles() {
         )),
         other => panic!("expected the foreign handler to be refused, got {other:?}"),
     }
-    assert_eq!(
-        disposition(sig),
-        counting_handler as extern "C" fn(libc::c_int) as libc::sighandler_t
-    );
+    assert_eq!(disposition(sig), COUNTING as libc::sighandler_t);
 }
 
 /// Runs `vcpu` (a guest that never exits) on its own thread: the channel
