@@ -40,10 +40,7 @@ impl KvmOptions {
     pub fn probe() -> KvmOptions {
         let pvm = caps::pvm_host();
         KvmOptions {
-            quirks: Quirks {
-                pvm,
-                gmem_hva: pvm,
-            },
+            quirks: Quirks { pvm, gmem_hva: pvm },
             ..KvmOptions::default()
         }
     }

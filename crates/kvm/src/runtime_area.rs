@@ -65,8 +65,8 @@ fn plan_clear_of_private(
     let private = vm.private.lock().unwrap_or_else(PoisonError::into_inner);
     let mut base = top.checked_next_multiple_of(HUGE).ok_or_else(no_room)?;
     loop {
-        let layout =
-            Layout::plan(base, ranges, code).map_err(|e| BackendError::invalid(OP, e.to_string()))?;
+        let layout = Layout::plan(base, ranges, code)
+            .map_err(|e| BackendError::invalid(OP, e.to_string()))?;
         let area = GpaRange::new(Gpa(base), layout.size).map_err(|_| no_room())?;
         match private
             .runs(area)
@@ -109,7 +109,9 @@ pub(crate) fn install(
     let slot = RUNTIME_SLOT_BASE
         .checked_add(index)
         .filter(|s| *s <= MAX_SLOT_ID)
-        .ok_or_else(|| BackendError::invalid(OP, format!("no runtime memslot id for vcpu {index}")))?;
+        .ok_or_else(|| {
+            BackendError::invalid(OP, format!("no runtime memslot id for vcpu {index}"))
+        })?;
     let mut slots = vm.slots();
     if slots.get(&slot).is_some_and(|e| !e.runtime) {
         return Err(BackendError::invalid(

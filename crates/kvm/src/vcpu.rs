@@ -219,9 +219,8 @@ impl KvmVcpu {
     fn emulate_hypercall(&mut self, r: &kvm_regs) -> Result<Option<Exit>, BackendError> {
         self.vm.note_emulation(Emulation::Hypercall);
         let (nr, gpa, npages) = (r.rax, r.rbx, r.rcx);
-        let enabled = self.vm.exit_hypercall_mask.load(Ordering::SeqCst)
-            & EXIT_HYPERCALL_MAP_GPA_RANGE
-            != 0;
+        let enabled =
+            self.vm.exit_hypercall_mask.load(Ordering::SeqCst) & EXIT_HYPERCALL_MAP_GPA_RANGE != 0;
         let sync_ret = if nr != KVM_HC_MAP_GPA_RANGE || !enabled {
             Some(hc_ret::ENOSYS)
         } else if !gpa.is_multiple_of(PAGE_SIZE)
@@ -255,9 +254,11 @@ fn op_ranges(ops: &[GuestOp]) -> Result<Vec<(u64, u64)>, BackendError> {
         if len == 0 {
             continue;
         }
-        let end = gpa.checked_add(len).ok_or_else(|| BackendError::Invalid {
-            op: "load_program",
-            why: format!("op range at {gpa} with length {len:#x} wraps"),
+        let end = gpa.checked_add(len).ok_or_else(|| {
+            BackendError::invalid(
+                "load_program",
+                format!("op range at {gpa} with length {len:#x} wraps"),
+            )
         })?;
         v.push((gpa.raw(), end.raw()));
     }
@@ -270,10 +271,8 @@ impl Vcpu for KvmVcpu {
     }
 
     fn load_program(&mut self, ops: &[GuestOp]) -> Result<(), BackendError> {
-        let code = compile(ops, self.vm.config.transport).map_err(|e| BackendError::Invalid {
-            op: "load_program",
-            why: e.to_string(),
-        })?;
+        let code = compile(ops, self.vm.config.transport)
+            .map_err(|e| BackendError::invalid("load_program", e.to_string()))?;
         let ranges = op_ranges(ops)?;
         let old = self.area.take();
         let area = runtime_area::install(&self.vm, self.index, old, &ranges, &code)?;
@@ -336,10 +335,10 @@ impl Vcpu for KvmVcpu {
                 self.pending = Pending::PortIo(ret);
                 Ok(())
             }
-            Pending::None => Err(BackendError::Invalid {
-                op: "complete_hypercall",
-                why: "no hypercall exit is pending".to_string(),
-            }),
+            Pending::None => Err(BackendError::invalid(
+                "complete_hypercall",
+                "no hypercall exit is pending",
+            )),
         }
     }
 

@@ -10,7 +10,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 use privmem_core::{
-    Attrs, BackendError, Cap, Emulations, GmemFlags, GmemRef, GuestMemfd, Gpa, GpaRange,
+    Attrs, BackendError, Cap, Emulations, GmemFlags, GmemRef, Gpa, GpaRange, GuestMemfd,
     HostMemory, Region, SharedKind, UserAddr, Vm, VmType, PAGE_SIZE,
 };
 

@@ -43,7 +43,10 @@ fn install_own_handler(sig: i32) {
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction = COUNTING as libc::sighandler_t;
     // SAFETY: `sa` is fully initialized.
-    assert_eq!(unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) }, 0);
+    assert_eq!(
+        unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) },
+        0
+    );
 }
 
 #[test]
@@ -145,7 +148,10 @@ fn caller_signal_kicks_a_spinning_guest() {
 
     let got = rx.recv_timeout(Duration::from_secs(10));
     assert_eq!(got, Ok(Err(RunError::Interrupted)));
-    assert!(HANDLED.load(Ordering::SeqCst) > before, "the caller's handler never ran");
+    assert!(
+        HANDLED.load(Ordering::SeqCst) > before,
+        "the caller's handler never ran"
+    );
     thread.join().unwrap();
 }
 
@@ -158,8 +164,7 @@ fn emulations_name_the_port_io_hypercall_once_used() {
         return;
     };
     let g = test_guest(&hv, 2 * MIB);
-    g.vm
-        .enable_exit_hypercall(EXIT_HYPERCALL_MAP_GPA_RANGE)
+    g.vm.enable_exit_hypercall(EXIT_HYPERCALL_MAP_GPA_RANGE)
         .unwrap();
     let map = GuestOp::Map {
         gpa: 0x1000,
@@ -172,7 +177,10 @@ fn emulations_name_the_port_io_hypercall_once_used() {
 
     let exits = run_to_hlt_completing(&mut vcpu);
 
-    assert!(matches!(exits.as_slice(), [Exit::Hypercall(_)]), "{exits:?}");
+    assert!(
+        matches!(exits.as_slice(), [Exit::Hypercall(_)]),
+        "{exits:?}"
+    );
     let port_io = g.vm.hypercall_transport() == "port-io";
     let want = Emulations {
         hypercall: port_io,
@@ -212,7 +220,9 @@ fn gmem_hva_rewrites_only_when_opted_in() {
             return;
         };
         if !hv.has_shared_gmem() {
-            skip(&format!("{test}: host KVM has no MMAP|INIT_SHARED guest_memfd"));
+            skip(&format!(
+                "{test}: host KVM has no MMAP|INIT_SHARED guest_memfd"
+            ));
             return;
         }
         let vm = hv.create_vm(VmType::Default).unwrap();

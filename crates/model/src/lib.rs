@@ -214,7 +214,8 @@ impl ModelHypervisor {
 }
 
 fn model_file(gmem: &GuestMemfd, op: &'static str) -> Result<Arc<gmem::GmemFile>> {
-    gmem::file_of(gmem).ok_or_else(|| BackendError::invalid(op, "not a guest_memfd created by the model"))
+    gmem::file_of(gmem)
+        .ok_or_else(|| BackendError::invalid(op, "not a guest_memfd created by the model"))
 }
 
 impl Hypervisor for ModelHypervisor {

@@ -153,7 +153,10 @@ fn kvm(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     } else {
         &[GIB, 64 * GIB, TIB]
     };
-    let hv = Arc::new(KvmHypervisor::open(crate::backends::kvm_options()).context("the KVM scale benchmark needs /dev/kvm")?);
+    let hv = Arc::new(
+        KvmHypervisor::open(crate::backends::kvm_options())
+            .context("the KVM scale benchmark needs /dev/kvm")?,
+    );
     let dev = DevKvm::open()?;
     let map_hva = hv.quirks().gmem_hva;
     // Without guest_memfd on the host privmem backs the slot with a memfd

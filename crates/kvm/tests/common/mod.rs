@@ -8,7 +8,9 @@ use privmem_core::{
     Cap, Exit, GmemFlags, GmemRef, GuestMemfd, GuestOp, HostMemory, Hypervisor, Region, RegionApi,
     RunError, UserAddr, Vcpu, Vm, VmType,
 };
-use privmem_kvm::{sigrtmin, KickSignal, KvmHypervisor, KvmMapping, KvmOptions, KvmShared, KvmVcpu, KvmVm};
+use privmem_kvm::{
+    sigrtmin, KickSignal, KvmHypervisor, KvmMapping, KvmOptions, KvmShared, KvmVcpu, KvmVm,
+};
 
 pub const MIB: u64 = 1 << 20;
 
