@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use privmem_core::workload::Workload;
 use privmem_core::{Cap, Hypervisor, VmType};
 use privmem_kvm::guest::Transport;
 use privmem_kvm::{sigrtmin, KickSignal, KvmHypervisor, KvmOptions};
 use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_runner::workload::Workload;
 
 use crate::BackendArg;
 

@@ -1,13 +1,12 @@
-//! privmem's own exit enum: every backend decodes into this, and the runtime's
-//! pure `handle_exit` consumes it (decode first, then handle).
+//! privmem's own exit enum: every backend decodes into this, and the pure
+//! decisions of [`decide`](crate::decide) consume it (decode first, then decide).
 
 use crate::types::{Gpa, PAGE_SHIFT};
 
 /// `KVM_HC_MAP_GPA_RANGE`.
 pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
-/// `KVM_EXIT_HYPERCALL_VALID_MASK` (x86): `BIT(KVM_HC_MAP_GPA_RANGE)`, the
-/// only hypercall `KVM_CAP_EXIT_HYPERCALL` can turn into an exit, and the
-/// mask privmem enables.
+/// `KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)` mask that forwards
+/// `KVM_HC_MAP_GPA_RANGE` to userspace (`KVM_EXIT_HYPERCALL_VALID_MASK`).
 pub const EXIT_HYPERCALL_MAP_GPA_RANGE: u64 = 1 << KVM_HC_MAP_GPA_RANGE;
 /// `KVM_MAP_GPA_RANGE_ENCRYPTED` (bit 4): the range becomes private.
 pub const MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;

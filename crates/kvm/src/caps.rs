@@ -42,7 +42,8 @@ pub fn host_guest_memfd() -> bool {
 /// The hypercall transport for this CPU, from the `cpuid` instruction (no
 /// file is read): `vmmcall` with SVM, `vmcall` with VMX, and the port-I/O
 /// transport (emulated by the backend) with neither, as under PVM, where
-/// `vmcall`/`vmmcall` spin inside `KVM_RUN` and never exit.
+/// `vmcall`/`vmmcall` spin inside `KVM_RUN` and never exit
+/// (docs/semantics/host-quirks.md, "Other facts about these hosts").
 pub fn transport_from_cpuid() -> Transport {
     // CPUID.1:ECX bit 5 is VMX, CPUID.80000001h:ECX bit 2 is SVM.
     let vmx = std::arch::x86_64::__cpuid(1).ecx & (1 << 5) != 0;

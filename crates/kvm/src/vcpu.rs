@@ -213,9 +213,10 @@ impl KvmVcpu {
     }
 
     /// Emulates KVM's `____kvm_emulate_hypercall` for the port-I/O transport
-    /// (kernel-semantics.md §4): synchronous errors go straight into RAX with
-    /// no exit; a valid `MAP_GPA_RANGE` with the exit enabled becomes
-    /// `Exit::Hypercall` with `ret` preset to 0.
+    /// (docs/semantics/hypercall.md, "KVM's checks" and "The exit"):
+    /// synchronous errors go straight into RAX with no exit; a valid
+    /// `MAP_GPA_RANGE` with the exit enabled becomes `Exit::Hypercall` with
+    /// `ret` preset to 0. Recorded as the `hypercall` emulation.
     fn emulate_hypercall(&mut self, r: &kvm_regs) -> Result<Option<Exit>, BackendError> {
         self.vm.note_emulation(Emulation::Hypercall);
         let (nr, gpa, npages) = (r.rax, r.rbx, r.rcx);
