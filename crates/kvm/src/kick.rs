@@ -250,10 +250,8 @@ mod tests {
         let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
         sa.sa_sigaction = foreign as extern "C" fn(libc::c_int) as libc::sighandler_t;
         // SAFETY: `sa` is fully initialized.
-        assert_eq!(
-            unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) },
-            0
-        );
+        let r = unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) };
+        assert_eq!(r, 0);
         let err = KickSignal::Install(sig).prepare().unwrap_err();
         assert!(matches!(err, BackendError::Invalid { .. }), "{err:?}");
         assert_eq!(KickSignal::Caller(sig).prepare().unwrap(), Some(sig));

@@ -43,10 +43,8 @@ fn install_own_handler(sig: i32) {
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction = COUNTING as libc::sighandler_t;
     // SAFETY: `sa` is fully initialized.
-    assert_eq!(
-        unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) },
-        0
-    );
+    let r = unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) };
+    assert_eq!(r, 0);
 }
 
 #[test]
