@@ -6,7 +6,6 @@ use clap::ValueEnum;
 use privmem_conformance::differential::{self, DiffConfig, DiffReport};
 use privmem_conformance::{host_model, run_suite, CaseResult};
 use privmem_core::Hypervisor;
-use privmem_kvm::KvmHypervisor;
 use privmem_model::{KernelProfile, ModelHypervisor};
 use serde_json::json;
 
@@ -76,7 +75,7 @@ pub fn main(args: &ConformanceArgs) -> i32 {
         SuiteBackend::All => (true, true, true),
     };
     let kvm = if kvm {
-        match KvmHypervisor::open() {
+        match crate::backends::open_kvm_raw() {
             Ok(h) => Some(h),
             Err(e) if must_kvm => {
                 eprintln!("privmem: /dev/kvm unavailable: {e}");
@@ -106,7 +105,7 @@ pub fn main(args: &ConformanceArgs) -> i32 {
         // `--profile auto` models this host: its MMU width and its quirks
         // (PVM); an explicit profile models upstream.
         let hv = if args.profile == "auto" {
-            host_model(profile)
+            host_model(profile, crate::backends::kvm_options().quirks)
         } else {
             ModelHypervisor::new(profile)
         };
@@ -174,7 +173,7 @@ fn to_json(results: &[CaseResult]) -> serde_json::Value {
 }
 
 fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
-    let kvm = match KvmHypervisor::open() {
+    let kvm = match crate::backends::open_kvm_raw() {
         Ok(h) => h,
         Err(e) if kvm_required() => {
             eprintln!("privmem: differential: /dev/kvm unavailable ({e}) and REQUIRE_KVM=1");
@@ -191,7 +190,7 @@ fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
         max_steps: args.steps,
     };
     // The model as this host's KVM should look (MMU width, PVM quirks).
-    let model = host_model(profile);
+    let model = host_model(profile, kvm.quirks());
     let report = match differential::run(&model, &kvm, &cfg) {
         Ok(r) => r,
         Err(e) => {

@@ -139,13 +139,17 @@ pub fn probe<H: Hypervisor>(hv: &H) -> SysCaps {
 
 /// The model as this host's KVM backend should look: `profile`, the host's
 /// `kvm_mmu_max_gfn()` width, whether its KVM has SMM (a second memslot
-/// address space) and guest_memfd at all, and the backend's host quirks
-/// (PVM). What the differential compares against KVM, and what
-/// `--profile auto` runs.
-pub fn host_model(profile: privmem_model::KernelProfile) -> privmem_model::ModelHypervisor {
+/// address space) and guest_memfd at all, and `quirks`: the KVM backend's
+/// (`KvmHypervisor::quirks`, as its options set them: PVM and the opt-in
+/// `gmem_hva` emulation). What the differential compares against KVM, and
+/// what `--profile auto` runs.
+pub fn host_model(
+    profile: privmem_model::KernelProfile,
+    quirks: privmem_core::Quirks,
+) -> privmem_model::ModelHypervisor {
     privmem_model::ModelHypervisor::new(profile)
         .with_max_gpa_bits(privmem_model::host_max_gpa_bits())
-        .with_quirks(privmem_kvm::caps::host_quirks())
+        .with_quirks(quirks)
         .with_smm(privmem_kvm::caps::host_smm())
         .with_guest_memfd(privmem_kvm::caps::host_guest_memfd())
 }

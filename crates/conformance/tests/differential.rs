@@ -80,7 +80,7 @@ fn model_and_kvm_agree() {
     };
     // The model as this host should look: its MMU width and its quirks
     // (PVM here; none on the rig's upstream 6.12).
-    let model = host_model(profile());
+    let model = host_model(profile(), privmem_core::Hypervisor::quirks(&kvm));
     let report = run(&model, &kvm, &config()).expect("differential ran");
     eprintln!(
         "differential: {} sequences, {} steps per backend, VM types {:?}, seed {:#x}, \
@@ -272,7 +272,7 @@ fn pinned_sequences_agree() {
     let Some(kvm) = common::kvm_or_skip("pinned_sequences_agree") else {
         return;
     };
-    let model = host_model(profile());
+    let model = host_model(profile(), privmem_core::Hypervisor::quirks(&kvm));
     for (what, seq) in pinned::all() {
         check(&model, &kvm, &seq).unwrap_or_else(|d| panic!("{what}: {d}"));
     }

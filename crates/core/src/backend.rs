@@ -351,13 +351,16 @@ pub struct Quirks {
     /// guest_memfd range for `userspace_addr` when a
     /// `KVM_SET_USER_MEMORY_REGION2` request has `KVM_MEM_GUEST_MEMFD`,
     /// [`UserAddr::Raw`]`(0)` and a `MMAP|INIT_SHARED` [`GmemRef::File`];
-    /// the mapping holds a file reference until the slot is deleted (on by
-    /// default on PVM hosts, `PRIVMEM_GMEM_HVA`).
+    /// the mapping holds a file reference until the slot is deleted. An
+    /// emulation the KVM backend's caller opts into (off by default; the
+    /// CLI turns it on on PVM hosts, where gmem-only slots are otherwise
+    /// unreachable); each VM reports it in [`Vm::emulations`] once it acted.
     pub gmem_hva: bool,
 }
 
 impl Quirks {
-    /// What privmem's KVM backend shows on a PVM host by default.
+    /// A PVM host with the guest_memfd mapping opted in (what the CLI uses
+    /// there).
     pub const PVM: Quirks = Quirks {
         pvm: true,
         gmem_hva: true,
@@ -366,6 +369,37 @@ impl Quirks {
     /// True if no quirk is on.
     pub fn is_upstream(self) -> bool {
         self == Quirks::default()
+    }
+}
+
+/// Kernel behaviour a backend produced itself instead of the kernel, on a
+/// host where the kernel path is not reachable: a result obtained through
+/// one of these is privmem's, not the kernel's (conformance reports it as
+/// emulated). Each flag says the emulation *acted* on this VM at least once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Emulations {
+    /// A guest `KVM_HC_MAP_GPA_RANGE` arrived over the port-I/O transport
+    /// (PVM hosts, where `vmcall`/`vmmcall` never exit) and the backend
+    /// answered KVM's synchronous checks itself (-1000 when the exit is not
+    /// enabled, -22 for bad arguments) or built the hypercall exit.
+    pub hypercall: bool,
+    /// A gmem-only memslot's `userspace_addr = 0` was replaced by a mapping
+    /// of its guest_memfd range ([`Quirks::gmem_hva`]).
+    pub gmem_hva: bool,
+}
+
+impl Emulations {
+    /// True if no emulation acted.
+    pub fn is_none(self) -> bool {
+        self == Emulations::default()
+    }
+
+    /// The names of the emulations that acted: "hypercall", "gmem_hva".
+    pub fn names(self) -> Vec<&'static str> {
+        [("hypercall", self.hypercall), ("gmem_hva", self.gmem_hva)]
+            .into_iter()
+            .filter_map(|(n, on)| on.then_some(n))
+            .collect()
     }
 }
 
@@ -454,6 +488,11 @@ pub trait Vm: Send + Sync + 'static {
     /// (selftest B3: EINVAL). The model's VMs are not files: `None`.
     fn vm_fd(&self) -> Option<BorrowedFd<'_>> {
         None
+    }
+    /// The emulations that have acted on this VM so far (none for a backend
+    /// that leaves everything to its kernel, e.g. the model).
+    fn emulations(&self) -> Emulations {
+        Emulations::default()
     }
     /// Marks the guest_memfd page backing `gpa` hardware-poisoned (fault injection).
     /// Backends that cannot do this safely return `Unsupported`.

@@ -121,6 +121,13 @@ impl BackendError {
     pub fn os(op: &'static str, errno: Errno) -> BackendError {
         BackendError::Os { op, errno }
     }
+    /// An `Invalid` error: privmem refused `op`'s argument, for `why`.
+    pub fn invalid(op: &'static str, why: impl Into<String>) -> BackendError {
+        BackendError::Invalid {
+            op,
+            why: why.into(),
+        }
+    }
     /// The errno, for `Os` errors.
     pub fn errno(&self) -> Option<Errno> {
         match self {

@@ -27,8 +27,8 @@ pub mod rangelock;
 pub mod types;
 
 pub use backend::{
-    Access, Cap, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, Hypervisor, Kick,
-    Quirks, Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr, Vcpu, Vm,
+    Access, Cap, Emulations, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, Hypervisor,
+    Kick, Quirks, Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr, Vcpu, Vm,
 };
 pub use decide::{
     decide_fault, decide_hypercall, DiscardPolicy, FaultAction, FaultPolicy, FaultStop,

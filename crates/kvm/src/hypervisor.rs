@@ -8,10 +8,11 @@ use privmem_core::{
     BackendError, Cap, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, Quirks, VmType,
 };
 
-use crate::caps::{detect_transport, host_quirks};
 use crate::mem::KvmMapping;
-use crate::sys::{self, os_err};
-use crate::vm::{HostQuirks, KvmVm};
+use crate::options::KvmOptions;
+use crate::state::VmConfig;
+use crate::sys::{self, kvm_err, os_err};
+use crate::vm::KvmVm;
 
 /// Entries requested from `KVM_GET_SUPPORTED_CPUID`.
 const CPUID_ENTRIES: usize = 256;
@@ -20,41 +21,49 @@ const CPUID_ENTRIES: usize = 256;
 #[derive(Debug)]
 pub struct KvmHypervisor {
     kvm: Kvm,
-    host: HostQuirks,
-    pvm: bool,
-}
-
-fn kvm_err(op: &'static str, e: &kvm_ioctls::Error) -> BackendError {
-    BackendError::os(op, Errno(e.errno()))
+    options: KvmOptions,
+    config: VmConfig,
 }
 
 impl KvmHypervisor {
-    /// Opens `/dev/kvm` and probes the hypercall transport.
+    /// Opens `/dev/kvm` with `options`, which say everything about the host
+    /// and the process that `open` would otherwise have to guess: it reads
+    /// no environment variable and no file, and changes process-wide state
+    /// only as `options.kick` says ([`crate::KickSignal::Install`] installs
+    /// a signal handler). [`KvmOptions::probe`] finds the host's options.
     ///
     /// # Errors
     /// `Os { op: "open(/dev/kvm)", .. }` when the device cannot be opened
-    /// (missing module, permissions).
-    pub fn open() -> Result<Self, BackendError> {
+    /// (missing module, permissions); `Invalid { op: "kick signal", .. }`
+    /// (or `Os { op: "sigaction", .. }`) when `options.kick` names a signal
+    /// that cannot be used.
+    pub fn open(options: KvmOptions) -> Result<Self, BackendError> {
         let kvm = Kvm::new().map_err(|e| kvm_err("open(/dev/kvm)", &e))?;
+        let kick_signal = options.kick.prepare()?;
         // Guests get the host's supported CPUID, as every VMM does; it is
         // optional (the guest code needs no feature bits), so a failure
         // only means the vCPU keeps KVM's default (empty) CPUID.
         let cpuid = kvm.get_supported_cpuid(CPUID_ENTRIES).ok().map(Arc::new);
-        let quirks = host_quirks();
         Ok(KvmHypervisor {
             kvm,
-            host: HostQuirks {
-                transport: detect_transport(),
-                gmem_hva: quirks.gmem_hva,
+            options,
+            config: VmConfig {
+                transport: options.resolved_transport(),
+                gmem_hva: options.quirks.gmem_hva,
                 cpuid,
+                kick_signal,
             },
-            pvm: quirks.pvm,
         })
+    }
+
+    /// The options this hypervisor was opened with.
+    pub fn options(&self) -> KvmOptions {
+        self.options
     }
 
     /// How guest code issues `KVM_HC_MAP_GPA_RANGE` on this host.
     pub fn transport(&self) -> &'static str {
-        self.host.transport.name()
+        self.config.transport.name()
     }
 
     /// `KVM_GET_API_VERSION` (12).
@@ -67,7 +76,7 @@ impl KvmHypervisor {
     /// # Errors
     /// `Os { op: "KVM_CHECK_EXTENSION", .. }` if the ioctl fails.
     pub fn check_extension_raw(&self, cap: u32) -> Result<u64, BackendError> {
-        sys::check_extension(crate::sys::fd_of(&self.kvm), cap)
+        sys::check_extension(sys::fd_of(&self.kvm), cap)
     }
 }
 
@@ -96,7 +105,7 @@ impl Hypervisor for KvmHypervisor {
             .kvm
             .create_vm_with_type(ty)
             .map_err(|e| kvm_err("KVM_CREATE_VM", &e))?;
-        Ok(KvmVm::new(fd, ty, self.host.clone()))
+        Ok(KvmVm::new(fd, ty, self.config.clone()))
     }
 
     fn gmem_fallocate(
@@ -172,9 +181,6 @@ impl Hypervisor for KvmHypervisor {
     }
 
     fn quirks(&self) -> Quirks {
-        Quirks {
-            pvm: self.pvm,
-            gmem_hva: self.host.gmem_hva,
-        }
+        self.options.quirks
     }
 }

@@ -89,7 +89,7 @@ fn slots_runtime_slot_id_is_refused() {
     let mem = g.vm.create_shared(2 * MIB, SharedKind::Anonymous).unwrap();
 
     let err = g.vm.set_user_memory_region(&plain(
-        privmem_kvm::vm::RUNTIME_SLOT_BASE,
+        privmem_kvm::runtime_area::RUNTIME_SLOT_BASE,
         1 << 30,
         2 * MIB,
         UserAddr::Backing {
@@ -206,7 +206,7 @@ fn slots_workload_slot_on_runtime_id_makes_load_program_invalid() {
     let vm = vm(&hv);
     let mem = vm.create_shared(2 * MIB, SharedKind::Anonymous).unwrap();
     vm.set_user_memory_region(&plain(
-        privmem_kvm::vm::RUNTIME_SLOT_BASE,
+        privmem_kvm::runtime_area::RUNTIME_SLOT_BASE,
         0,
         2 * MIB,
         UserAddr::Backing {

@@ -173,7 +173,7 @@ impl ModelHypervisor {
     pub fn poison_gmem(&self, gmem: &GuestMemfd, offset: u64) -> Result<()> {
         let file = model_file(gmem, "poison")?;
         if offset >= file.size() {
-            return Err(invalid(
+            return Err(BackendError::invalid(
                 "poison",
                 format!("offset {offset:#x} is beyond the file"),
             ));
@@ -191,7 +191,7 @@ impl ModelHypervisor {
         let file = model_file(gmem, "gmem_read")?;
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > file.size()) {
-            return Err(invalid(
+            return Err(BackendError::invalid(
                 "gmem_read",
                 format!("range at {offset:#x} is beyond the file"),
             ));
@@ -221,12 +221,9 @@ impl ModelHypervisor {
     }
 }
 
-fn invalid(op: &'static str, why: String) -> BackendError {
-    BackendError::Invalid { op, why }
-}
-
 fn model_file(gmem: &GuestMemfd, op: &'static str) -> Result<Arc<gmem::GmemFile>> {
-    gmem::file_of(gmem).ok_or_else(|| invalid(op, "not a guest_memfd created by the model".into()))
+    gmem::file_of(gmem)
+        .ok_or_else(|| BackendError::invalid(op, "not a guest_memfd created by the model"))
 }
 
 impl Hypervisor for ModelHypervisor {

@@ -15,7 +15,7 @@ pub const NR_MEMSLOTS: u16 = 32764;
 /// `KVM_MEM_MAX_NR_PAGES` on x86: `(1 << 31) - 1`.
 pub const MEM_MAX_NR_PAGES: u64 = (1 << 31) - 1;
 /// `KVM_EXIT_HYPERCALL_VALID_MASK`: only `KVM_HC_MAP_GPA_RANGE` (bit 12).
-pub const EXIT_HYPERCALL_VALID_MASK: u64 = 1 << 12;
+pub use privmem_core::exit::EXIT_HYPERCALL_MAP_GPA_RANGE as EXIT_HYPERCALL_VALID_MASK;
 /// x86-64 `TASK_SIZE_MAX` with 4-level paging: the `access_ok` limit.
 pub const TASK_SIZE_MAX: u64 = (1 << 47) - 4096;
 /// Highest accepted vCPU index (`KVM_MAX_VCPU_IDS` on x86 without extras).

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use privmem_core::backend::{Access, GuestOp, Kick, RunError, Vcpu};
 use privmem_core::error::Result;
-use privmem_core::exit::{hc_ret, KVM_HC_MAP_GPA_RANGE};
+use privmem_core::exit::{hc_ret, EXIT_HYPERCALL_MAP_GPA_RANGE, KVM_HC_MAP_GPA_RANGE};
 use privmem_core::{BackendError, Errno, Exit, Gpa, GuestReport, Hypercall, MmioExit, PAGE_SIZE};
 
 use crate::backing::{FillBuf, Memfd, MAX_IO};
@@ -295,7 +295,7 @@ impl ModelVcpu {
 
     /// `KVM_HC_MAP_GPA_RANGE` as `____kvm_emulate_hypercall` handles it.
     fn map(&mut self, gpa: u64, pages: u64, attrs: u64, expect: Option<i64>) -> Flow {
-        let enabled = self.vm.hc_mask.load(Ordering::Acquire) & (1 << KVM_HC_MAP_GPA_RANGE) != 0;
+        let enabled = self.vm.hc_mask.load(Ordering::Acquire) & EXIT_HYPERCALL_MAP_GPA_RANGE != 0;
         let ret = if !enabled {
             hc_ret::ENOSYS
         } else if !gpa.is_multiple_of(PAGE_SIZE)

@@ -24,7 +24,10 @@ use super::{Ctx, Row, RowSpec, Side, Target};
 /// Runs the benchmark.
 pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let n: u64 = if ctx.quick { 5_000 } else { 50_000 };
-    let hv = Arc::new(KvmHypervisor::open().context("the exit benchmark needs /dev/kvm")?);
+    let hv = Arc::new(
+        KvmHypervisor::open(crate::backends::kvm_options())
+            .context("the exit benchmark needs /dev/kvm")?,
+    );
     let ops: Vec<GuestOp> = (0..n)
         .map(|tag| GuestOp::Sync { tag })
         .chain([GuestOp::Halt])

@@ -153,9 +153,12 @@ fn kvm(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     } else {
         &[GIB, 64 * GIB, TIB]
     };
-    let hv = Arc::new(KvmHypervisor::open().context("the KVM scale benchmark needs /dev/kvm")?);
+    let hv = Arc::new(
+        KvmHypervisor::open(crate::backends::kvm_options())
+            .context("the KVM scale benchmark needs /dev/kvm")?,
+    );
     let dev = DevKvm::open()?;
-    let map_hva = privmem_kvm::caps::gmem_slots_need_hva();
+    let map_hva = hv.quirks().gmem_hva;
     // Without guest_memfd on the host privmem backs the slot with a memfd
     // (runtime::build_slot); the baseline then makes the same calls.
     let gmem = hv.has_shared_gmem();

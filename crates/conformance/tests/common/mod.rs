@@ -2,12 +2,14 @@
 #![allow(dead_code)]
 
 use privmem_conformance::{CaseResult, Outcome};
-use privmem_kvm::KvmHypervisor;
+use privmem_kvm::{sigrtmin, KickSignal, KvmHypervisor, KvmOptions};
 
-/// Opens /dev/kvm, or prints a visible skip and returns `None`; with
-/// `REQUIRE_KVM=1` a missing /dev/kvm fails the test instead.
+/// Opens /dev/kvm with the host's options ([`KvmOptions::probe`]) and a
+/// `SIGRTMIN` kick, as the CLI does, or prints a visible skip and returns
+/// `None`; with `REQUIRE_KVM=1` a missing /dev/kvm fails the test instead.
 pub fn kvm_or_skip(test: &str) -> Option<KvmHypervisor> {
-    match KvmHypervisor::open() {
+    let options = KvmOptions::probe().with_kick(KickSignal::Install(sigrtmin()));
+    match KvmHypervisor::open(options) {
         Ok(h) => Some(h),
         Err(e) => {
             assert!(
