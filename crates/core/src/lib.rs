@@ -6,6 +6,7 @@
 pub mod abi;
 pub mod attrmap;
 pub mod backend;
+pub mod emulation;
 pub mod engine;
 pub mod error;
 pub mod exit;
@@ -17,9 +18,10 @@ pub mod types;
 pub mod workload;
 
 pub use backend::{
-    Access, Cap, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, Hypervisor, Kick,
-    Quirks, Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr, Vcpu, Vm,
+    Access, Cap, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, HostSignal, Hypervisor,
+    Kick, Quirks, Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr, Vcpu, Vm,
 };
+pub use emulation::{Emulation, EmulationCounts, EmulationLog};
 pub use error::{BackendError, Errno};
 pub use exit::{
     Exit, FaultErrno, GuestReport, Hypercall, IoExit, MapGpaRange, MemoryFault, MmioExit,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::Kvm;
 use privmem_core::{
-    BackendError, Cap, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, Quirks, VmType,
+    BackendError, Cap, EmulationCounts, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, Quirks, VmType,
 };
 
 use crate::caps::{detect_transport, host_quirks};
@@ -47,6 +47,7 @@ impl KvmHypervisor {
                 transport: detect_transport(),
                 gmem_hva: quirks.gmem_hva,
                 cpuid,
+                emulation: Arc::default(),
             },
             pvm: quirks.pvm,
         })
@@ -176,5 +177,9 @@ impl Hypervisor for KvmHypervisor {
             pvm: self.pvm,
             gmem_hva: self.host.gmem_hva,
         }
+    }
+
+    fn emulations(&self) -> EmulationCounts {
+        self.host.emulation.snapshot()
     }
 }

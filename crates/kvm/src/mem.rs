@@ -12,7 +12,11 @@
 //! short count instead of a signal. The remote side is split into page-sized
 //! iovecs so the count tells exactly how far the copy got; bytes before the
 //! fault have landed (selftest A6 semantics) and [`HostFault::offset`] is the
-//! first byte that did not.
+//! first byte that did not. A page inside the mapping that the kernel will
+//! not fault in (`VM_FAULT_SIGBUS`: `process_vm_*` reports `EFAULT`) is a
+//! [`HostSignal::Bus`](privmem_core::HostSignal::Bus), as a CPU access
+//! there would be; past the mapping's end it is a
+//! [`HostSignal::Segv`](privmem_core::HostSignal::Segv).
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
@@ -196,11 +200,9 @@ fn map_read(map: &Mmap, offset: u64, buf: &mut [u8]) -> Result<(), HostFault> {
             len as usize,
             Dir::Read,
         )
-        .map_err(|done| HostFault {
-            offset: offset + done as u64,
-        })?;
+        .map_err(|done| HostFault::bus(offset + done as u64))?;
     }
-    fault_at.map_or(Ok(()), |o| Err(HostFault { offset: o }))
+    fault_at.map_or(Ok(()), |o| Err(HostFault::segv(o)))
 }
 
 /// Checked host write of `data` at `offset` of a mapping.
@@ -215,11 +217,9 @@ fn map_write(map: &Mmap, offset: u64, data: &[u8]) -> Result<(), HostFault> {
             len as usize,
             Dir::Write,
         )
-        .map_err(|done| HostFault {
-            offset: offset + done as u64,
-        })?;
+        .map_err(|done| HostFault::bus(offset + done as u64))?;
     }
-    fault_at.map_or(Ok(()), |o| Err(HostFault { offset: o }))
+    fault_at.map_or(Ok(()), |o| Err(HostFault::segv(o)))
 }
 
 /// Host fill of `len` bytes at `offset`.

@@ -11,7 +11,7 @@ use privmem_core::abi::{
 };
 use privmem_core::exit::{hc_ret, KVM_HC_MAP_GPA_RANGE};
 use privmem_core::{
-    BackendError, Errno, Exit, Gpa, GuestOp, GuestReport, Hypercall, IoExit, Kick, RunError, Vcpu,
+    BackendError, Emulation, Errno, Exit, Gpa, GuestOp, GuestReport, Hypercall, IoExit, Kick, RunError, Vcpu,
     PAGE_SIZE,
 };
 
@@ -298,6 +298,7 @@ impl KvmVcpu {
     /// no exit; a valid `MAP_GPA_RANGE` with the exit enabled becomes
     /// `Exit::Hypercall` with `ret` preset to 0.
     fn emulate_hypercall(&mut self, r: &kvm_regs) -> Result<Option<Exit>, BackendError> {
+        self.vm.emulation.record(Emulation::PortIoHypercall);
         let (nr, gpa, npages) = (r.rax, r.rbx, r.rcx);
         let enabled = self.vm.exit_hypercall_mask.load(Ordering::SeqCst) & MAP_GPA_RANGE_BIT != 0;
         let sync_ret = if nr != KVM_HC_MAP_GPA_RANGE || !enabled {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use privmem_core::attrmap::AttrMap;
-use privmem_core::{Attrs, Gpa, GpaRange};
+use privmem_core::{Attrs, Emulation, EmulationLog, Gpa, GpaRange};
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::VmFd;
@@ -69,6 +69,8 @@ pub(crate) struct VmInner {
     /// Give gmem-only slots a host mmap as `userspace_addr` (PVM quirk).
     gmem_hva: bool,
     pub(crate) cpuid: Option<Arc<CpuId>>,
+    /// See [`HostQuirks::emulation`].
+    pub(crate) emulation: Arc<EmulationLog>,
     /// The mask last enabled with `KVM_CAP_EXIT_HYPERCALL` (port-I/O emulation).
     pub(crate) exit_hypercall_mask: AtomicU64,
     /// The pages the caller made private (KVM has no get API, so the backend
@@ -94,6 +96,9 @@ pub(crate) struct HostQuirks {
     pub(crate) gmem_hva: bool,
     /// `KVM_GET_SUPPORTED_CPUID`, set on every vCPU.
     pub(crate) cpuid: Option<Arc<CpuId>>,
+    /// Counts privmem's own stand-ins for the kernel (shared by the
+    /// hypervisor and every VM and vCPU it created).
+    pub(crate) emulation: Arc<EmulationLog>,
 }
 
 /// A KVM VM.
@@ -118,6 +123,7 @@ impl KvmVm {
                 transport: host.transport,
                 gmem_hva: host.gmem_hva,
                 cpuid: host.cpuid,
+                emulation: host.emulation,
                 exit_hypercall_mask: AtomicU64::new(0),
                 private: Mutex::new(AttrMap::new()),
                 slots: Mutex::new(BTreeMap::new()),
@@ -425,6 +431,7 @@ impl Vm for KvmVm {
         let gmem_map = self.gmem_hva_mapping(region);
         if let Some(m) = &gmem_map {
             hva = m.host_addr();
+            self.inner.emulation.record(Emulation::GmemHva);
         }
         let mut slots = self.inner.slots();
         if slots.get(&region.slot).is_some_and(|e| e.runtime) {
