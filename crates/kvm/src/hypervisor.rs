@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use kvm_ioctls::Kvm;
 use privmem_core::{
-    BackendError, Cap, EmulationCounts, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, Quirks, VmType,
+    BackendError, Cap, EmulationCounts, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, Quirks,
+    VmType,
 };
 
 use crate::caps::{detect_transport, host_quirks};

@@ -11,8 +11,8 @@ use privmem_core::abi::{
 };
 use privmem_core::exit::{hc_ret, KVM_HC_MAP_GPA_RANGE};
 use privmem_core::{
-    BackendError, Emulation, Errno, Exit, Gpa, GuestOp, GuestReport, Hypercall, IoExit, Kick, RunError, Vcpu,
-    PAGE_SIZE,
+    BackendError, Emulation, Errno, Exit, Gpa, GuestOp, GuestReport, Hypercall, IoExit, Kick,
+    RunError, Vcpu, PAGE_SIZE,
 };
 
 use crate::guest::{compile, ports};

@@ -59,7 +59,10 @@ enum Pending {
     None,
     /// A `KVM_EXIT_HYPERCALL` awaiting completion: the next entry puts
     /// `kvm_run.hypercall.ret` in RAX (`complete_hypercall_exit`).
-    Hypercall { gpa: u64, expect: Option<i64> },
+    Hypercall {
+        gpa: u64,
+        expect: Option<i64>,
+    },
     /// A `KVM_EXIT_MMIO` for `len` bytes at the current position.
     Mmio {
         len: u64,

@@ -167,7 +167,11 @@ fn uncompleted_after_completed(profile: KernelProfile) -> i64 {
     let hv = ModelHypervisor::new(profile);
     let vm = hv.create_vm(VmType::SwProtected).unwrap();
     vm.enable_exit_hypercall(1 << 12).unwrap();
-    let ops = [map(0, 1, true, Some(-5)), map(PG, 1, true, None), GuestOp::Halt];
+    let ops = [
+        map(0, 1, true, Some(-5)),
+        map(PG, 1, true, None),
+        GuestOp::Halt,
+    ];
     let mut v = vcpu(&vm, 0, &ops);
     assert!(matches!(v.run().unwrap(), Exit::Hypercall(_)));
     v.complete_hypercall(-5).unwrap();
