@@ -21,10 +21,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
-use privmem_core::runtime::Machine;
 use privmem_core::{GuestOp, Hypervisor, VmType};
 use privmem_kvm::bench::{bare_gmem_vm, bare_memfd_vm, thread_heap_bytes, DevKvm};
 use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_runner::runtime::Machine;
 
 use super::util::{own_rss_kib, rss_kib, size_name, slot, timed, workload, GIB, TIB};
 use super::{median, Ctx, Row, RowSpec, Samples, Side, Target};
@@ -43,7 +43,7 @@ struct SetupFigure {
 /// Model setups per sample: one takes ~10 µs, too short to time alone.
 const MODEL_REPS: usize = 32;
 
-fn model_workload(size: u64) -> privmem_core::workload::Workload {
+fn model_workload(size: u64) -> privmem_runner::workload::Workload {
     workload(
         VmType::SwProtected,
         true,
