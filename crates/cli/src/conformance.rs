@@ -4,7 +4,8 @@
 
 use clap::ValueEnum;
 use privmem_conformance::differential::{self, DiffConfig, DiffReport};
-use privmem_conformance::{host_model, run_suite, CaseResult};
+use privmem_conformance::differential::{default_floor, Coverage};
+use privmem_conformance::{host_model, kernel_of, run_suite, CaseResult};
 use privmem_core::Hypervisor;
 use privmem_model::{KernelProfile, ModelHypervisor};
 use serde_json::json;
@@ -49,6 +50,26 @@ pub struct ConformanceArgs {
     /// Differential: longest sequence, in steps.
     #[arg(long, default_value_t = 16)]
     steps: usize,
+    /// Differential: the least share of steps, in percent, that must be
+    /// compared with a kernel result that varies (not n/a, not one errno
+    /// every time, not privmem's emulation). Default: 70 where the host has
+    /// private memory (sw-protected VMs and guest_memfd, the rig), lower
+    /// where it cannot compare as much (see `differential::default_floor`).
+    #[arg(long, value_name = "PERCENT", value_parser = percent)]
+    min_coverage: Option<f64>,
+}
+
+/// A percentage 0-100 as a share 0-1.
+fn percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|e| format!("`{s}` is not a percentage: {e}"))?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v / 100.0)
+    } else {
+        Err(format!("{v} is not between 0 and 100"))
+    }
 }
 
 /// True when `REQUIRE_KVM=1`: a missing /dev/kvm is an error, not a skip.
@@ -119,12 +140,46 @@ pub fn main(args: &ConformanceArgs) -> i32 {
         results.extend(run_suite(&hv, &filter, print));
     }
     if let Some(kvm) = &kvm {
+        if !args.json {
+            eprintln!(
+                "kvm: kernel {} (expectations of {}), hypercall transport {}",
+                kvm.kernel_release(),
+                kernel_of(kvm).name(),
+                kvm.transport()
+            );
+        }
         results.extend(run_suite(kvm, &filter, print));
     }
     if args.json {
         println!("{}", to_json(&results));
+    } else {
+        for line in summary(&results) {
+            println!("{line}");
+        }
     }
     i32::from(results.iter().any(|r| r.outcome.status() == "fail"))
+}
+
+/// Per backend: "kvm: 2 pass, 0 fail, 26 skip, 1 partial, 2 emulated".
+fn summary(results: &[CaseResult]) -> Vec<String> {
+    let mut backends: Vec<&str> = results.iter().map(|r| r.backend).collect();
+    backends.dedup();
+    backends
+        .into_iter()
+        .map(|b| {
+            let counts: Vec<String> = ["pass", "fail", "skip", "partial", "emulated"]
+                .into_iter()
+                .map(|st| {
+                    let n = results
+                        .iter()
+                        .filter(|r| r.backend == b && r.outcome.status() == st)
+                        .count();
+                    format!("{n} {st}")
+                })
+                .collect();
+            format!("{b}: {}", counts.join(", "))
+        })
+        .collect()
 }
 
 /// "pvm, gmem_hva", or "none".
@@ -198,15 +253,69 @@ fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
             return 1;
         }
     };
+    let floor = args
+        .min_coverage
+        .unwrap_or_else(|| default_floor(&report.vm_types, model.guest_memfd()));
+    let shortfall = report.coverage.check_floor(floor).err();
     if args.json {
-        println!("{}", diff_json(&report, profile, &model));
+        println!(
+            "{}",
+            diff_json(&report, profile, &model, floor, shortfall.as_deref())
+        );
     } else {
         print_diff(&report, profile, &model);
+        println!("{}", report.coverage.table());
+        match &shortfall {
+            None => println!("coverage floor {:.1}%: met", 100.0 * floor),
+            Some(why) => println!("COVERAGE FLOOR NOT MET: {why}"),
+        }
     }
-    i32::from(!report.agreed())
+    i32::from(!report.agreed() || shortfall.is_some())
 }
 
-fn diff_json(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) -> serde_json::Value {
+/// The coverage as JSON: per operation kind, and the totals against the floor.
+fn coverage_json(c: &Coverage, floor: f64, shortfall: Option<&str>) -> serde_json::Value {
+    let kinds: serde_json::Map<String, serde_json::Value> = c
+        .kinds
+        .iter()
+        .map(|(k, v)| {
+            let constant = v
+                .constant_errno()
+                .map(|e| json!({ "errno": e.to_string(), "steps": v.constant() }));
+            (
+                (*k).to_string(),
+                json!({
+                    "steps": v.steps,
+                    "compared": v.compared(),
+                    "n/a": v.not_applicable,
+                    "constant_errno": constant,
+                    "emulated": v.emulated,
+                }),
+            )
+        })
+        .collect();
+    let t = c.totals();
+    json!({
+        "kinds": kinds,
+        "steps": t.steps,
+        "compared": t.compared,
+        "n/a": t.not_applicable,
+        "constant_errno": t.constant,
+        "emulated": t.emulated,
+        "compared_share": t.compared_share(),
+        "floor": floor,
+        "floor_met": shortfall.is_none(),
+        "shortfall": shortfall,
+    })
+}
+
+fn diff_json(
+    r: &DiffReport,
+    profile: KernelProfile,
+    model: &ModelHypervisor,
+    floor: f64,
+    shortfall: Option<&str>,
+) -> serde_json::Value {
     let types: Vec<_> = r.vm_types.iter().map(|t| t.name()).collect();
     json!({ "differential": {
         "backends": [r.backends.0, r.backends.1],
@@ -221,7 +330,8 @@ fn diff_json(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) ->
         "seed": r.seed,
         "agreed": r.agreed(),
         "difference": r.difference,
-        "coverage": r.coverage,
+        "coverage": coverage_json(&r.coverage, floor, shortfall),
+        "results": r.results,
     }})
 }
 

@@ -101,13 +101,61 @@ pub const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
 /// `FALLOC_FL_ZERO_RANGE`.
 pub const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 
+/// The signal a CPU load or store raises where a host access failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostSignal {
+    /// `SIGBUS`: the page lies inside the mapping, but its file refuses it
+    /// (`VM_FAULT_SIGBUS`: beyond the file size, a guest_memfd page that is
+    /// not shared, a poisoned page).
+    Bus,
+    /// `SIGSEGV`: nothing is mapped there (beyond the end of the mapping).
+    Segv,
+}
+
+impl HostSignal {
+    /// `"SIGBUS"` or `"SIGSEGV"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            HostSignal::Bus => "SIGBUS",
+            HostSignal::Segv => "SIGSEGV",
+        }
+    }
+}
+
+impl std::fmt::Display for HostSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A host access to memory failed: the model's and the KVM backend's stand-in
-/// for SIGBUS (the access is never allowed to kill the process).
+/// for the signal a real load or store would raise (the access is never
+/// allowed to kill the process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("host access faulted (sigbus) at offset {offset:#x}")]
+#[error("host access faulted ({signal}) at offset {offset:#x}")]
 pub struct HostFault {
     /// Offset into the mapping of the first byte that could not be accessed.
     pub offset: u64,
+    /// How it failed.
+    pub signal: HostSignal,
+}
+
+impl HostFault {
+    /// A `SIGBUS` at `offset`: the file refused the page.
+    pub const fn bus(offset: u64) -> HostFault {
+        HostFault {
+            offset,
+            signal: HostSignal::Bus,
+        }
+    }
+
+    /// A `SIGSEGV` at `offset`: past the end of the mapping.
+    pub const fn segv(offset: u64) -> HostFault {
+        HostFault {
+            offset,
+            signal: HostSignal::Segv,
+        }
+    }
 }
 
 /// Host-side access to a mapping (a guest_memfd mmap or a shared backing).
@@ -444,6 +492,20 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// The host quirks this backend shows (none: upstream behaviour).
     fn quirks(&self) -> Quirks {
         Quirks::default()
+    }
+    /// The release of the kernel whose behaviour this backend shows, as
+    /// `uname -r` gives it (`6.12.118-amd64`, or a model profile's name,
+    /// `6.12`): what conformance picks its per-kernel expectations by.
+    /// Default: the running kernel's.
+    fn kernel_release(&self) -> String {
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+    }
+    /// How often this backend (and every VM and vCPU it created) answered
+    /// with privmem's own emulation instead of the kernel's code (none by
+    /// default). See [`crate::emulation`].
+    fn emulations(&self) -> crate::EmulationCounts {
+        crate::EmulationCounts::default()
     }
 }
 

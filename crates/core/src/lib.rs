@@ -20,6 +20,7 @@ pub mod abi;
 pub mod attrmap;
 pub mod backend;
 pub mod decide;
+pub mod emulation;
 pub mod engine;
 pub mod error;
 pub mod exit;
@@ -27,13 +28,15 @@ pub mod rangelock;
 pub mod types;
 
 pub use backend::{
-    Access, Cap, Emulations, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, Hypervisor,
+    Access, Cap, Emulations, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, HostSignal,
+    Hypervisor,
     Kick, Quirks, Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr, Vcpu, Vm,
 };
 pub use decide::{
     decide_fault, decide_hypercall, DiscardPolicy, FaultAction, FaultPolicy, FaultStop,
     HypercallAction, ImplicitPolicy, RepeatGuard,
 };
+pub use emulation::{Emulation, EmulationCounts, EmulationLog};
 pub use error::{BackendError, Errno};
 pub use exit::{
     Exit, FaultErrno, GuestReport, Hypercall, IoExit, MapGpaRange, MemoryFault, MmioExit,

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use kvm_ioctls::Kvm;
 use privmem_core::{
-    BackendError, Cap, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, Quirks, VmType,
+    BackendError, Cap, EmulationCounts, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, Quirks,
+    VmType,
 };
 
 use crate::mem::KvmMapping;
@@ -52,6 +53,7 @@ impl KvmHypervisor {
                 gmem_hva: options.quirks.gmem_hva,
                 cpuid,
                 kick_signal,
+                emulation: Arc::default(),
             },
         })
     }
@@ -182,5 +184,9 @@ impl Hypervisor for KvmHypervisor {
 
     fn quirks(&self) -> Quirks {
         self.options.quirks
+    }
+
+    fn emulations(&self) -> EmulationCounts {
+        self.config.emulation.snapshot()
     }
 }

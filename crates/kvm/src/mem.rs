@@ -35,8 +35,17 @@ fn invalid(op: &'static str, why: &str) -> BackendError {
     }
 }
 
-fn host_fault(f: privmem_mem::Fault) -> HostFault {
-    HostFault { offset: f.offset }
+/// A fault at an offset inside a mapping of `len` bytes is a `SIGBUS` (the
+/// file refused the page), one at or past its end a `SIGSEGV`, as a CPU
+/// access there would be.
+fn host_fault(len: u64) -> impl Fn(privmem_mem::Fault) -> HostFault {
+    move |f| {
+        if f.offset < len {
+            HostFault::bus(f.offset)
+        } else {
+            HostFault::segv(f.offset)
+        }
+    }
 }
 
 /// A read/write mapping of a vCPU's `kvm_run` (or, without an fd, of
@@ -127,13 +136,13 @@ impl HostMemory for KvmMapping {
         self.map.len()
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), HostFault> {
-        self.map.read_checked(offset, buf).map_err(host_fault)
+        self.map.read_checked(offset, buf).map_err(host_fault(self.len()))
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), HostFault> {
-        self.map.write_checked(offset, data).map_err(host_fault)
+        self.map.write_checked(offset, data).map_err(host_fault(self.len()))
     }
     fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), HostFault> {
-        self.map.fill_checked(offset, len, byte).map_err(host_fault)
+        self.map.fill_checked(offset, len, byte).map_err(host_fault(self.len()))
     }
 }
 
@@ -202,17 +211,17 @@ impl HostMemory for KvmShared {
         self.inner.map.len()
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), HostFault> {
-        self.inner.map.read_checked(offset, buf).map_err(host_fault)
+        self.inner.map.read_checked(offset, buf).map_err(host_fault(self.len()))
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), HostFault> {
         self.inner
             .map
             .write_checked(offset, data)
-            .map_err(host_fault)
+            .map_err(host_fault(self.len()))
     }
     fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), HostFault> {
         let map = &self.inner.map;
-        map.fill_checked(offset, len, byte).map_err(host_fault)
+        map.fill_checked(offset, len, byte).map_err(host_fault(self.len()))
     }
 }
 

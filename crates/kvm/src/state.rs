@@ -41,6 +41,9 @@ pub(crate) struct VmConfig {
     pub(crate) cpuid: Option<Arc<CpuId>>,
     /// The signal kicks send ([`crate::KickSignal`]), already prepared.
     pub(crate) kick_signal: Option<i32>,
+    /// Counts privmem's own stand-ins for the kernel, shared by the
+    /// hypervisor and every VM it created ([`privmem_core::Hypervisor::emulations`]).
+    pub(crate) emulation: Arc<privmem_core::EmulationLog>,
 }
 
 /// State shared by a VM and its vCPUs.
@@ -69,14 +72,7 @@ pub(crate) struct VmState {
     emulated_gmem_hva: AtomicBool,
 }
 
-/// One emulation, for [`VmState::note_emulation`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Emulation {
-    /// See [`Emulations::hypercall`].
-    Hypercall,
-    /// See [`Emulations::gmem_hva`].
-    GmemHva,
-}
+pub(crate) use privmem_core::Emulation;
 
 impl VmState {
     pub(crate) fn new(fd: VmFd, raw_type: u64, config: VmConfig) -> VmState {
@@ -149,10 +145,11 @@ impl VmState {
     /// Records that `e` acted on this VM.
     pub(crate) fn note_emulation(&self, e: Emulation) {
         let flag = match e {
-            Emulation::Hypercall => &self.emulated_hypercall,
+            Emulation::PortIoHypercall => &self.emulated_hypercall,
             Emulation::GmemHva => &self.emulated_gmem_hva,
         };
         flag.store(true, Ordering::Relaxed);
+        self.config.emulation.record(e);
     }
 
     /// The emulations that acted on this VM so far.

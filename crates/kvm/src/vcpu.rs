@@ -218,7 +218,7 @@ impl KvmVcpu {
     /// `MAP_GPA_RANGE` with the exit enabled becomes `Exit::Hypercall` with
     /// `ret` preset to 0. Recorded as the `hypercall` emulation.
     fn emulate_hypercall(&mut self, r: &kvm_regs) -> Result<Option<Exit>, BackendError> {
-        self.vm.note_emulation(Emulation::Hypercall);
+        self.vm.note_emulation(Emulation::PortIoHypercall);
         let (nr, gpa, npages) = (r.rax, r.rbx, r.rcx);
         let enabled =
             self.vm.exit_hypercall_mask.load(Ordering::SeqCst) & EXIT_HYPERCALL_MAP_GPA_RANGE != 0;

@@ -509,10 +509,10 @@ impl ModelShared {
     fn clamp(&self, offset: u64, want: u64) -> (u64, Option<HostFault>) {
         let len = self.inner.mem.size();
         if offset >= len {
-            return (0, (want > 0).then_some(HostFault { offset }));
+            return (0, (want > 0).then_some(HostFault::segv(offset)));
         }
         let ok = want.min(len - offset);
-        let fault = (ok < want).then_some(HostFault { offset: len });
+        let fault = (ok < want).then_some(HostFault::segv(len));
         (ok, fault)
     }
 }
@@ -521,7 +521,7 @@ fn host_io(e: Errno, offset: u64) -> HostFault {
     // An I/O error on the backing memfd is reported as a host fault: the
     // trait has no other error channel, and real loads/stores would SIGBUS.
     let _ = e;
-    HostFault { offset }
+    HostFault::bus(offset)
 }
 
 impl HostMemory for ModelShared {

@@ -400,7 +400,7 @@ pub(crate) fn mmap(
 ///
 /// Accesses beyond the file size, to a file without `INIT_SHARED`, or to a
 /// poisoned page return [`HostFault`] (the model's SIGBUS); accesses past the
-/// mapping length also fault. Bytes before the faulting one are transferred.
+/// mapping length fault as SIGSEGV. Bytes before the faulting one are transferred.
 #[derive(Debug)]
 pub struct ModelGmemMapping {
     _token: Arc<dyn Any + Send + Sync>,
@@ -410,25 +410,38 @@ pub struct ModelGmemMapping {
 
 impl ModelGmemMapping {
     /// How many bytes from `offset` (of `want`) can be accessed before a fault.
+    ///
+    /// The fault is a `SIGSEGV` past the mapping's end (no VMA there) and a
+    /// `SIGBUS` inside it (`kvm_gmem_fault_user_mapping`: beyond `i_size`,
+    /// a file without `INIT_SHARED`; a poisoned page).
     fn accessible(&self, offset: u64, want: u64) -> (u64, Option<HostFault>) {
         if want == 0 {
             return (0, None);
         }
+        if offset >= self.len {
+            return (0, Some(HostFault::segv(offset)));
+        }
         if !self.file.init_shared() {
-            return (0, Some(HostFault { offset }));
+            return (0, Some(HostFault::bus(offset)));
         }
-        let limit = self.len.min(self.file.size());
-        if offset >= limit {
-            return (0, Some(HostFault { offset }));
+        let size = self.file.size();
+        if offset >= size {
+            return (0, Some(HostFault::bus(offset)));
         }
+        let limit = self.len.min(size);
         let mut ok = want.min(limit - offset);
         let first = offset / PAGE_SIZE;
         let last = (offset + ok - 1) / PAGE_SIZE;
+        let mut poisoned = false;
         if let Some(p) = self.file.first_poisoned(first, last - first + 1) {
             ok = (p * PAGE_SIZE).saturating_sub(offset);
+            poisoned = true;
         }
-        let fault = (ok < want).then_some(HostFault {
-            offset: offset + ok,
+        let end = offset + ok;
+        let fault = (ok < want).then_some(if poisoned || end < self.len {
+            HostFault::bus(end)
+        } else {
+            HostFault::segv(end)
         });
         (ok, fault)
     }
@@ -440,7 +453,7 @@ impl ModelGmemMapping {
 }
 
 fn io_fault(offset: u64) -> impl Fn(Errno) -> HostFault {
-    move |_| HostFault { offset }
+    move |_| HostFault::bus(offset)
 }
 
 impl HostMemory for ModelGmemMapping {

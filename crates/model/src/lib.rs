@@ -280,4 +280,8 @@ impl Hypervisor for ModelHypervisor {
     fn quirks(&self) -> Quirks {
         self.quirks
     }
+
+    fn kernel_release(&self) -> String {
+        self.profile.name().to_string()
+    }
 }

@@ -109,6 +109,17 @@ impl KernelProfile {
         matches!(self, KernelProfile::V6_12)
     }
 
+    /// True if `KVM_HC_MAP_GPA_RANGE` presets `kvm_run.hypercall.ret` to 0
+    /// before its exit to userspace, and stores in-kernel results (the
+    /// synchronous `-KVM_ENOSYS`/`-KVM_EINVAL`) there too: a guest whose
+    /// exit userspace does not complete gets 0. 6.12 (Debian's 6.12.118)
+    /// does neither, so such a guest gets whatever userspace last wrote to
+    /// `ret`; upstream presets it since the `____kvm_emulate_hypercall`
+    /// rework (the "QEMU <= 9.2" comment), as do 6.18 and 7.3.
+    pub fn presets_hypercall_ret(self) -> bool {
+        !matches!(self, KernelProfile::V6_12)
+    }
+
     /// `check_memory_region_flags()`: the valid flag mask for `flags`.
     pub fn valid_region_flags(self, ty: VmType, flags: u32) -> u32 {
         let mut valid = MEM_LOG_DIRTY_PAGES;

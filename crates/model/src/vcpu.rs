@@ -16,8 +16,10 @@
 //!   write's byte, zeros initially.
 //! - `map` issues `KVM_HC_MAP_GPA_RANGE` with the kernel's checks (§4):
 //!   -1000 when the exit is not enabled, -22 for an unaligned GPA, zero
-//!   pages or a wrapping range, otherwise an exit with `ret` preset to 0;
-//!   the next `run` puts `ret` in RAX. A differing `expect_ret` reports
+//!   pages or a wrapping range, otherwise an exit; the next `run` puts
+//!   `kvm_run.hypercall.ret` in RAX: 0 if userspace did not complete the
+//!   exit on profiles that preset it, else what userspace last wrote
+//!   ([`crate::KernelProfile::presets_hypercall_ret`]; 6.12 does not). A differing `expect_ret` reports
 //!   `RetMismatch` and stops the vCPU.
 //! - `read` reports `CheckPassed`, or `CheckFailed` at the first bad byte and
 //!   stops. A stopped or halted vCPU returns `Hlt` forever. Running past the
@@ -55,11 +57,11 @@ impl Kick for ModelKick {
 #[derive(Clone, Copy, Debug)]
 enum Pending {
     None,
-    /// A `KVM_EXIT_HYPERCALL` awaiting completion.
+    /// A `KVM_EXIT_HYPERCALL` awaiting completion: the next entry puts
+    /// `kvm_run.hypercall.ret` in RAX (`complete_hypercall_exit`).
     Hypercall {
         gpa: u64,
         expect: Option<i64>,
-        ret: i64,
     },
     /// A `KVM_EXIT_MMIO` for `len` bytes at the current position.
     Mmio {
@@ -91,6 +93,9 @@ pub struct ModelVcpu {
     pending: Pending,
     done: bool,
     rax: i64,
+    /// `kvm_run.hypercall.ret`: written by userspace (`complete_hypercall`)
+    /// and, where the profile presets it, by the kernel.
+    run_ret: i64,
     kick: Arc<ModelKick>,
     step_limit: Option<u64>,
     fill: FillBuf,
@@ -126,6 +131,7 @@ impl ModelVcpu {
             pending: Pending::None,
             done: false,
             rax: 0,
+            run_ret: 0,
             kick: Arc::default(),
             step_limit: None,
             fill: FillBuf::default(),
@@ -254,7 +260,7 @@ impl ModelVcpu {
     fn complete_pending(&mut self) -> Flow {
         match std::mem::replace(&mut self.pending, Pending::None) {
             Pending::None => Flow::Continue,
-            Pending::Hypercall { gpa, expect, ret } => self.finish_map(gpa, ret, expect),
+            Pending::Hypercall { gpa, expect } => self.finish_map(gpa, self.run_ret, expect),
             Pending::Mmio { len } => {
                 let Some(GuestOp::Read { gpa, expect, .. }) = self.program.get(self.pc).copied()
                 else {
@@ -304,17 +310,19 @@ impl ModelVcpu {
         {
             hc_ret::EINVAL
         } else {
-            self.pending = Pending::Hypercall {
-                gpa,
-                expect,
-                ret: hc_ret::OK,
-            };
+            if self.vm.profile.presets_hypercall_ret() {
+                self.run_ret = hc_ret::OK;
+            }
+            self.pending = Pending::Hypercall { gpa, expect };
             let args = [gpa, pages, attrs, 0, 0, 0];
             return Flow::Exit(Exit::Hypercall(Hypercall::decode(
                 KVM_HC_MAP_GPA_RANGE,
                 args,
             )));
         };
+        if self.vm.profile.presets_hypercall_ret() {
+            self.run_ret = ret;
+        }
         self.finish_map(gpa, ret, expect)
     }
 
@@ -501,8 +509,8 @@ impl Vcpu for ModelVcpu {
     fn complete_hypercall(&mut self, ret: i64) -> Result<()> {
         // As the KVM backend: completing with nothing pending is a caller bug.
         match &mut self.pending {
-            Pending::Hypercall { ret: r, .. } => {
-                *r = ret;
+            Pending::Hypercall { .. } => {
+                self.run_ret = ret;
                 Ok(())
             }
             _ => Err(BackendError::Invalid {

@@ -16,9 +16,27 @@ pub fn kvm_or_skip(test: &str) -> Option<KvmHypervisor> {
                 std::env::var("REQUIRE_KVM").as_deref() != Ok("1"),
                 "{test}: /dev/kvm unavailable ({e}) and REQUIRE_KVM=1"
             );
-            eprintln!("SKIP: {test}: /dev/kvm unavailable ({e})");
+            skip(&format!("{test}: /dev/kvm unavailable ({e})"));
             None
         }
+    }
+}
+
+/// Where skips are recorded for `scripts/test` to print after the run
+/// (libtest hides a passing test's stderr); the KVM tests use the same file.
+pub const SKIP_LOG: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped.txt");
+
+/// A visible skip: on stderr, and appended to [`SKIP_LOG`].
+pub fn skip(line: &str) {
+    use std::io::Write as _;
+    eprintln!("SKIP: {line}");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(SKIP_LOG);
+    if let Ok(mut f) = log {
+        // One write per line: concurrent tests append whole lines.
+        let _ = f.write_all(format!("SKIP: {line}\n").as_bytes());
     }
 }
 

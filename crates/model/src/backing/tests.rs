@@ -254,7 +254,7 @@ fn first_not_handles_tail() {
 fn shared_write_past_end_faults_after_landing_prefix() {
     let s = ModelShared::new(PAGE_SIZE, SharedKind::Memfd).unwrap();
     let r = s.fill(4000, 200, 0x5a);
-    assert_eq!(r, Err(HostFault { offset: 4096 }));
+    assert_eq!(r, Err(HostFault::segv(4096)));
     let mut b = [0u8; 96];
     s.read(4000, &mut b).unwrap();
     assert!(b.iter().all(|&x| x == 0x5a));
