@@ -50,13 +50,13 @@ pub fn open_kvm() -> Result<Arc<KvmHypervisor>, String> {
 pub fn model_profile(requested: &str) -> Result<KernelProfile, String> {
     match requested {
         "6.12" => Ok(KernelProfile::V6_12),
-        "6.18" => Ok(KernelProfile::V6_18),
+        "6.18" => Ok(KernelProfile::V7_3),
         "auto" => {
             let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
             Ok(if release.starts_with("6.12") {
                 KernelProfile::V6_12
             } else {
-                KernelProfile::V6_18
+                KernelProfile::V7_3
             })
         }
         other => Err(format!(

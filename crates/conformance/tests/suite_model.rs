@@ -12,7 +12,7 @@ use privmem_model::{KernelProfile, ModelHypervisor, Quirks};
 
 #[test]
 fn every_case_passes_on_the_6_18_model_without_skips() {
-    let hv = ModelHypervisor::new(KernelProfile::V6_18);
+    let hv = ModelHypervisor::new(KernelProfile::V7_3);
     let results = run_suite(&hv, &|_| true, |_| {});
     common::print(&results);
     assert_eq!(results.len(), case_list().len());
@@ -55,7 +55,7 @@ fn nothing_fails_on_the_6_12_model_and_skips_name_gmem_flags() {
 
 #[test]
 fn pvm_quirked_6_18_model_skips_only_what_pvm_hides() {
-    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_quirks(Quirks::PVM);
+    let hv = ModelHypervisor::new(KernelProfile::V7_3).with_quirks(Quirks::PVM);
     let results = run_suite(&hv, &|_| true, |_| {});
     common::print(&results);
     let failures = common::failures(&results);
@@ -79,7 +79,7 @@ fn pvm_without_the_gmem_mapping_skips_a13_and_f28_too() {
         pvm: true,
         gmem_hva: false,
     };
-    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_quirks(quirks);
+    let hv = ModelHypervisor::new(KernelProfile::V7_3).with_quirks(quirks);
     let results = run_suite(&hv, &|_| true, |_| {});
     let failures = common::failures(&results);
     assert!(failures.is_empty(), "{failures:#?}");

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod exit;
 pub mod handle;
+pub mod memops;
 pub mod rangelock;
 pub mod report;
 pub mod runtime;
@@ -24,6 +25,7 @@ pub use error::{BackendError, Errno};
 pub use exit::{
     Exit, FaultErrno, GuestReport, Hypercall, IoExit, MapGpaRange, MemoryFault, MmioExit,
 };
+pub use memops::{Advice, MemPolicy, MmapOptions, MmapProt, MmapSharing, PreFaultRange};
 pub use types::{
     Attrs, GmemFlags, Gpa, GpaRange, GuestMemfd, PageCount, SlotId, VmType, PAGE_SIZE,
 };

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use privmem_core::backend::{Access, GuestOp, Kick, RunError, Vcpu};
 use privmem_core::error::Result;
 use privmem_core::exit::{hc_ret, KVM_HC_MAP_GPA_RANGE};
+use privmem_core::PreFaultRange;
 use privmem_core::{BackendError, Errno, Exit, Gpa, GuestReport, Hypercall, MmioExit, PAGE_SIZE};
 
 use crate::backing::{FillBuf, Memfd, MAX_IO};
@@ -48,6 +49,14 @@ pub struct ModelKick {
 impl Kick for ModelKick {
     fn kick(&self) {
         self.flag.store(true, Ordering::Release);
+    }
+}
+
+impl ModelKick {
+    /// Consumes a pending kick (a pending signal, to an ioctl that checks
+    /// `signal_pending`): true if there was one.
+    pub(crate) fn take(&self) -> bool {
+        self.flag.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -483,6 +492,9 @@ impl Vcpu for ModelVcpu {
     }
 
     fn run(&mut self) -> Result<Exit, RunError> {
+        if self.vm.is_dead() {
+            return Err(run_error(Errno::EIO));
+        }
         if self.kick.flag.swap(false, Ordering::AcqRel) {
             return Err(RunError::Interrupted);
         }
@@ -514,5 +526,9 @@ impl Vcpu for ModelVcpu {
 
     fn kicker(&self) -> Arc<dyn Kick> {
         self.kick.clone()
+    }
+
+    fn pre_fault_memory(&mut self, range: &mut PreFaultRange) -> Result<()> {
+        crate::prefault::pre_fault(&self.vm, &self.kick, range)
     }
 }

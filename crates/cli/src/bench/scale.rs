@@ -69,7 +69,7 @@ fn model_setup(hv: &Arc<ModelHypervisor>, size: u64) -> anyhow::Result<SetupFigu
 
 fn model(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let sizes = [GIB, 64 * GIB, TIB];
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let rounds = ctx.rounds();
     let mut figs: [Vec<SetupFigure>; 3] = Default::default();
     ctx.status("scale/model: warm-up");

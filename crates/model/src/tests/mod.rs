@@ -33,7 +33,7 @@ pub(crate) const GPA_C0: u64 = 0xc000_0000;
 
 /// A 6.18 model.
 pub(crate) fn setup_hv() -> ModelHypervisor {
-    ModelHypervisor::new(KernelProfile::V6_18)
+    ModelHypervisor::new(KernelProfile::V7_3)
 }
 
 /// A 6.18 model VM of type `ty`.
