@@ -439,7 +439,10 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// sets the NUMA policy of the guest_memfd pages under the range (7.3
     /// keeps it per file offset, so it outlives the mapping).
     ///
-    /// The default answers `Unsupported`.
+    /// This and the other mapping calls below refuse (`Invalid`) a range
+    /// that reaches past the mapping before the kernel sees it: the kernel
+    /// would act on whatever else is mapped there. The default answers
+    /// `Unsupported`.
     fn gmem_mbind(
         &self,
         map: &Self::Mapping,

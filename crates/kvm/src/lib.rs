@@ -8,6 +8,8 @@
 //! - [`sys`]: raw ioctls (`KVM_SET_USER_MEMORY_REGION2`, `KVM_SET_MEMORY_ATTRIBUTES`,
 //!   `KVM_CREATE_GUEST_MEMFD`, `KVM_ENABLE_CAP`, `KVM_RUN`) with pinned layouts.
 //! - [`mem`]: mmaps and SIGBUS-free host access via `process_vm_readv/writev`.
+//! - [`memops`]: `KVM_PRE_FAULT_MEMORY`, and `mmap`/`mbind`/`get_mempolicy`/
+//!   `madvise` on guest_memfd mappings.
 //! - [`vm`]: memslots own their backings until deleted; runtime areas.
 //! - [`vcpu`]: `KVM_RUN` (exit_reason reset before every run, decoding by
 //!   `privmem_core::abi`), protocol ports, port-I/O hypercall emulation, kicks.
@@ -73,6 +75,7 @@ pub mod guest;
 pub mod hostmem;
 pub mod hypervisor;
 pub mod mem;
+pub mod memops;
 pub mod stats;
 pub mod sys;
 pub mod vcpu;

@@ -63,21 +63,31 @@ impl Mmap {
         offset: u64,
         op: &'static str,
     ) -> Result<Mmap, BackendError> {
+        Mmap::new_prot(
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd,
+            offset,
+            op,
+        )
+    }
+
+    /// `mmap(NULL, len, prot, flags, fd, offset)`.
+    pub(crate) fn new_prot(
+        len: u64,
+        prot: libc::c_int,
+        flags: libc::c_int,
+        fd: Option<BorrowedFd<'_>>,
+        offset: u64,
+        op: &'static str,
+    ) -> Result<Mmap, BackendError> {
         let len = usize::try_from(len).map_err(|_| invalid(op, "length exceeds usize"))?;
         let offset = libc::off_t::try_from(offset).map_err(|_| invalid(op, "offset too large"))?;
         let raw_fd = fd.map_or(-1, |f| f.as_raw_fd());
         // SAFETY: a fresh mapping with a NULL hint never overlaps existing Rust
         // objects; the kernel validates len, flags and fd and we check the result.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                raw_fd,
-                offset,
-            )
-        };
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, raw_fd, offset) };
         if ptr == libc::MAP_FAILED {
             return Err(os_err(op));
         }
@@ -268,6 +278,18 @@ impl KvmMapping {
         };
         Ok(KvmMapping {
             map: Mmap::new(len, flags, Some(fd), "mmap")?,
+        })
+    }
+
+    /// Maps `len` bytes of `fd` from offset 0 with `prot` and `flags`.
+    pub(crate) fn with_prot(
+        fd: BorrowedFd<'_>,
+        len: u64,
+        prot: libc::c_int,
+        flags: libc::c_int,
+    ) -> Result<Self, BackendError> {
+        Ok(KvmMapping {
+            map: Mmap::new_prot(len, prot, flags, Some(fd), 0, "mmap")?,
         })
     }
 

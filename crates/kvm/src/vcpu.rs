@@ -426,6 +426,13 @@ impl Vcpu for KvmVcpu {
     fn kicker(&self) -> Arc<dyn Kick> {
         Arc::clone(&self.kick) as Arc<dyn Kick>
     }
+
+    fn pre_fault_memory(
+        &mut self,
+        range: &mut privmem_core::PreFaultRange,
+    ) -> Result<(), BackendError> {
+        crate::memops::pre_fault_memory(crate::sys::fd_of(&self.fd), range)
+    }
 }
 
 impl Drop for KvmVcpu {

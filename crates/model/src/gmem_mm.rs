@@ -3,7 +3,9 @@
 //! `madvise`, and hardware-poison injection (`MADV_HWPOISON`).
 //!
 //! A [`ModelGmemMapping`] maps the file from offset 0, so mapping offset n
-//! is file offset n.
+//! is file offset n. As the KVM backend does, a range reaching past the
+//! mapping is refused (`Invalid`) before any kernel check: on a real host
+//! the call would act on whatever else is mapped there.
 
 use privmem_core::error::Result;
 use privmem_core::{Advice, BackendError, Errno, MemPolicy, PAGE_SIZE};
@@ -17,9 +19,26 @@ const OP_MADVISE: &str = "madvise";
 const OP_HWPOISON: &str = "madvise(MADV_HWPOISON)";
 
 impl ModelGmemMapping {
+    /// The backend refusal of a range past the mapping (as the KVM
+    /// backend's `memops::range_in`).
+    fn inside(&self, offset: u64, len: u64, op: &'static str) -> Result<()> {
+        let ok = offset < self.len && offset.checked_add(len).is_some_and(|e| e <= self.len);
+        if ok {
+            return Ok(());
+        }
+        Err(BackendError::Invalid {
+            op,
+            why: format!(
+                "{offset:#x}+{len:#x} reaches past the {:#x}-byte mapping (the kernel would act on other memory)",
+                self.len
+            ),
+        })
+    }
+
     /// `mbind(map + offset, len, policy.mode, &policy.nodes, 65, flags)`.
     pub(crate) fn mbind(&self, offset: u64, len: u64, policy: MemPolicy, flags: u32) -> Result<()> {
-        let req = numa::mbind_request(self.len, offset, len, policy, flags)
+        self.inside(offset, len, OP_MBIND)?;
+        let req = numa::mbind_request(offset, len, policy, flags)
             .map_err(|e| BackendError::os(OP_MBIND, e))?;
         if let Some(m) = req {
             let mut tree = self.file.policy.lock().expect("gmem policy");
@@ -28,13 +47,10 @@ impl ModelGmemMapping {
         Ok(())
     }
 
-    /// `get_mempolicy(.., map + offset, MPOL_F_ADDR)`: EFAULT outside the
-    /// mapping (`vma_lookup` finds nothing), else the file page's policy
-    /// or `MPOL_DEFAULT`.
+    /// `get_mempolicy(.., map + offset, MPOL_F_ADDR)`: the file page's
+    /// policy, or `MPOL_DEFAULT`.
     pub(crate) fn get_mempolicy(&self, offset: u64) -> Result<MemPolicy> {
-        if offset >= self.len {
-            return Err(BackendError::os(OP_GET_MEMPOLICY, Errno::EFAULT));
-        }
+        self.inside(offset, 1, OP_GET_MEMPOLICY)?;
         let tree = self.file.policy.lock().expect("gmem policy");
         Ok(tree.get(offset / PAGE_SIZE).unwrap_or(MemPolicy::DEFAULT))
     }
@@ -42,9 +58,9 @@ impl ModelGmemMapping {
     /// `madvise(map + offset, len, advice)`: `MADV_COLLAPSE` is EINVAL (a
     /// guest_memfd VMA never allows a huge page), the others succeed (a
     /// shared file mapping's `MADV_DONTNEED` drops only page-table entries:
-    /// the next touch sees the same bytes). An unaligned start or a
-    /// wrapping range is EINVAL; a range reaching past the mapping ENOMEM.
+    /// the next touch sees the same bytes). An unaligned start is EINVAL.
     pub(crate) fn madvise(&self, offset: u64, len: u64, advice: Advice) -> Result<()> {
+        self.inside(offset, len, OP_MADVISE)?;
         let err = |e| Err(BackendError::os(OP_MADVISE, e));
         if !offset.is_multiple_of(PAGE_SIZE) {
             return err(Errno::EINVAL);
@@ -52,34 +68,26 @@ impl ModelGmemMapping {
         let Some(len) = privmem_core::types::checked_align_up(len, PAGE_SIZE) else {
             return err(Errno::EINVAL);
         };
-        let Some(end) = offset.checked_add(len) else {
-            return err(Errno::EINVAL);
-        };
         if len == 0 {
             return Ok(());
         }
-        if offset >= self.len {
-            return err(Errno::ENOMEM);
-        }
         if advice == Advice::Collapse {
             return err(Errno::EINVAL);
-        }
-        if end > self.len {
-            return err(Errno::ENOMEM);
         }
         Ok(())
     }
 
     /// `madvise(map + offset, PAGE_SIZE, MADV_HWPOISON)`: the page must be
-    /// faultable from the host (`get_user_pages_fast`): inside the mapping
-    /// and the file, in an `INIT_SHARED` file; otherwise EFAULT. Then
-    /// `memory_failure` → `kvm_gmem_error_folio` keeps the folio, poisoned.
+    /// faultable from the host (`get_user_pages_fast`): inside the file, in
+    /// an `INIT_SHARED` file; otherwise EFAULT. Then `memory_failure` →
+    /// `kvm_gmem_error_folio` keeps the folio, poisoned.
     pub(crate) fn poison(&self, offset: u64) -> Result<()> {
+        self.inside(offset, PAGE_SIZE, OP_HWPOISON)?;
         let err = |e| Err(BackendError::os(OP_HWPOISON, e));
         if !offset.is_multiple_of(PAGE_SIZE) {
             return err(Errno::EINVAL);
         }
-        if offset >= self.len || offset >= self.file.size() || !self.file.init_shared() {
+        if offset >= self.file.size() || !self.file.init_shared() {
             return err(Errno::EFAULT);
         }
         self.file.poison_page(offset / PAGE_SIZE);

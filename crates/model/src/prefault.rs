@@ -115,10 +115,19 @@ fn map_page(vm: &VmInner, kick: &ModelKick, gpa: u64) -> Result<(), Errno> {
             Fault::Done(r) => return r,
             Fault::SlotInvalid => match vm.profile.pre_fault_invalid_slot() {
                 PreFaultInvalidSlot::Again => return Err(Errno::EAGAIN),
-                PreFaultInvalidSlot::RetryUntilSignal => std::thread::sleep(RETRY_PAUSE),
+                PreFaultInvalidSlot::RetryUntilSignal => return retry_until_signal(kick),
             },
         }
     }
+}
+
+/// 6.12: `RET_PF_RETRY` for as long as the slot stays invalid, which the
+/// injected change does for the rest of the call: only a signal ends it.
+fn retry_until_signal(kick: &ModelKick) -> Result<(), Errno> {
+    while !kick.take() {
+        std::thread::sleep(RETRY_PAUSE);
+    }
+    Err(Errno::EINTR)
 }
 
 /// One `kvm_mmu_do_page_fault` of a pre-fault.
