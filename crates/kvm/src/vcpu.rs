@@ -431,7 +431,13 @@ impl Vcpu for KvmVcpu {
         &mut self,
         range: &mut privmem_core::PreFaultRange,
     ) -> Result<(), BackendError> {
-        crate::memops::pre_fault_memory(crate::sys::fd_of(&self.fd), range)
+        // As in `run`: a kick signals this thread, so a pre-fault that the
+        // kernel keeps retrying (6.12, a memslot being deleted) ends EINTR.
+        // SAFETY: pthread_self has no preconditions.
+        self.kick.set_thread(Some(unsafe { libc::pthread_self() }));
+        let r = crate::memops::pre_fault_memory(fd_of(&self.fd), range);
+        self.kick.set_thread(None);
+        r
     }
 }
 

@@ -28,6 +28,11 @@
 //!   backing) → EFAULT (`kvm_handle_error_pfn`); else the page is faulted
 //!   in.
 //!
+//! A kick that arrives during the call is the signal (EINTR, or 0 after
+//! progress); like the KVM backend's kick it also stays pending for the
+//! next `run`. A kick already pending when the call starts was delivered
+//! before it (as a real signal would be) and does not interrupt it.
+//!
 //! A dead VM (`kvm->vm_dead`) answers EIO. Each iteration maps 4 KiB (the
 //! kernel may map a huge page and advance further in one step; the result
 //! is the same).
@@ -70,13 +75,17 @@ fn pre_fault_errno(vm: &VmInner, kick: &ModelKick, range: &mut PreFaultRange) ->
         return Err(Errno::EINVAL);
     }
     let full = range.size;
+    let signal = Signal {
+        kick,
+        armed: !kick.is_set(),
+    };
     let mut last = Ok(());
     while range.size > 0 {
-        if kick.take() {
+        if signal.pending() {
             last = Err(Errno::EINTR);
             break;
         }
-        match map_page(vm, kick, range.gpa) {
+        match map_page(vm, &signal, range.gpa) {
             Ok(()) => {
                 range.gpa += PAGE_SIZE;
                 range.size -= PAGE_SIZE;
@@ -95,8 +104,22 @@ fn pre_fault_errno(vm: &VmInner, kick: &ModelKick, range: &mut PreFaultRange) ->
     }
 }
 
+/// `signal_pending(current)` for a pre-fault: a kick that arrived during
+/// the call.
+struct Signal<'k> {
+    kick: &'k ModelKick,
+    /// False if a kick was pending at entry (it is the next run's).
+    armed: bool,
+}
+
+impl Signal<'_> {
+    fn pending(&self) -> bool {
+        self.armed && self.kick.is_set()
+    }
+}
+
 /// `kvm_arch_vcpu_pre_fault_memory` for the page at `gpa`.
-fn map_page(vm: &VmInner, kick: &ModelKick, gpa: u64) -> Result<(), Errno> {
+fn map_page(vm: &VmInner, signal: &Signal<'_>, gpa: u64) -> Result<(), Errno> {
     // kvm->arch.pre_fault_allowed: default and sw-protected VMs only
     // (SNP/TDX after launch); kvm_tdp_map_page: TDP only.
     if !vm.build.tdp || vm.ty == VmType::Coco {
@@ -104,7 +127,7 @@ fn map_page(vm: &VmInner, kick: &ModelKick, gpa: u64) -> Result<(), Errno> {
     }
     let private = vm.ty.has_private_mem() && vm.attrs.read().expect("attrs").is_private(Gpa(gpa));
     loop {
-        if kick.take() {
+        if signal.pending() {
             return Err(Errno::EINTR);
         }
         if vm.is_dead() && vm.profile == KernelProfile::V7_3 {
@@ -115,16 +138,18 @@ fn map_page(vm: &VmInner, kick: &ModelKick, gpa: u64) -> Result<(), Errno> {
             Fault::Done(r) => return r,
             Fault::SlotInvalid => match vm.profile.pre_fault_invalid_slot() {
                 PreFaultInvalidSlot::Again => return Err(Errno::EAGAIN),
-                PreFaultInvalidSlot::RetryUntilSignal => return retry_until_signal(kick),
+                PreFaultInvalidSlot::RetryUntilSignal => return retry_until_signal(signal),
             },
         }
     }
 }
 
 /// 6.12: `RET_PF_RETRY` for as long as the slot stays invalid, which the
-/// injected change does for the rest of the call: only a signal ends it.
-fn retry_until_signal(kick: &ModelKick) -> Result<(), Errno> {
-    while !kick.take() {
+/// injected change does for the rest of the call: only a signal ends it
+/// (with a kick pending from before the call, nothing does: the kernel
+/// would spin too).
+fn retry_until_signal(signal: &Signal<'_>) -> Result<(), Errno> {
+    while !signal.pending() {
         std::thread::sleep(RETRY_PAUSE);
     }
     Err(Errno::EINTR)

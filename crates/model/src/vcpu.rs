@@ -53,10 +53,9 @@ impl Kick for ModelKick {
 }
 
 impl ModelKick {
-    /// Consumes a pending kick (a pending signal, to an ioctl that checks
-    /// `signal_pending`): true if there was one.
-    pub(crate) fn take(&self) -> bool {
-        self.flag.swap(false, Ordering::AcqRel)
+    /// True if a kick is pending (it stays pending for the next `run`).
+    pub(crate) fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
     }
 }
 
