@@ -139,13 +139,16 @@ pub fn probe<H: Hypervisor>(hv: &H) -> SysCaps {
 
 /// The model as this host's KVM backend should look: `profile`, the host's
 /// `kvm_mmu_max_gfn()` width, whether its KVM has SMM (a second memslot
-/// address space) and guest_memfd at all, and the backend's host quirks
-/// (PVM). What the differential compares against KVM, and what
-/// `--profile auto` runs.
+/// address space), guest_memfd, memory attributes and TDP (pre-fault) at
+/// all, and the backend's host quirks (PVM). What the differential
+/// compares against KVM, and what `--profile auto` runs.
 pub fn host_model(profile: privmem_model::KernelProfile) -> privmem_model::ModelHypervisor {
+    use privmem_kvm::caps;
     privmem_model::ModelHypervisor::new(profile)
         .with_max_gpa_bits(privmem_model::host_max_gpa_bits())
-        .with_quirks(privmem_kvm::caps::host_quirks())
-        .with_smm(privmem_kvm::caps::host_smm())
-        .with_guest_memfd(privmem_kvm::caps::host_guest_memfd())
+        .with_quirks(caps::host_quirks())
+        .with_smm(caps::host_smm())
+        .with_guest_memfd(caps::host_guest_memfd())
+        .with_memory_attributes(caps::host_memory_attributes())
+        .with_tdp(caps::host_pre_fault_memory())
 }

@@ -54,8 +54,8 @@ pub use backing::ModelShared;
 pub use gmem::ModelGmemMapping;
 pub use inject::InjectOp;
 pub use profile::{
-    host_max_gpa_bits, host_tdp, max_gpa_bits_for, nr_memslot_as_ids, tdp_for, Build,
-    KernelProfile, PreFaultInvalidSlot, NR_MEMSLOTS, VM_TYPES,
+    host_max_gpa_bits, max_gpa_bits_for, nr_memslot_as_ids, Build, KernelProfile,
+    PreFaultInvalidSlot, NR_MEMSLOTS, VM_TYPES,
 };
 pub use vcpu::{ModelKick, ModelVcpu};
 pub use vm::ModelVm;

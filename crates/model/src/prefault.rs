@@ -121,8 +121,17 @@ impl Signal<'_> {
 /// `kvm_arch_vcpu_pre_fault_memory` for the page at `gpa`.
 fn map_page(vm: &VmInner, signal: &Signal<'_>, gpa: u64) -> Result<(), Errno> {
     // kvm->arch.pre_fault_allowed: default and sw-protected VMs only
-    // (SNP/TDX after launch); kvm_tdp_map_page: TDP only.
-    if !vm.build.tdp || vm.ty == VmType::Coco {
+    // (SNP/TDX after launch).
+    if vm.ty == VmType::Coco {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    // Host quirk, not upstream (PVM, measured on 6.18.44-fc): the vCPU's
+    // MMU does not load (kvm_mmu_reload): ENOSPC.
+    if vm.quirks.pvm {
+        return Err(Errno::ENOSPC);
+    }
+    // kvm_tdp_map_page: TDP only.
+    if !vm.build.tdp {
         return Err(Errno::EOPNOTSUPP);
     }
     let private = vm.ty.has_private_mem() && vm.attrs.read().expect("attrs").is_private(Gpa(gpa));

@@ -24,7 +24,8 @@
 //! The former "6.18" profile, which modelled the PVM hosts' 6.18.44 and was
 //! never checked against a kernel with private memory, is retired: its two
 //! host facts became build options read off the host
-//! ([`Build::memory_attributes`], [`Build::tdp`]), the rest equals 7.3.
+//! ([`Build::memory_attributes`], [`Build::tdp`]), the rest equals 7.3
+//! except the overlap of guest_memfd file ranges, EINVAL in upstream 6.18.
 
 use privmem_core::backend::{MEM_GUEST_MEMFD, MEM_LOG_DIRTY_PAGES, MEM_READONLY};
 use privmem_core::{Attrs, Cap, GmemFlags, VmType};
@@ -312,20 +313,9 @@ pub fn host_max_gpa_bits() -> u32 {
     )
 }
 
-/// True if this host's KVM uses two-dimensional paging (`tdp_enabled`):
-/// not PVM, and `kvm_amd.npt` or `kvm_intel.ept` on.
-pub fn host_tdp() -> bool {
-    let read = |p: &str| std::fs::read_to_string(p).ok();
-    tdp_for(
-        std::path::Path::new("/sys/module/kvm_pvm").exists(),
-        read("/sys/module/kvm_amd/parameters/npt").as_deref(),
-        read("/sys/module/kvm_intel/parameters/ept").as_deref(),
-    )
-}
-
 /// `tdp_enabled` from what a host shows: not PVM, and `kvm_amd.npt` or
 /// `kvm_intel.ept` reading `Y`/`1`.
-pub fn tdp_for(pvm: bool, npt: Option<&str>, ept: Option<&str>) -> bool {
+pub(crate) fn tdp_for(pvm: bool, npt: Option<&str>, ept: Option<&str>) -> bool {
     let on = |v: Option<&str>| v.is_some_and(|v| matches!(v.trim(), "Y" | "y" | "1"));
     !pvm && (on(npt) || on(ept))
 }

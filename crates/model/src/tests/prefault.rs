@@ -250,6 +250,18 @@ fn without_tdp_the_cap_is_0_and_pre_fault_eopnotsupp() {
 }
 
 #[test]
+fn pvm_quirk_pre_fault_is_enospc() {
+    // Host quirk, measured on the PVM hosts (6.18.44-fc): ENOSPC.
+    let h = ModelHypervisor::new(KernelProfile::V7_3)
+        .with_tdp(false)
+        .with_quirks(privmem_core::Quirks::PVM);
+    let vm = h.create_vm(VmType::Default).unwrap();
+    let _mem = add_shared_slot(&vm, 1, BASE, PG);
+    let mut v = vm.create_vcpu(0).unwrap();
+    assert_eq!(pre_fault(&mut v, BASE, PG).0, Some(Errno::ENOSPC));
+}
+
+#[test]
 fn coco_vms_may_not_pre_fault_before_launch() {
     let h = ModelHypervisor::new(KernelProfile::V7_3);
     let vm = h.create_vm(VmType::Coco).unwrap();
