@@ -135,21 +135,21 @@ fn map_page(vm: &VmInner, signal: &Signal<'_>, gpa: u64) -> Result<(), Errno> {
         return Err(Errno::EOPNOTSUPP);
     }
     let private = vm.ty.has_private_mem() && vm.attrs.read().expect("attrs").is_private(Gpa(gpa));
-    loop {
-        if signal.pending() {
-            return Err(Errno::EINTR);
-        }
-        if vm.is_dead() && vm.profile == KernelProfile::V7_3 {
-            // 7.3's kvm_tdp_map_page checks KVM_REQ_VM_DEAD in its loop.
-            return Err(Errno::EIO);
-        }
-        match fault_in(vm, gpa, private) {
-            Fault::Done(r) => return r,
-            Fault::SlotInvalid => match vm.profile.pre_fault_invalid_slot() {
-                PreFaultInvalidSlot::Again => return Err(Errno::EAGAIN),
-                PreFaultInvalidSlot::RetryUntilSignal => return retry_until_signal(signal),
-            },
-        }
+    // kvm_tdp_map_page's loop: a signal, then (7.3) a dead VM, then the
+    // fault; RET_PF_RETRY goes round again only for an invalid memslot.
+    if signal.pending() {
+        return Err(Errno::EINTR);
+    }
+    if vm.is_dead() && vm.profile == KernelProfile::V7_3 {
+        // 7.3's kvm_tdp_map_page checks KVM_REQ_VM_DEAD in its loop.
+        return Err(Errno::EIO);
+    }
+    match fault_in(vm, gpa, private) {
+        Fault::Done(r) => r,
+        Fault::SlotInvalid => match vm.profile.pre_fault_invalid_slot() {
+            PreFaultInvalidSlot::Again => Err(Errno::EAGAIN),
+            PreFaultInvalidSlot::RetryUntilSignal => retry_until_signal(signal),
+        },
     }
 }
 
