@@ -46,7 +46,7 @@ fn create_gmem_2_pow_62_succeeds_without_allocating() {
 
 #[test]
 fn create_gmem_each_supported_flag_succeeds_on_default_vm() {
-    // A1 on a default 6.18 VM: bits 0 and 1 are supported.
+    // A1 on a default 7.3 VM: bits 0 and 1 are supported.
     let (_hv, vm) = setup_vm(VmType::Default);
     assert!(vm.create_guest_memfd(PG, GmemFlags::MMAP).is_ok());
     assert!(vm.create_guest_memfd(PG, GmemFlags::INIT_SHARED).is_ok());
