@@ -84,21 +84,29 @@ pub fn open_kvm() -> Result<Arc<KvmHypervisor>, String> {
         .map_err(|e| format!("/dev/kvm unavailable: {e}"))
 }
 
-/// The model profile matching the running kernel (or the one requested).
+/// The model profile matching the running kernel (or the one requested):
+/// "6.12", "7.3", or "auto" (6.12 on a 6.12 kernel, else 7.3).
 pub fn model_profile(requested: &str) -> Result<KernelProfile, String> {
+    if let Some(p) = KernelProfile::from_name(requested) {
+        return Ok(p);
+    }
     match requested {
-        "6.12" => Ok(KernelProfile::V6_12),
-        "6.18" => Ok(KernelProfile::V6_18),
         "auto" => {
             let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
             Ok(if release.starts_with("6.12") {
                 KernelProfile::V6_12
             } else {
-                KernelProfile::V6_18
+                KernelProfile::V7_3
             })
         }
+        "6.18" => Err(
+            "--profile 6.18 was retired: it was never checked against a kernel with private \
+             memory; use 7.3 (identical but for 6.18's EINVAL on overlapping guest_memfd file \
+             ranges) or auto"
+                .into(),
+        ),
         other => Err(format!(
-            "unknown --profile `{other}` (expected 6.12, 6.18 or auto)"
+            "unknown --profile `{other}` (expected 6.12, 7.3 or auto)"
         )),
     }
 }

@@ -1,5 +1,5 @@
-//! `privmem conformance`: the kernel-selftest checklist (A1–A13, B1–B5,
-//! C1–C5, D1–D2, F26–F31) on every available backend, and with
+//! `privmem conformance`: the kernel-selftest checklist (A1–A20, B1–B6,
+//! C1–C5, D1–D2, P1, V1, H1–H2, F26–F31) on every available backend, and with
 //! `--differential` the model-vs-KVM differential test.
 
 use clap::ValueEnum;
@@ -32,7 +32,7 @@ pub struct ConformanceArgs {
     /// One JSON document on stdout.
     #[arg(long)]
     json: bool,
-    /// Kernel profile for the model: 6.18, 6.12, or auto (the running kernel's).
+    /// Kernel profile for the model: 7.3, 6.12, or auto (the running kernel's).
     #[arg(long, default_value = "auto")]
     profile: String,
     /// Run only these case ids (comma-separated, e.g. C1,D2).
@@ -323,6 +323,8 @@ fn diff_json(
         "max_gpa_bits": model.max_gpa_bits(),
         "smm": model.smm(),
         "guest_memfd": model.guest_memfd(),
+        "memory_attributes": model.build().memory_attributes,
+        "tdp": model.build().tdp,
         "quirks": { "pvm": model.quirks().pvm, "gmem_hva": model.quirks().gmem_hva },
         "vm_types": types,
         "sequences": r.sequences,
@@ -338,10 +340,12 @@ fn diff_json(
 /// The model's host-dependent settings, for the report headers.
 fn build_line(hv: &ModelHypervisor) -> String {
     format!(
-        "max_gpa_bits {}, smm {}, guest_memfd {}, quirks {}",
+        "max_gpa_bits {}, smm {}, guest_memfd {}, memory_attributes {}, tdp {}, quirks {}",
         hv.max_gpa_bits(),
         on_off(hv.smm()),
         on_off(hv.guest_memfd()),
+        on_off(hv.build().memory_attributes),
+        on_off(hv.build().tdp),
         quirk_names(hv.quirks())
     )
 }

@@ -54,7 +54,7 @@ enum Cmd {
         /// Stop every vCPU after this many seconds.
         #[arg(long)]
         timeout: Option<f64>,
-        /// Kernel profile for the model: 6.18 (this host) or 6.12 (the rig).
+        /// Kernel profile for the model: 7.3 or 6.12 (the rig's kernels), or auto.
         #[arg(long, default_value = "auto")]
         profile: String,
     },

@@ -192,4 +192,6 @@ pub fn host_model(
         .with_quirks(quirks)
         .with_smm(privmem_kvm::caps::host_smm())
         .with_guest_memfd(privmem_kvm::caps::host_guest_memfd())
+        .with_memory_attributes(privmem_kvm::caps::host_memory_attributes())
+        .with_tdp(privmem_kvm::caps::host_pre_fault_memory())
 }

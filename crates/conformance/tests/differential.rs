@@ -17,7 +17,7 @@ fn profile() -> KernelProfile {
     if release.starts_with("6.12") {
         KernelProfile::V6_12
     } else {
-        KernelProfile::V6_18
+        KernelProfile::V7_3
     }
 }
 

@@ -1,9 +1,9 @@
-//! The whole suite on the model: with the 6.18 profile (this host's kernel)
-//! every case must pass, with no skips; with the 6.12 profile (the rig's
-//! kernel) nothing may fail and the only skips and partial runs are for the
-//! guest_memfd flags 6.12 lacks. With the PVM host quirks the model behaves
-//! as this host's KVM backend: the cases whose upstream behaviour PVM hides
-//! skip or run only in part, naming the quirk, and nothing fails.
+//! The whole suite on the model: with the 7.3 profile every case must
+//! pass, with no skips; with the 6.12 profile nothing may fail and the only
+//! skips are the guest_memfd flags 6.12 lacks. With the PVM host quirks
+//! (and no TDP, as on a PVM host) the model behaves as this host's KVM
+//! backend: the cases whose upstream behaviour PVM hides skip, naming the
+//! quirk, and nothing fails.
 
 mod common;
 
@@ -11,8 +11,8 @@ use privmem_conformance::{case_list, run_suite, Outcome};
 use privmem_model::{KernelProfile, ModelHypervisor, Quirks};
 
 #[test]
-fn every_case_passes_on_the_6_18_model_without_skips() {
-    let hv = ModelHypervisor::new(KernelProfile::V6_18);
+fn every_case_passes_on_the_7_3_model_without_skips() {
+    let hv = ModelHypervisor::new(KernelProfile::V7_3);
     let results = run_suite(&hv, &|_| true, |_| {});
     common::print(&results);
     assert_eq!(results.len(), case_list().len());
@@ -69,8 +69,10 @@ fn outcome<'a>(results: &'a [privmem_conformance::CaseResult], id: &str) -> &'a 
 }
 
 #[test]
-fn pvm_quirked_6_18_model_skips_only_what_pvm_hides() {
-    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_quirks(Quirks::PVM);
+fn pvm_quirked_7_3_model_skips_only_what_pvm_hides() {
+    let hv = ModelHypervisor::new(KernelProfile::V7_3)
+        .with_quirks(Quirks::PVM)
+        .with_tdp(false);
     let results = run_suite(&hv, &|_| true, |_| {});
     common::print(&results);
     let failures = common::failures(&results);
@@ -100,7 +102,9 @@ fn pvm_without_the_gmem_mapping_skips_a13_and_f28_too() {
         pvm: true,
         gmem_hva: false,
     };
-    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_quirks(quirks);
+    let hv = ModelHypervisor::new(KernelProfile::V7_3)
+        .with_quirks(quirks)
+        .with_tdp(false);
     let results = run_suite(&hv, &|_| true, |_| {});
     let failures = common::failures(&results);
     assert!(failures.is_empty(), "{failures:#?}");
@@ -120,7 +124,7 @@ fn pvm_without_the_gmem_mapping_skips_a13_and_f28_too() {
 
 #[test]
 fn b1_without_guest_memfd_is_partial_naming_what_it_skipped() {
-    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_guest_memfd(false);
+    let hv = ModelHypervisor::new(KernelProfile::V7_3).with_guest_memfd(false);
     let results = run_suite(&hv, &|id| id == "B1", |_| {});
     let o = outcome(&results, "B1");
     assert!(

@@ -9,6 +9,7 @@ use std::os::fd::BorrowedFd;
 
 use crate::error::{BackendError, Result};
 use crate::exit::{DecodeError, Exit};
+use crate::memops::{Advice, MemPolicy, MmapOptions, MmapProt, MmapSharing, PreFaultRange};
 use crate::types::{GmemFlags, Gpa, GuestMemfd, VmType};
 
 /// Capabilities privmem probes (`KVM_CHECK_EXTENSION`).
@@ -507,6 +508,105 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn emulations(&self) -> crate::EmulationCounts {
         crate::EmulationCounts::default()
     }
+    /// `mmap(NULL, len, prot, flags, gmem, 0)` with the protection and
+    /// sharing of `opts` (Linux 7.3 checks, in order: `PROT_EXEC` EPERM, no
+    /// `GUEST_MEMFD_FLAG_MMAP` ENODEV, not `MAP_SHARED` EINVAL).
+    ///
+    /// The default serves read/write mappings through [`Hypervisor::gmem_mmap`]
+    /// and answers `Unsupported` for executable ones.
+    fn gmem_mmap_with(
+        &self,
+        gmem: &GuestMemfd,
+        len: u64,
+        opts: MmapOptions,
+    ) -> Result<Self::Mapping> {
+        match opts.prot {
+            MmapProt::ReadWrite => self.gmem_mmap(gmem, len, opts.sharing == MmapSharing::Shared),
+            MmapProt::ReadWriteExec => Err(unsupported(
+                "mmap",
+                format!(
+                    "PROT_EXEC mappings of a guest_memfd on the {} backend",
+                    self.name()
+                ),
+            )),
+        }
+    }
+    /// `mbind(map + offset, len, policy.mode, &policy.nodes, 65, flags)`:
+    /// sets the NUMA policy of the guest_memfd pages under the range (7.3
+    /// keeps it per file offset, so it outlives the mapping).
+    ///
+    /// This and the other mapping calls below refuse (`Invalid`) a range
+    /// that reaches past the mapping before the kernel sees it: the kernel
+    /// would act on whatever else is mapped there. The default answers
+    /// `Unsupported`.
+    fn gmem_mbind(
+        &self,
+        map: &Self::Mapping,
+        offset: u64,
+        len: u64,
+        policy: MemPolicy,
+        flags: u32,
+    ) -> Result<()> {
+        let _ = (map, len, policy, flags);
+        Err(unsupported(
+            "mbind",
+            format!(
+                "mbind on a guest_memfd mapping (offset {offset:#x}) on the {} backend",
+                self.name()
+            ),
+        ))
+    }
+    /// `get_mempolicy(&mode, &nodes, 65, map + offset, MPOL_F_ADDR)`.
+    ///
+    /// The default answers `Unsupported`.
+    fn gmem_get_mempolicy(&self, map: &Self::Mapping, offset: u64) -> Result<MemPolicy> {
+        let _ = map;
+        Err(unsupported(
+            "get_mempolicy",
+            format!(
+                "get_mempolicy on a guest_memfd mapping (offset {offset:#x}) on the {} backend",
+                self.name()
+            ),
+        ))
+    }
+    /// `madvise(map + offset, len, advice)`.
+    ///
+    /// The default answers `Unsupported`.
+    fn gmem_madvise(
+        &self,
+        map: &Self::Mapping,
+        offset: u64,
+        len: u64,
+        advice: Advice,
+    ) -> Result<()> {
+        let _ = (map, offset, len);
+        Err(unsupported(
+            "madvise",
+            format!(
+                "{} on a guest_memfd mapping on the {} backend",
+                advice.name(),
+                self.name()
+            ),
+        ))
+    }
+    /// Hardware-poisons the guest_memfd page under `map + offset`, as
+    /// `madvise(MADV_HWPOISON)` does on Linux 7.3 (`memory_failure` →
+    /// `kvm_gmem_error_folio`: the folio stays in the file, later guest
+    /// faults there get `EHWPOISON`, host touches SIGBUS, `PUNCH_HOLE`
+    /// drops it). `Ok` once the page is poisoned: the kernel's own answer
+    /// (-1 EBUSY, and a SIGBUS to the caller) is the backend's to absorb.
+    ///
+    /// The default answers `Unsupported`.
+    fn gmem_poison(&self, map: &Self::Mapping, offset: u64) -> Result<()> {
+        let _ = map;
+        Err(unsupported(
+            "madvise(MADV_HWPOISON)",
+            format!(
+                "hardware-poison injection at mapping offset {offset:#x} on the {} backend",
+                self.name()
+            ),
+        ))
+    }
 }
 
 /// A VM.
@@ -580,6 +680,23 @@ pub trait Vcpu: Send + 'static {
     /// A handle other threads use to make a running (or the next) `run`
     /// return [`RunError::Interrupted`] promptly (timeouts, shutdown).
     fn kicker(&self) -> std::sync::Arc<dyn Kick>;
+    /// `KVM_PRE_FAULT_MEMORY(range)`: maps the range into the guest's page
+    /// tables as guest accesses would (private where the attribute at each
+    /// page says so), without running the guest. `range` comes back
+    /// advanced past what was mapped, on success and on failure; the call
+    /// succeeds when at least one page was mapped. A kick interrupts it
+    /// (`EINTR`), as a signal does.
+    ///
+    /// The default answers `Unsupported`.
+    fn pre_fault_memory(&mut self, range: &mut PreFaultRange) -> Result<()> {
+        Err(unsupported(
+            "KVM_PRE_FAULT_MEMORY",
+            format!(
+                "pre-faulting {:#x}+{:#x} on this backend",
+                range.gpa, range.size
+            ),
+        ))
+    }
 }
 
 /// Interrupts a vCPU from another thread.

@@ -24,6 +24,7 @@ pub mod emulation;
 pub mod engine;
 pub mod error;
 pub mod exit;
+pub mod memops;
 pub mod rangelock;
 pub mod types;
 
@@ -41,6 +42,7 @@ pub use error::{BackendError, Errno};
 pub use exit::{
     Exit, FaultErrno, GuestReport, Hypercall, IoExit, MapGpaRange, MemoryFault, MmioExit,
 };
+pub use memops::{Advice, MemPolicy, MmapOptions, MmapProt, MmapSharing, PreFaultRange};
 pub use types::{
     Attrs, GmemFlags, Gpa, GpaLimit, GpaRange, GuestMemfd, PageCount, SlotId, VmType, PAGE_SIZE,
 };

@@ -39,6 +39,28 @@ pub fn host_guest_memfd() -> bool {
     })
 }
 
+/// True if this host's KVM has `KVM_SET_MEMORY_ATTRIBUTES`
+/// (`CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES`): `KVM_CAP_MEMORY_ATTRIBUTES`
+/// at system scope is non-zero (it is `KVM_MEMORY_ATTRIBUTE_PRIVATE` with
+/// the option, and the capability does not exist without it, as on the
+/// PVM hosts). False when `/dev/kvm` cannot be opened.
+pub fn host_memory_attributes() -> bool {
+    kvm_ioctls::Kvm::new().is_ok_and(|kvm| {
+        crate::sys::check_extension(crate::sys::fd_of(&kvm), Cap::MemoryAttributes.number())
+            .is_ok_and(|n| n != 0)
+    })
+}
+
+/// True if this host's KVM can pre-fault guest memory:
+/// `KVM_CAP_PRE_FAULT_MEMORY` (`tdp_enabled`; 0 with shadow paging, as
+/// under PVM). False when `/dev/kvm` cannot be opened.
+pub fn host_pre_fault_memory() -> bool {
+    kvm_ioctls::Kvm::new().is_ok_and(|kvm| {
+        crate::sys::check_extension(crate::sys::fd_of(&kvm), Cap::PreFaultMemory.number())
+            .is_ok_and(|n| n != 0)
+    })
+}
+
 /// The hypercall transport for this CPU, from the `cpuid` instruction (no
 /// file is read): `vmmcall` with SVM, `vmcall` with VMX, and the port-I/O
 /// transport (emulated by the backend) with neither, as under PVM, where

@@ -4,12 +4,14 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
 use kvm_ioctls::Kvm;
+use privmem_core::backend::unsupported;
 use privmem_core::{
-    BackendError, Cap, EmulationCounts, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, Quirks,
-    VmType,
+    Advice, BackendError, Cap, EmulationCounts, Errno, FileIo, FileStat, GuestMemfd, Hypervisor,
+    MemPolicy, MmapOptions, Quirks, VmType,
 };
 
 use crate::mem::KvmMapping;
+use crate::memops;
 use crate::options::KvmOptions;
 use crate::state::VmConfig;
 use crate::sys::{self, kvm_err, os_err};
@@ -188,5 +190,52 @@ impl Hypervisor for KvmHypervisor {
 
     fn emulations(&self) -> EmulationCounts {
         self.config.emulation.snapshot()
+    }
+
+    fn gmem_mmap_with(
+        &self,
+        gmem: &GuestMemfd,
+        len: u64,
+        opts: MmapOptions,
+    ) -> Result<KvmMapping, BackendError> {
+        memops::mmap_gmem(gmem_fd(gmem), len, opts)
+    }
+
+    fn gmem_mbind(
+        &self,
+        map: &KvmMapping,
+        offset: u64,
+        len: u64,
+        policy: MemPolicy,
+        flags: u32,
+    ) -> Result<(), BackendError> {
+        memops::mbind(map, offset, len, policy, flags)
+    }
+
+    fn gmem_get_mempolicy(&self, map: &KvmMapping, offset: u64) -> Result<MemPolicy, BackendError> {
+        memops::get_mempolicy(map, offset)
+    }
+
+    fn gmem_madvise(
+        &self,
+        map: &KvmMapping,
+        offset: u64,
+        len: u64,
+        advice: Advice,
+    ) -> Result<(), BackendError> {
+        memops::madvise(map, offset, len, advice)
+    }
+
+    fn gmem_poison(&self, _map: &KvmMapping, offset: u64) -> Result<(), BackendError> {
+        // MADV_HWPOISON on guest_memfd answers -1 EBUSY and sends the
+        // caller a SIGBUS (BUS_MCEERR_AR), which would kill this process
+        // without a handler; the backend has none yet.
+        Err(unsupported(
+            "madvise(MADV_HWPOISON)",
+            format!(
+                "hardware-poison injection at mapping offset {offset:#x}: privmem's KVM backend \
+                 has no SIGBUS handler for MADV_HWPOISON yet"
+            ),
+        ))
     }
 }

@@ -34,6 +34,8 @@
 //!   emulation.
 //! - [`runtime_area`]: the backend's own memslot per vCPU (code, page
 //!   tables, stack).
+//! - [`memops`]: `KVM_PRE_FAULT_MEMORY`, and `mmap`/`mbind`/`get_mempolicy`/
+//!   `madvise` on guest_memfd mappings.
 //! - [`vcpu`]: `KVM_RUN` (exit_reason reset before every run, decoding by
 //!   `privmem_core::abi`), protocol ports, port-I/O hypercall emulation.
 //! - [`guest`]: x86 encoder, op compiler, runtime-area layout.
@@ -100,6 +102,7 @@ pub mod guest;
 pub mod hypervisor;
 pub mod kick;
 pub mod mem;
+pub mod memops;
 pub mod options;
 pub mod runtime_area;
 mod state;

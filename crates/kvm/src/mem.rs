@@ -114,6 +114,27 @@ impl KvmMapping {
         Ok(KvmMapping { map })
     }
 
+    /// Maps `len` bytes of `fd` from offset 0 with `prot` and `flags`.
+    pub(crate) fn with_prot(
+        fd: BorrowedFd<'_>,
+        len: u64,
+        prot: libc::c_int,
+        flags: libc::c_int,
+    ) -> Result<Self, BackendError> {
+        let share = if flags & libc::MAP_SHARED != 0 {
+            Share::Shared
+        } else {
+            Share::Private
+        };
+        let exec = if prot & libc::PROT_EXEC != 0 {
+            privmem_mem::Exec::Yes
+        } else {
+            privmem_mem::Exec::No
+        };
+        let map = Mapping::file_exec(fd, len, share, exec).map_err(|e| backend("mmap", e))?;
+        Ok(KvmMapping { map })
+    }
+
     /// Maps `[offset, offset+len)` of `fd` shared, read/write.
     pub(crate) fn new_at(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<Self, BackendError> {
         let map = Mapping::file(fd, offset, len, Share::Shared).map_err(|e| backend("mmap", e))?;

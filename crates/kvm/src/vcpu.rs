@@ -346,6 +346,18 @@ impl Vcpu for KvmVcpu {
     fn kicker(&self) -> Arc<dyn Kick> {
         Arc::clone(&self.kick) as Arc<dyn Kick>
     }
+
+    fn pre_fault_memory(
+        &mut self,
+        range: &mut privmem_core::PreFaultRange,
+    ) -> Result<(), BackendError> {
+        // As in `run`: a kick signals this thread, so a pre-fault that the
+        // kernel keeps retrying (6.12, a memslot being deleted) ends EINTR.
+        self.kick.set_running(true);
+        let r = crate::memops::pre_fault_memory(fd_of(&self.fd), range);
+        self.kick.set_running(false);
+        r
+    }
 }
 
 impl Drop for KvmVcpu {

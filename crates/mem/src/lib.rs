@@ -31,7 +31,7 @@ mod scan;
 
 pub use error::{Fault, MapError};
 pub use hostmap::{HostMap, MAP_BUDGET, MAX_MAP_LEN};
-pub use mapping::{Mapping, Residency, Share, PAGE_SIZE};
+pub use mapping::{Exec, Mapping, Residency, Share, PAGE_SIZE};
 pub use memfd::{Memfd, Seal};
 pub use vm_memory;
 pub use vm_memory::{Bytes, VolatileMemory, VolatileSlice};

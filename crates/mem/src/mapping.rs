@@ -29,6 +29,15 @@ pub enum Share {
     Private,
 }
 
+/// Whether a file mapping is also executable ([`Mapping::file_exec`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exec {
+    /// `PROT_READ|PROT_WRITE`.
+    No,
+    /// `PROT_READ|PROT_WRITE|PROT_EXEC`.
+    Yes,
+}
+
 /// Whether pages are resident, for a run of them ([`Mapping::resident_run`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Residency {
@@ -89,9 +98,45 @@ impl Mapping {
         Mapping::build(Some(file), len, flags)
     }
 
+    /// Like [`Mapping::file`], from offset 0, with `PROT_READ|PROT_WRITE`
+    /// plus `PROT_EXEC` when `exec` is [`Exec::Yes`]: what the guest_memfd
+    /// mmap checks (7.3 refuses `PROT_EXEC` with `EPERM`) are tested with.
+    ///
+    /// # Errors
+    /// As [`Mapping::file`].
+    pub fn file_exec(
+        fd: BorrowedFd<'_>,
+        len: u64,
+        share: Share,
+        exec: Exec,
+    ) -> Result<Mapping, MapError> {
+        let owned = fd
+            .try_clone_to_owned()
+            .map_err(|e| MapError::os("dup", &e))?;
+        let file = FileOffset::new(File::from(owned), 0);
+        let flags = match share {
+            Share::Shared => libc::MAP_SHARED,
+            Share::Private => libc::MAP_PRIVATE,
+        };
+        let extra = match exec {
+            Exec::Yes => libc::PROT_EXEC,
+            Exec::No => 0,
+        };
+        Mapping::build_prot(Some(file), len, flags, extra)
+    }
+
     fn build(file: Option<FileOffset>, len: u64, flags: i32) -> Result<Mapping, MapError> {
+        Mapping::build_prot(file, len, flags, 0)
+    }
+
+    fn build_prot(
+        file: Option<FileOffset>,
+        len: u64,
+        flags: i32,
+        extra_prot: i32,
+    ) -> Result<Mapping, MapError> {
         let size = usize::try_from(len).map_err(|_| MapError::Length { size: len })?;
-        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let prot = libc::PROT_READ | libc::PROT_WRITE | extra_prot;
         let region = MmapRegion::build(file, size, prot, flags).map_err(MapError::mmap)?;
         Ok(Mapping { region })
     }

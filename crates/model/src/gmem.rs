@@ -25,6 +25,7 @@ use privmem_core::backend::{
 };
 use privmem_core::error::Result;
 use privmem_core::{BackendError, Errno, GmemFlags, GuestMemfd, PAGE_SIZE};
+use privmem_core::{MmapOptions, MmapProt, MmapSharing};
 
 use crate::backing::Memfd;
 use crate::inject::{InjectOp, Injector};
@@ -80,6 +81,8 @@ pub(crate) struct GmemFile {
     bindings: Mutex<BTreeMap<u64, Binding>>,
     /// Hardware-poisoned file pages (pgoff).
     poison: Mutex<BTreeSet<u64>>,
+    /// The NUMA policy per file page (7.3 `mbind` through a mapping).
+    pub(crate) policy: Mutex<crate::numa::PolicyTree>,
 }
 
 /// The token stored in a [`GuestMemfd`]: every dup and every mapping holds
@@ -156,6 +159,7 @@ impl GmemFile {
             flags,
             bindings: Mutex::default(),
             poison: Mutex::default(),
+            policy: Mutex::default(),
         });
         registry()
             .lock()
@@ -185,14 +189,14 @@ impl GmemFile {
         self.flags.contains(GmemFlags::INIT_SHARED)
     }
 
-    /// Binds file pages `[start, start+npages)` to `(vm, slot)`; EINVAL if any
-    /// page is already bound (6.18: `xa_find` hit → EINVAL).
+    /// Binds file pages `[start, start+npages)` to `(vm, slot)`; EEXIST if
+    /// any page is already bound (`kvm_gmem_commit_memory_region`).
     pub(crate) fn bind(&self, start: u64, npages: u64, vm_id: u64, slot: u32) -> Result<(), Errno> {
         let end = start + npages;
         let mut b = self.bindings.lock().expect("bindings");
         let before = b.range(..end).next_back();
         if before.is_some_and(|(_, x)| x.end > start) {
-            return Err(Errno::EINVAL);
+            return Err(Errno::EEXIST);
         }
         b.insert(start, Binding { end, vm_id, slot });
         Ok(())
@@ -360,12 +364,16 @@ pub(crate) fn stat(gmem: &GuestMemfd) -> Result<FileStat> {
     })
 }
 
-/// `mmap(NULL, len, RW, shared ? MAP_SHARED : MAP_PRIVATE, gmem, 0)`.
+/// `mmap(NULL, len, prot, flags, gmem, 0)` with the protection and sharing
+/// of `opts`. `do_mmap` first (a zero or overflowing length; 7.3: PROT_EXEC
+/// on the noexec guest_memfd filesystem is EPERM), then `kvm_gmem_mmap`
+/// (no `GUEST_MEMFD_FLAG_MMAP`: ENODEV, which is every 6.12 file; not
+/// `MAP_SHARED`: EINVAL).
 pub(crate) fn mmap(
     inj: &Injector,
     gmem: &GuestMemfd,
     len: u64,
-    shared: bool,
+    opts: MmapOptions,
 ) -> Result<ModelGmemMapping> {
     let file = file_of(gmem).ok_or_else(|| not_model(OP_MMAP))?;
     let err = |e| Err(BackendError::os(OP_MMAP, e));
@@ -379,10 +387,13 @@ pub(crate) fn mmap(
     if len > crate::profile::TASK_SIZE_MAX {
         return err(Errno::ENOMEM);
     }
+    if opts.prot == MmapProt::ReadWriteExec && file.vm.profile.gmem_mmap_noexec() {
+        return err(Errno::EPERM);
+    }
     if !file.supports_mmap() {
         return err(Errno::ENODEV);
     }
-    if !shared {
+    if opts.sharing != MmapSharing::Shared {
         return err(Errno::EINVAL);
     }
     if let Some(e) = inj.check(InjectOp::Mmap) {
@@ -404,8 +415,8 @@ pub(crate) fn mmap(
 #[derive(Debug)]
 pub struct ModelGmemMapping {
     _token: Arc<dyn Any + Send + Sync>,
-    file: Arc<GmemFile>,
-    len: u64,
+    pub(crate) file: Arc<GmemFile>,
+    pub(crate) len: u64,
 }
 
 impl ModelGmemMapping {

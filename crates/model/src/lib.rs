@@ -1,9 +1,9 @@
 //! privmem-model: a deterministic pure-Rust model of Linux KVM guest private
 //! memory (guest_memfd, memory attributes, `KVM_SET_USER_MEMORY_REGION2`,
 //! `KVM_EXIT_MEMORY_FAULT`, `KVM_HC_MAP_GPA_RANGE`), implementing the
-//! `privmem_core` hypervisor traits. It behaves as Linux 6.18 (default) or
-//! 6.12 ([`KernelProfile`]); every rule and errno follows
-//! `kernel-semantics.md`.
+//! `privmem_core` hypervisor traits. It behaves as Linux 7.3 (default) or
+//! 6.12 ([`KernelProfile`]), both checked against real kernels; every rule
+//! and errno follows the kernel source.
 //!
 //! Pages live in sparse memfds (`pread`/`pwrite`/`fallocate`), so a 1 TiB
 //! guest_memfd costs nothing until written and punching a hole really frees
@@ -28,9 +28,12 @@ mod attrs;
 mod backing;
 mod fault;
 mod gmem;
+mod gmem_mm;
 mod inject;
 mod memslot;
 mod mmio;
+mod numa;
+mod prefault;
 mod profile;
 mod vcpu;
 mod vm;
@@ -42,6 +45,7 @@ use std::sync::Arc;
 
 use privmem_core::backend::{Cap, FileIo, FileStat, Hypervisor};
 use privmem_core::error::Result;
+use privmem_core::{Advice, MemPolicy, MmapOptions, MmapProt, MmapSharing};
 use privmem_core::{BackendError, Errno, GuestMemfd, VmType, PAGE_SIZE};
 
 pub use privmem_core::Quirks;
@@ -50,8 +54,8 @@ pub use backing::ModelShared;
 pub use gmem::ModelGmemMapping;
 pub use inject::InjectOp;
 pub use profile::{
-    host_max_gpa_bits, max_gpa_bits_for, nr_memslot_as_ids, Build, KernelProfile, NR_MEMSLOTS,
-    VM_TYPES,
+    host_max_gpa_bits, max_gpa_bits_for, nr_memslot_as_ids, Build, KernelProfile,
+    PreFaultInvalidSlot, NR_MEMSLOTS, VM_TYPES,
 };
 pub use vcpu::{ModelKick, ModelVcpu};
 pub use vm::ModelVm;
@@ -68,9 +72,9 @@ pub struct ModelHypervisor {
     build: Build,
 }
 
-/// The default profile with every default [`ModelHypervisor::new`] sets
-/// (a derived `Default` would give a zero MMU width).
 impl Default for ModelHypervisor {
+    /// The 7.3 model with the default build (guest_memfd, memory
+    /// attributes, TDP, no SMM), a 52-bit MMU and no host quirks.
     fn default() -> ModelHypervisor {
         ModelHypervisor::new(KernelProfile::default())
     }
@@ -134,6 +138,23 @@ impl ModelHypervisor {
     /// True if the model is built with `CONFIG_KVM_GUEST_MEMFD`.
     pub fn guest_memfd(&self) -> bool {
         self.build.guest_memfd
+    }
+
+    /// The same model built with (`true`, the default) or without
+    /// `CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES` ([`Build::memory_attributes`]):
+    /// without it `KVM_SET_MEMORY_ATTRIBUTES` gives `ENOTTY`,
+    /// `KVM_CAP_MEMORY_ATTRIBUTES` reads 0 and only default VMs exist.
+    pub fn with_memory_attributes(mut self, on: bool) -> ModelHypervisor {
+        self.build.memory_attributes = on;
+        self
+    }
+
+    /// The same model on a host with (`true`, the default) or without
+    /// two-dimensional paging ([`Build::tdp`]): without it
+    /// `KVM_CAP_PRE_FAULT_MEMORY` is 0 and `KVM_PRE_FAULT_MEMORY` EOPNOTSUPP.
+    pub fn with_tdp(mut self, on: bool) -> ModelHypervisor {
+        self.build.tdp = on;
+        self
     }
 
     /// The kernel build options.
@@ -244,8 +265,8 @@ impl Hypervisor for ModelHypervisor {
 
     fn create_vm_raw(&self, ty: u64) -> Result<ModelVm> {
         let ty = self
-            .profile
-            .vm_type_from_raw(ty)
+            .build
+            .vm_type_from_raw(self.profile, ty)
             .ok_or(BackendError::os("KVM_CREATE_VM", Errno::EINVAL))?;
         Ok(ModelVm::new(vm::VmInner::new(
             ty,
@@ -274,7 +295,54 @@ impl Hypervisor for ModelHypervisor {
     }
 
     fn gmem_mmap(&self, gmem: &GuestMemfd, len: u64, shared: bool) -> Result<ModelGmemMapping> {
-        gmem::mmap(&self.inject, gmem, len, shared)
+        let sharing = if shared {
+            MmapSharing::Shared
+        } else {
+            MmapSharing::Private
+        };
+        let opts = MmapOptions {
+            prot: MmapProt::ReadWrite,
+            sharing,
+        };
+        gmem::mmap(&self.inject, gmem, len, opts)
+    }
+
+    fn gmem_mmap_with(
+        &self,
+        gmem: &GuestMemfd,
+        len: u64,
+        opts: MmapOptions,
+    ) -> Result<ModelGmemMapping> {
+        gmem::mmap(&self.inject, gmem, len, opts)
+    }
+
+    fn gmem_mbind(
+        &self,
+        map: &ModelGmemMapping,
+        offset: u64,
+        len: u64,
+        policy: MemPolicy,
+        flags: u32,
+    ) -> Result<()> {
+        map.mbind(offset, len, policy, flags)
+    }
+
+    fn gmem_get_mempolicy(&self, map: &ModelGmemMapping, offset: u64) -> Result<MemPolicy> {
+        map.get_mempolicy(offset)
+    }
+
+    fn gmem_madvise(
+        &self,
+        map: &ModelGmemMapping,
+        offset: u64,
+        len: u64,
+        advice: Advice,
+    ) -> Result<()> {
+        map.madvise(offset, len, advice)
+    }
+
+    fn gmem_poison(&self, map: &ModelGmemMapping, offset: u64) -> Result<()> {
+        map.poison(offset)
     }
 
     fn quirks(&self) -> Quirks {

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use privmem_core::backend::{Access, GuestOp, Kick, RunError, Vcpu};
 use privmem_core::error::Result;
 use privmem_core::exit::{hc_ret, EXIT_HYPERCALL_MAP_GPA_RANGE, KVM_HC_MAP_GPA_RANGE};
+use privmem_core::PreFaultRange;
 use privmem_core::{BackendError, Errno, Exit, Gpa, GuestReport, Hypercall, MmioExit, PAGE_SIZE};
 
 use crate::backing::{FillBuf, Memfd, MAX_IO};
@@ -50,6 +51,13 @@ pub struct ModelKick {
 impl Kick for ModelKick {
     fn kick(&self) {
         self.flag.store(true, Ordering::Release);
+    }
+}
+
+impl ModelKick {
+    /// True if a kick is pending (it stays pending for the next `run`).
+    pub(crate) fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
     }
 }
 
@@ -491,6 +499,9 @@ impl Vcpu for ModelVcpu {
     }
 
     fn run(&mut self) -> Result<Exit, RunError> {
+        if self.vm.is_dead() {
+            return Err(run_error(Errno::EIO));
+        }
         if self.kick.flag.swap(false, Ordering::AcqRel) {
             return Err(RunError::Interrupted);
         }
@@ -522,5 +533,9 @@ impl Vcpu for ModelVcpu {
 
     fn kicker(&self) -> Arc<dyn Kick> {
         self.kick.clone()
+    }
+
+    fn pre_fault_memory(&mut self, range: &mut PreFaultRange) -> Result<()> {
+        crate::prefault::pre_fault(&self.vm, &self.kick, range)
     }
 }

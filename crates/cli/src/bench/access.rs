@@ -80,7 +80,7 @@ fn syscall_floor(file: &std::fs::File, size: u64, byte: u8) -> anyhow::Result<f6
 /// Runs the benchmark.
 pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let size = if ctx.quick { 64 * MIB } else { 256 * MIB };
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let w = workload(
         VmType::Default,
         false,

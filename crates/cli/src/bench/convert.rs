@@ -42,7 +42,7 @@ struct Rig {
 
 impl Rig {
     fn new(size: u64) -> anyhow::Result<Rig> {
-        let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+        let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
         let w = workload(VmType::SwProtected, true, vec![slot(0, size)], vec![vec![]]);
         let (engine, mut vcpus, policy) = Machine::new(hv, &w).context("model setup")?.into_parts();
         let vcpu = vcpus.pop().context("one vCPU")?;

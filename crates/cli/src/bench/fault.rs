@@ -37,7 +37,7 @@ fn measure(
     rounds: usize,
 ) -> anyhow::Result<Samples> {
     let size = pages * PAGE_SIZE;
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let write = GuestOp::Write {
         gpa: Gpa(0),
         len: size,

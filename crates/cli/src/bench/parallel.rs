@@ -46,7 +46,7 @@ fn program(base: u64, size: u64) -> Vec<GuestOp> {
 /// Runs the benchmark.
 pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let size = if ctx.quick { 16 * MIB } else { 64 * MIB };
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let slots = vec![slot(0, size), slot(size, size)];
     let (a, b) = (program(0, size), program(size, size));
     let halt = [GuestOp::Halt];

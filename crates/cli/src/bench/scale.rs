@@ -79,7 +79,7 @@ pub struct RssProbe {
 /// this fresh process; prints its [`RssProbe`] as JSON. Exit status 1 if
 /// the setup fails.
 pub fn rss_probe_main(size: u64) -> i32 {
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let w = model_workload(size);
     let (rss0, heap0) = (own_rss_kib(), thread_heap_bytes());
     let m = match Machine::new(hv, &w) {
@@ -130,7 +130,7 @@ fn rss_probe(size: u64) -> anyhow::Result<RssProbe> {
 
 fn model(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let sizes = [GIB, 64 * GIB, TIB];
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let rounds = ctx.rounds();
     let mut figs: [Vec<SetupFigure>; 3] = Default::default();
     let mut probes: [Vec<RssProbe>; 3] = Default::default();

@@ -35,10 +35,10 @@ fn gmem_slot_without_file() -> Op {
 fn a_guest_memfd_slot_without_a_file_sends_fd_minus_1() {
     let s = seq(VmType::SwProtected, vec![gmem_slot_without_file()]);
     // kvm_gmem_bind: fget(-1) fails.
-    let hv = ModelHypervisor::new(KernelProfile::V6_18);
+    let hv = ModelHypervisor::new(KernelProfile::V7_3);
     assert_eq!(results(&hv, &s), [Res::Err(Errno::EBADF.0)]);
     // Without guest_memfd the flag itself is invalid.
-    let bare = ModelHypervisor::new(KernelProfile::V6_18).with_guest_memfd(false);
+    let bare = ModelHypervisor::new(KernelProfile::V7_3).with_guest_memfd(false);
     let s = seq(VmType::Default, vec![gmem_slot_without_file()]);
     assert_eq!(results(&bare, &s), [Res::Err(Errno::EINVAL.0)]);
 }
@@ -74,10 +74,10 @@ fn hc(gpa: u64) -> ExitSum {
 
 #[test]
 fn map_steps_compare_the_rax_the_guest_gets() {
-    use KernelProfile::{V6_12, V6_18};
+    use KernelProfile::{V6_12, V7_3};
     // Completed as asked: the guest gets the value and goes on.
     let r = run_maps(
-        V6_18,
+        V7_3,
         true,
         vec![map(0x1000, Some(-5)), map(0x2000, Some(1))],
     );
@@ -87,7 +87,7 @@ fn map_steps_compare_the_rax_the_guest_gets() {
     let maps = vec![map(0x1000, Some(-5)), map(0x2000, None)];
     let ret = |ret| ExitSum::Ret { gpa: 0x2000, ret };
     assert_eq!(
-        run_maps(V6_18, true, maps.clone()),
+        run_maps(V7_3, true, maps.clone()),
         Res::Exits(vec![hc(0x1000), hc(0x2000), ret(0)])
     );
     assert_eq!(
@@ -96,7 +96,7 @@ fn map_steps_compare_the_rax_the_guest_gets() {
     );
     // No exit: the synchronous error is what the guest reports.
     assert_eq!(
-        run_maps(V6_18, false, vec![map(0x1000, Some(0))]),
+        run_maps(V7_3, false, vec![map(0x1000, Some(0))]),
         Res::Exits(vec![ExitSum::Ret {
             gpa: 0x1000,
             ret: -1000
@@ -114,7 +114,7 @@ fn maps_run_after_the_accesses_of_their_step() {
     };
     // The map would stop the guest (ENOSYS); the read before it still runs.
     let r = run_maps(
-        KernelProfile::V6_18,
+        KernelProfile::V7_3,
         false,
         vec![map(0x1000, Some(0)), read],
     );

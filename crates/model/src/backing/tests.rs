@@ -147,7 +147,7 @@ fn discard_never_exposes_data_through_the_mappings() {
         ops.join(", ")
     );
     let w = workload::parse("t.toml", &text).unwrap();
-    let hv = std::sync::Arc::new(crate::ModelHypervisor::new(crate::KernelProfile::V6_18));
+    let hv = std::sync::Arc::new(crate::ModelHypervisor::new(crate::KernelProfile::V7_3));
     let m = Machine::new(hv, &w).unwrap();
     let engine = m.engine.clone();
     let states = m.run(RunOptions::default());

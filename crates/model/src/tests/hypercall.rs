@@ -188,5 +188,5 @@ fn uncompleted_map_on_6_12_gets_what_userspace_last_wrote() {
 
 #[test]
 fn uncompleted_map_on_6_18_gets_the_preset_zero() {
-    assert_eq!(uncompleted_after_completed(KernelProfile::V6_18), 0);
+    assert_eq!(uncompleted_after_completed(KernelProfile::V7_3), 0);
 }
