@@ -158,7 +158,12 @@ progress_run() {
     [[ -s "$rec" ]] && expected="$(<"$rec")"
     local base; base="$(wc -l < "$logf")"
     local t0=$SECONDS tty=0 every="${PRIVMEM_RIG_PROGRESS_EVERY:-60}" tick=0 n pct last el left
-    [[ -t 2 ]] && tty=1
+    local cols=100 line
+    if [[ -t 2 ]]; then
+        tty=1
+        cols="$(stty size 2>/dev/null </dev/tty | awk '{print $2}')" || true
+        [[ "$cols" =~ ^[0-9]+$ ]] && ((cols > 20)) || cols=100
+    fi
     "$@" >>"$logf" 2>&1 &
     local pid=$!
     while kill -0 "$pid" 2>/dev/null; do
@@ -173,9 +178,10 @@ progress_run() {
             left=", ~$(fmt_time $(( el * (expected - n) / n ))) left"
         fi
         if ((tty)); then
-            last="$(tail -n1 "$logf" | tr -d '\r' | sed 's/^ *//' | cut -c1-40)"
-            printf '\r\033[Krig: [%s] %s: %d/%d steps (%d%%), %s%s  %s' \
-                "$KERNEL" "$name" "$n" "$expected" "$pct" "$(fmt_time "$el")" "$left" "$last" >&2
+            last="$(tail -n1 "$logf" | tr -d '\r' | sed 's/^ *//; s/  */ /g')"
+            line="$(printf 'rig: [%s] %s: %d/%d steps (%d%%), %s%s  %s' \
+                "$KERNEL" "$name" "$n" "$expected" "$pct" "$(fmt_time "$el")" "$left" "$last")"
+            printf '\r\033[K%s' "${line:0:$((cols - 1))}" >&2
         else
             printf 'rig: [%s] %s: %d/%d steps (%d%%), %s elapsed%s\n' \
                 "$KERNEL" "$name" "$n" "$expected" "$pct" "$(fmt_time "$el")" "$left" >&2
@@ -203,6 +209,19 @@ kernel_cache_dir() {
     printf '%s/%s-%s' "$CACHE_ROOT" "${KVERSION//[^A-Za-z0-9.+-]/_}" "$hash"
 }
 
+# check_config FILE: every option the recipe requires is =y in FILE, or
+# name the missing ones and fail.
+check_config() {
+    local missing=() o req=("${KCONFIG_REQUIRE[@]}" "${KCONFIG_REQUIRE_EXTRA[@]}")
+    for o in "${req[@]}"; do
+        grep -qx "CONFIG_$o=y" "$1" || missing+=("CONFIG_$o")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    log "kernel config check FAILED: not =y after olddefconfig: ${missing[*]}"
+    grep -E "^(# )?CONFIG_($(IFS='|'; echo "${req[*]}"))[= ]" "$1" >&2 || true
+    return 1
+}
+
 build_kernel() {
     local dir="$1" t0=$SECONDS src b
     rm -rf "$dir"
@@ -224,15 +243,8 @@ build_kernel() {
         scripts/config --file .config "${args[@]}"
         make olddefconfig
     ) >>"$blog" 2>&1 || fail "kernel configuration"
-    local missing=() o req=("${KCONFIG_REQUIRE[@]}" "${KCONFIG_REQUIRE_EXTRA[@]}")
-    for o in "${req[@]}"; do
-        grep -qx "CONFIG_$o=y" "$src/.config" || missing+=("CONFIG_$o")
-    done
-    if ((${#missing[@]})); then
-        log "kernel config check FAILED: not =y after olddefconfig: ${missing[*]}"
-        grep -E "^(# )?CONFIG_($(IFS='|'; echo "${req[*]}"))[= ]" "$src/.config" >&2 || true
-        exit 126
-    fi
+    local req=("${KCONFIG_REQUIRE[@]}" "${KCONFIG_REQUIRE_EXTRA[@]}")
+    check_config "$src/.config" || exit 126
     grep -qx 'CONFIG_NET=y' "$src/.config" && log "  note: CONFIG_NET stayed enabled (something selects it)"
     log "  config ok (${req[*]} =y); make -j$JOBS bzImage"
     progress_run "make bzImage" "${PROGRESS_ESTIMATE[0]}" "$blog" \
