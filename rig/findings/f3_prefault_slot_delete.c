@@ -160,8 +160,9 @@ int main(void)
 		    "%.1f s; then %s), and the slot deletion waited for it\n",
 		    finding, release(), res.signals, res.pf_after_del, res.ret ? errname(res.err) : "0 with a partial range");
 	else
-		say("FINDING %s: %s on %s: the pre-fault returned %.3f s after the deletion started, no signal needed\n",
-		    finding, res.ret ? errname(res.err) : (res.left ? "PARTIAL" : "COMPLETED"), release(),
-		    res.pf_after_del);
+		say("FINDING %s: RETURNS on %s: the pre-fault returned %s (%llu bytes left) %.3f s after the "
+		    "deletion started, no signal needed; the deletion took %.3f s\n",
+		    finding, release(), res.ret ? errname(res.err) : "0", (unsigned long long)res.left,
+		    res.pf_after_del, res.del_time);
 	return 0;
 }
