@@ -2,10 +2,10 @@
 //! examples, run on the best backend for its VM type, with its designed
 //! outcome checked and a readable summary printed.
 
-use privmem_core::handle::ErrorKind;
-use privmem_core::report::Report;
-use privmem_core::runtime::RunOptions;
-use privmem_core::workload;
+use privmem_runner::handle::ErrorKind;
+use privmem_runner::report::Report;
+use privmem_runner::runtime::RunOptions;
+use privmem_runner::workload;
 
 use crate::backends::{choose, model_profile};
 use crate::picture::human;

@@ -6,20 +6,19 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::backend::{
+use privmem_core::backend::{
     Cap, GmemRef, Hypervisor, Kick, Region, RegionApi, RunError, SharedKind, UserAddr, Vcpu, Vm,
     MEM_GUEST_MEMFD,
 };
-use crate::engine::{ConvertError, Engine, GmemPiece, Origin, SlotBacking};
-use crate::error::BackendError;
-use crate::exit::{hc_ret, Exit, MemoryFault};
+use privmem_core::decide::FaultPolicy;
+use privmem_core::engine::{ConvertError, Engine, GmemPiece, Origin, SlotBacking};
+use privmem_core::error::BackendError;
+use privmem_core::exit::{hc_ret, MemoryFault, EXIT_HYPERCALL_MAP_GPA_RANGE};
+use privmem_core::types::{GmemFlags, GuestMemfd, SlotId, PAGE_SIZE};
+
 use crate::handle::{handle_exit, Decision, ErrorKind, RunState, VcpuError, VcpuState};
 use crate::report::Report;
-use crate::types::{GmemFlags, GuestMemfd, SlotId};
 use crate::workload::{Policy, SlotSpec, Workload};
-
-/// `KVM_EXIT_HYPERCALL_VALID_MASK`: `BIT(KVM_HC_MAP_GPA_RANGE)`.
-pub const EXIT_HYPERCALL_MAP_GPA_RANGE: u64 = 1 << 12;
 /// Consecutive EINTR/EAGAIN returns tolerated before the vCPU is stopped.
 const MAX_RETRIES: u32 = 100_000;
 
@@ -179,14 +178,7 @@ impl<H: Hypervisor> Machine<H> {
             })?;
             slots.push(build_slot(&*vm, spec, id)?);
         }
-        let private_mem = w.vm_type.has_private_mem();
-        let engine = Arc::new(Engine::new(
-            hv,
-            vm.clone(),
-            slots,
-            private_mem,
-            w.policy.discard,
-        ));
+        let engine = Arc::new(Engine::new(hv, vm.clone(), slots, w.policy.engine_config()));
         if w.initial_private {
             let gmem: Vec<_> = w
                 .slots
@@ -302,7 +294,8 @@ pub fn run_vcpu_on<H: Hypervisor>(
     policy: &Policy,
     stop: &AtomicBool,
 ) -> VcpuState {
-    let mut st = VcpuState::new(vcpu.index());
+    let policy: FaultPolicy = policy.fault_policy();
+    let mut st = VcpuState::new(vcpu.index(), policy.max_repeats);
     let mut retries = 0u32;
     while st.state == RunState::Running {
         if stop.load(Ordering::SeqCst) {
@@ -321,7 +314,7 @@ pub fn run_vcpu_on<H: Hypervisor>(
             }
         };
         retries = 0;
-        let decision = handle_exit(&mut st, policy, &exit);
+        let decision = handle_exit(&mut st, &policy, &exit);
         act(vcpu, &mut st, engine, decision);
     }
     st
@@ -355,7 +348,7 @@ fn act<V: Vcpu, H: Hypervisor>(vcpu: &mut V, st: &mut VcpuState, engine: &Engine
         Decision::Resume | Decision::Done => return,
         Decision::CompleteHypercall(ret) => ret,
         Decision::Explicit(m) => {
-            let len = m.pages.saturating_mul(crate::types::PAGE_SIZE);
+            let len = m.pages.saturating_mul(PAGE_SIZE);
             match engine.convert(m.gpa, len, m.to_private, Origin::Explicit) {
                 Ok(_) => hc_ret::OK,
                 Err(_) => hc_ret::EINVAL,
@@ -375,7 +368,7 @@ fn act<V: Vcpu, H: Hypervisor>(vcpu: &mut V, st: &mut VcpuState, engine: &Engine
 fn implicit<H: Hypervisor>(st: &mut VcpuState, engine: &Engine<H>, f: &MemoryFault) {
     match engine.convert(
         f.gpa.page_base(),
-        f.size.max(crate::types::PAGE_SIZE),
+        f.size.max(PAGE_SIZE),
         f.private,
         Origin::Implicit,
     ) {
@@ -401,9 +394,4 @@ pub fn run_workload<H: Hypervisor>(
     let start = Instant::now();
     let states = machine.run(opts);
     Ok(Report::build(&engine, w, states, start.elapsed()))
-}
-
-/// Exits seen, for callers that count (`Exit::kind`).
-pub fn exit_kind(e: &Exit) -> &'static str {
-    e.kind()
 }
