@@ -108,7 +108,7 @@ private_apt_download() {
         cat "$tmp/update.log" >&2; rm -rf "$tmp"; die_setup "apt-get update for $suite failed"
     fi
     mkdir -p "$dest"
-    (cd "$dest" && apt-get -q "${opts[@]}" download "$pkg") >"$tmp/download.log" 2>&1 || rc=$?
+    (cd "$dest" && apt-get -q "${opts[@]}" download "$pkg/$suite") >"$tmp/download.log" 2>&1 || rc=$?
     if ((rc)); then
         cat "$tmp/download.log" >&2; rm -rf "$tmp"; die_setup "apt-get download $pkg ($suite) failed"
     fi
