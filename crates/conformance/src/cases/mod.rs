@@ -2,6 +2,7 @@
 
 mod conversions;
 mod exits;
+mod findings;
 mod gmem;
 mod gmem_guest;
 mod invariants;
@@ -61,5 +62,7 @@ pub(crate) fn all<H: Hypervisor>() -> Vec<Case<H>> {
         "F29", "attributes: no-op sets and slotless GPAs" => invariants::f29_attributes::<H>;
         "F30", "hypercall ret preset and passed through" => invariants::f30_hypercall_ret::<H>;
         "F31", "hypercall errors without an exit" => invariants::f31_hypercall_errors::<H>;
+        "K1", "stale MMIO SPTE keeps a private slotless gfn shared" => findings::k1_mmio_stale_spte::<H>;
+        "K2", "overlapping guest_memfd binding is EEXIST" => findings::k2_gmem_bind_overlap::<H>;
     }
 }
