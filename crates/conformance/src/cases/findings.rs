@@ -9,62 +9,17 @@
 //! 6.12 up to 6.12, 7.3 from 7.3 on); a kernel between the two (6.18, the
 //! PVM hosts) was not measured and skips, naming its release.
 
-use std::any::Any;
-
 use privmem_core::backend::{GmemRef, SharedKind, UserAddr, MEM_GUEST_MEMFD};
 use privmem_core::{Attrs, Errno, Exit, FaultErrno, GmemFlags, Gpa, GuestOp, GuestReport};
 use privmem_core::{Hypervisor, MemoryFault, MmioExit, Vcpu, Vm, VmType};
-use privmem_model::ModelHypervisor;
 
 use super::gmem::PG;
-use super::gmem_guest::read;
+use super::gmem_guest::write;
 use crate::ctx::{ensure, expect_errno, fail, region, Check, Ctx, OrFail, Shared, Stop};
+use crate::findings::{kernel_release, series_of, Series};
 use crate::guest::{next_exit, vcpu_with};
 
 const M1: u64 = 1 << 20;
-
-/// The measured kernel series a backend is held to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Series {
-    /// Debian's 6.12.118 (and older 6.12 releases, and anything older).
-    V6_12,
-    /// Debian's 7.3.4 (and anything newer).
-    V7_3,
-}
-
-impl Series {
-    /// The release the rig measured.
-    pub(crate) const fn measured(self) -> &'static str {
-        match self {
-            Series::V6_12 => "6.12.118",
-            Series::V7_3 => "7.3.4",
-        }
-    }
-}
-
-/// The release of the kernel `hv` behaves as: the model's profile name, or
-/// the running kernel's `uname -r` for a backend that is the kernel.
-pub(crate) fn kernel_release<H: Hypervisor>(hv: &H) -> String {
-    let any: &dyn Any = hv;
-    if let Some(model) = any.downcast_ref::<ModelHypervisor>() {
-        return model.profile().name().to_string();
-    }
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
-}
-
-/// The series a release is held to, or `None` for one between the two.
-pub(crate) fn series_of(release: &str) -> Option<Series> {
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) if (major, minor) <= (6, 12) => Some(Series::V6_12),
-        (Some(major), Some(minor)) if (major, minor) >= (7, 3) => Some(Series::V7_3),
-        _ => None,
-    }
-}
 
 /// The series `cx`'s backend is held to; skips for an unmeasured kernel.
 fn series<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check<Series> {
@@ -94,30 +49,34 @@ const K1_GPA: u64 = 0xc000_0000;
 /// An unrelated memslot's GPA, added to change the memslot generation.
 const K1_OTHER_GPA: u64 = 0x1_0000_0000;
 
-/// What one guest read of the gfn gave.
+/// What one guest access to the gfn gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Seen {
     Mmio,
     Fault { private: bool },
 }
 
-/// Runs `vcpu` to its next exit and classifies it as a read of `K1_GPA`:
-/// an MMIO exit (completed, then run on to the next report, sync or halt)
-/// or a memory fault there.
-fn k1_read<V: Vcpu>(vcpu: &mut V, what: &str) -> Check<Seen> {
+/// A guest write of one byte to the gfn. The case writes where the
+/// reproducer reads: the fault path is the same, and a write needs no
+/// completion data (privmem's KVM backend completes MMIO reads with
+/// all-ones, the model with zeros).
+fn k1_write() -> GuestOp {
+    write(K1_GPA, 1, 0x5a)
+}
+
+/// Runs `vcpu` to its next exit and classifies it as the write of
+/// `K1_GPA`: an MMIO exit (run on to the next sync or halt: KVM completes
+/// the write on re-entry) or a memory fault there.
+fn k1_access<V: Vcpu>(vcpu: &mut V, what: &str) -> Check<Seen> {
     let exit = next_exit(vcpu)?;
     match exit {
-        Exit::Mmio(MmioExit { gpa, write, .. }) if gpa == Gpa(K1_GPA) && !write => {
-            // Complete the read: further MMIO exits of the same read, then
-            // the read's check report (the runtime returns zeros).
-            loop {
-                match next_exit(vcpu)? {
-                    Exit::Mmio(m) if m.gpa.raw() >> 12 == K1_GPA >> 12 && !m.write => {}
-                    Exit::Report(GuestReport::Sync { .. }) | Exit::Hlt => return Ok(Seen::Mmio),
-                    other => return Err(fail(format!("{what}: after the MMIO exit: {other:?}"))),
-                }
+        Exit::Mmio(MmioExit { gpa, write, .. }) if gpa == Gpa(K1_GPA) && write => loop {
+            match next_exit(vcpu)? {
+                Exit::Mmio(m) if m.gpa.raw() >> 12 == K1_GPA >> 12 && m.write => {}
+                Exit::Report(GuestReport::Sync { .. }) | Exit::Hlt => return Ok(Seen::Mmio),
+                other => return Err(fail(format!("{what}: after the MMIO exit: {other:?}"))),
             }
-        }
+        },
         Exit::MemoryFault(f) => {
             let want = MemoryFault {
                 gpa: Gpa(K1_GPA),
@@ -136,15 +95,22 @@ fn k1_read<V: Vcpu>(vcpu: &mut V, what: &str) -> Check<Seen> {
 }
 
 fn set_private<V: Vm>(vm: &V, private: bool) -> Check {
-    let a = if private { Attrs::PRIVATE } else { Attrs::SHARED };
+    let a = if private {
+        Attrs::PRIVATE
+    } else {
+        Attrs::SHARED
+    };
     vm.set_memory_attributes(K1_GPA, PG, a.0, 0)
-        .or_fail(format_args!("KVM_SET_MEMORY_ATTRIBUTES({K1_GPA:#x}, 4 KiB, {:#x})", a.0))
+        .or_fail(format_args!(
+            "KVM_SET_MEMORY_ATTRIBUTES({K1_GPA:#x}, 4 KiB, {:#x})",
+            a.0
+        ))
 }
 
 /// K1 (`mmio-stale-spte`): on a sw-protected VM, a gfn without a memslot
-/// that the guest read once while shared (an MMIO SPTE) and that is then
+/// that the guest accessed once while shared (an MMIO SPTE) and that is then
 /// made private does not fault as private: while the SPTE is current the
-/// read is emulated MMIO, after any memslot change it faults as *shared*.
+/// access is emulated MMIO, after any memslot change it faults as *shared*.
 /// A never-accessed private slotless gfn faults as private (the control).
 /// 6.12.118 and 7.3.4 behave alike (`kvm_mmu_page_fault`).
 pub(crate) fn k1_mmio_stale_spte<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
@@ -157,8 +123,8 @@ fn k1_body<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
     // Control: private, never accessed.
     let a = cx.create_vm(VmType::SwProtected)?;
     set_private(&a, true)?;
-    let mut va = vcpu_with(&a, 0, &[read(K1_GPA, 1, 0), GuestOp::Halt])?;
-    let control = k1_read(&mut va, "control (never accessed)")?;
+    let mut va = vcpu_with(&a, 0, &[k1_write(), GuestOp::Halt])?;
+    let control = k1_access(&mut va, "control (never accessed)")?;
     ensure!(
         control == (Seen::Fault { private: true }),
         "control: a private slotless gfn never accessed gave {control:?}, expected a private memory fault"
@@ -166,19 +132,19 @@ fn k1_body<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
 
     let b = cx.create_vm(VmType::SwProtected)?;
     let ops = [
-        read(K1_GPA, 1, 0),
+        k1_write(),
         GuestOp::Sync { tag: 1 },
-        read(K1_GPA, 1, 0),
+        k1_write(),
         GuestOp::Halt,
     ];
     let mut vb = vcpu_with(&b, 0, &ops)?;
-    let first = k1_read(&mut vb, "first read (shared, no memslot)")?;
+    let first = k1_access(&mut vb, "first write (shared, no memslot)")?;
     ensure!(
         first == Seen::Mmio,
-        "the first shared read of the slotless gfn gave {first:?}, expected MMIO"
+        "the first shared write of the slotless gfn gave {first:?}, expected MMIO"
     );
     set_private(&b, true)?;
-    let live = k1_read(&mut vb, "read after KVM_SET_MEMORY_ATTRIBUTES(PRIVATE)")?;
+    let live = k1_access(&mut vb, "write after KVM_SET_MEMORY_ATTRIBUTES(PRIVATE)")?;
     ensure!(
         live == Seen::Mmio,
         "the private gfn with a current MMIO SPTE gave {live:?}; measured: MMIO (emulated, \
@@ -195,9 +161,9 @@ fn k1_body<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
     };
     b.set_user_memory_region(&r)
         .or_fail("an unrelated memslot (memslot generation bump)")?;
-    vb.load_program(&[read(K1_GPA, 1, 0), GuestOp::Halt])
+    vb.load_program(&[k1_write(), GuestOp::Halt])
         .or_fail("load_program")?;
-    let stale = k1_read(&mut vb, "read after a memslot change")?;
+    let stale = k1_access(&mut vb, "write after a memslot change")?;
     ensure!(
         stale == (Seen::Fault { private: false }),
         "the private gfn with a stale MMIO SPTE gave {stale:?}; measured: a shared memory fault \
@@ -249,21 +215,4 @@ fn k2_body<H: Hypervisor>(vm: &H::Vm) -> Check {
     )?;
     bind(1, 512 * M1, 2 * M1, 4 * M1)
         .or_fail("slot 1 at a disjoint file range (the refused slot 1 must not exist)")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn releases_map_to_the_measured_series() {
-        assert_eq!(series_of("6.12.118"), Some(Series::V6_12));
-        assert_eq!(series_of("6.12"), Some(Series::V6_12));
-        assert_eq!(series_of("6.1.0-28-amd64"), Some(Series::V6_12));
-        assert_eq!(series_of("7.3.4+bpo-amd64"), Some(Series::V7_3));
-        assert_eq!(series_of("7.3"), Some(Series::V7_3));
-        assert_eq!(series_of("8.0"), Some(Series::V7_3));
-        assert_eq!(series_of("6.18.44-fc-v657"), None);
-        assert_eq!(series_of("unknown"), None);
-    }
 }
