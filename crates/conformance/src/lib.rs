@@ -18,6 +18,7 @@
 mod cases;
 mod ctx;
 pub mod differential;
+pub mod findings;
 mod guest;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

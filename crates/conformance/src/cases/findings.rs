@@ -353,3 +353,15 @@ fn k4_model<H: Hypervisor>(cx: &Ctx<'_, H>, model: &ModelHypervisor, s: Series) 
         ),
     }
 }
+
+// ---- K3: pre-fault over a memslot being deleted -------------------------
+
+/// K3 (`prefault-slot-delete`): `KVM_PRE_FAULT_MEMORY` over a memslot that
+/// another thread deletes. Not expressible yet: privmem's backend trait has
+/// no pre-fault call.
+pub(crate) fn k3_prefault_slot_delete<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
+    series(cx)?;
+    Err(Stop::Skip(
+        "privmem's backend trait has no KVM_PRE_FAULT_MEMORY yet (Vcpu::pre_fault_memory)".into(),
+    ))
+}

@@ -64,6 +64,7 @@ pub(crate) fn all<H: Hypervisor>() -> Vec<Case<H>> {
         "F31", "hypercall errors without an exit" => invariants::f31_hypercall_errors::<H>;
         "K1", "stale MMIO SPTE keeps a private slotless gfn shared" => findings::k1_mmio_stale_spte::<H>;
         "K2", "overlapping guest_memfd binding is EEXIST" => findings::k2_gmem_bind_overlap::<H>;
+        "K3", "pre-fault over a memslot being deleted" => findings::k3_prefault_slot_delete::<H>;
         "K4", "shared attribute set reserves per gfn (6.12)" => findings::k4_attr_shared_reserve::<H>;
     }
 }
