@@ -90,7 +90,10 @@ fn an_unmeasured_kernel_skips_naming_its_release() {
         let p = &f["pinned"][0];
         assert_eq!(p["status"], "skip", "{f}");
         assert!(
-            p["reason"].as_str().unwrap().contains("kernel 6.18 was not measured"),
+            p["reason"]
+                .as_str()
+                .unwrap()
+                .contains("kernel 6.18 was not measured"),
             "{f}"
         );
     }
