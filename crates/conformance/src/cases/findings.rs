@@ -25,6 +25,8 @@ use crate::guest::{next_exit, vcpu_with};
 const M1: u64 = 1 << 20;
 
 /// The series `cx`'s backend is held to; skips for an unmeasured kernel.
+/// Cases check what they need from the backend first, so a backend that
+/// lacks it skips naming the capability.
 fn series<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check<Series> {
     let release = kernel_release(cx.hv);
     series_of(&release).ok_or_else(|| {
@@ -117,8 +119,8 @@ fn set_private<V: Vm>(vm: &V, private: bool) -> Check {
 /// A never-accessed private slotless gfn faults as private (the control).
 /// 6.12.118 and 7.3.4 behave alike (`kvm_mmu_page_fault`).
 pub(crate) fn k1_mmio_stale_spte<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
-    let s = series(cx)?;
     cx.require_vm_type(VmType::SwProtected)?;
+    let s = series(cx)?;
     against(s, k1_body(cx))
 }
 
@@ -183,8 +185,8 @@ fn k1_body<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
 /// gave EINVAL from `kvm_gmem_bind`); the refused slot does not exist
 /// afterwards.
 pub(crate) fn k2_gmem_bind_overlap<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
-    let s = series(cx)?;
     let vm = cx.gmem_slot_vm()?;
+    let s = series(cx)?;
     against(s, k2_body::<H>(&vm))
 }
 
@@ -323,8 +325,8 @@ fn k4_kernel<H: Hypervisor>(cx: &Ctx<'_, H>, s: Series) -> Check {
 /// reservation as the point where a clear can fail with ENOMEM
 /// (`xa_reserve`), which an injected failure probes.
 pub(crate) fn k4_attr_shared_reserve<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
-    let s = series(cx)?;
     cx.require_vm_type(VmType::SwProtected)?;
+    let s = series(cx)?;
     let any: &dyn Any = cx.hv;
     match any.downcast_ref::<ModelHypervisor>() {
         Some(model) => against(s, k4_model(cx, model, s)),
