@@ -362,6 +362,15 @@ fn k4_model<H: Hypervisor>(cx: &Ctx<'_, H>, model: &ModelHypervisor, s: Series) 
 /// another thread deletes. Not expressible yet: privmem's backend trait has
 /// no pre-fault call.
 pub(crate) fn k3_prefault_slot_delete<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
+    let cap = cx
+        .hv
+        .check_extension(privmem_core::Cap::PreFaultMemory)
+        .or_fail("KVM_CHECK_EXTENSION(KVM_CAP_PRE_FAULT_MEMORY)")?;
+    if cap == 0 {
+        return Err(Stop::Skip(
+            "KVM_CAP_PRE_FAULT_MEMORY=0 (no two-dimensional paging: tdp_enabled=0)".into(),
+        ));
+    }
     series(cx)?;
     Err(Stop::Skip(
         "privmem's backend trait has no KVM_PRE_FAULT_MEMORY yet (Vcpu::pre_fault_memory)".into(),
