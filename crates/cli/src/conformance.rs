@@ -1,6 +1,9 @@
 //! `privmem conformance`: the kernel-selftest checklist (A1–A20, B1–B6,
-//! C1–C5, D1–D2, P1, V1, H1–H2, F26–F31) on every available backend, and with
-//! `--differential` the model-vs-KVM differential test.
+//! C1–C5, D1–D2, P1, V1, H1–H2, K1–K4, F26–F31) on every available backend, and with
+//! `--differential` the model-vs-KVM differential test; `--findings` lists
+//! the kernel findings and runs their pinned cases (K1–K4).
+
+mod findings;
 
 use clap::ValueEnum;
 use privmem_conformance::differential::{self, DiffConfig, DiffReport};
@@ -41,6 +44,10 @@ pub struct ConformanceArgs {
     /// Run the model-vs-KVM differential test instead of the suite.
     #[arg(long)]
     differential: bool,
+    /// List the kernel findings (docs/findings/) with each rig kernel's
+    /// measured result, and run their pinned cases on the chosen backends.
+    #[arg(long, conflicts_with_all = ["differential", "only"])]
+    findings: bool,
     /// Differential: number of generated sequences.
     #[arg(long, default_value_t = 64)]
     cases: u32,
@@ -88,6 +95,9 @@ pub fn main(args: &ConformanceArgs) -> i32 {
     };
     if args.differential {
         return differential_main(args, profile);
+    }
+    if args.findings {
+        return findings::main(args, profile);
     }
     let (model, kvm, must_kvm) = match args.backend {
         SuiteBackend::Auto => (true, true, kvm_required()),

@@ -23,6 +23,7 @@
 mod cases;
 mod ctx;
 pub mod differential;
+pub mod findings;
 mod guest;
 mod kernels;
 

@@ -2,6 +2,8 @@
 
 mod conversions;
 mod exits;
+mod findings;
+mod findings_k3;
 mod gmem;
 mod gmem73;
 mod gmem_guest;
@@ -77,5 +79,9 @@ pub(crate) fn all<H: Hypervisor>() -> Vec<Case<H>> {
         "F29", "attributes: no-op sets and slotless GPAs" => invariants::f29_attributes::<H>;
         "F30", "hypercall ret preset and passed through" => invariants::f30_hypercall_ret::<H>;
         "F31", "hypercall errors without an exit" => invariants::f31_hypercall_errors::<H>;
+        "K1", "stale MMIO SPTE keeps a private slotless gfn shared" => findings::k1_mmio_stale_spte::<H>;
+        "K2", "overlapping guest_memfd binding is EEXIST" => findings::k2_gmem_bind_overlap::<H>;
+        "K3", "pre-fault over a memslot being deleted" => findings_k3::k3_prefault_slot_delete::<H>;
+        "K4", "shared attribute set reserves per gfn (6.12)" => findings::k4_attr_shared_reserve::<H>;
     }
 }
