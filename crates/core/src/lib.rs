@@ -13,6 +13,7 @@ pub mod handle;
 pub mod rangelock;
 pub mod report;
 pub mod runtime;
+pub mod trace;
 pub mod types;
 pub mod workload;
 
