@@ -100,7 +100,7 @@ fn run_scenario(
             .file_stem()
             .map_or_else(|| "scenario".into(), |n| n.to_string_lossy());
         let path = dir.join(format!("{stem}.svg"));
-        Trace::assemble(s.file, &w, &report, rec.events()).write(&path)?;
+        Trace::assemble(s.file, &w, &report, &rec).write(&path)?;
         println!("  trace: {}", path.display());
     }
     Ok(report)

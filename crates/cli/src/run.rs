@@ -65,6 +65,7 @@ fn run_on<H: Hypervisor>(
         return Err("internal: the engine already has a trace sink".into());
     }
     let engine = machine.engine.clone();
+    rec.set_slots(engine.slots(), w);
     rec.start_clock();
     let start = Instant::now();
     let states = machine.run(opts);
@@ -132,7 +133,7 @@ fn prepare_and_run(a: &RunArgs) -> Result<(Report, Option<Trace>), String> {
     let report = execute(chosen, reason, &w, opts, recorder.as_ref())?;
     let trace = recorder.map(|rec| {
         let title = a.file.display().to_string();
-        Trace::assemble(&title, &w, &report, rec.events())
+        Trace::assemble(&title, &w, &report, &rec)
     });
     Ok((report, trace))
 }

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
+use privmem_core::engine::SlotBacking;
 use privmem_core::report::Report;
 use privmem_core::trace::{TraceEvent, TraceSink};
 use privmem_core::workload::Workload;
@@ -59,6 +60,7 @@ pub struct Stamped {
 struct Log {
     start: Instant,
     events: Vec<Stamped>,
+    slots: Option<Vec<SlotInfo>>,
 }
 
 /// Collects events from every vCPU thread, in the order they arrive.
@@ -73,6 +75,7 @@ impl Recorder {
             log: Mutex::new(Log {
                 start: Instant::now(),
                 events: Vec::new(),
+                slots: None,
             }),
         }
     }
@@ -89,6 +92,41 @@ impl Recorder {
     /// The events recorded so far.
     pub fn events(&self) -> Vec<Stamped> {
         self.lock().events.clone()
+    }
+
+    /// Records what backs each memslot, as the machine built it (which
+    /// can differ from the workload: a host without guest_memfd backs a
+    /// default VM with plain shared memory).
+    pub fn set_slots<S>(&self, built: &[SlotBacking<S>], w: &Workload) {
+        let slots = built
+            .iter()
+            .map(|b| {
+                let closed = w
+                    .slots
+                    .iter()
+                    .any(|s| s.range == b.range && s.guest_memfd && s.close_guest_memfd);
+                SlotInfo {
+                    range: b.range,
+                    guest_memfd: b.gmem.is_some() || closed,
+                    gmem_closed: closed,
+                }
+            })
+            .collect();
+        self.lock().slots = Some(slots);
+    }
+
+    /// The memslots as recorded, else as the workload describes them.
+    fn slots(&self, w: &Workload) -> Vec<SlotInfo> {
+        self.lock().slots.clone().unwrap_or_else(|| {
+            w.slots
+                .iter()
+                .map(|s| SlotInfo {
+                    range: s.range,
+                    guest_memfd: s.guest_memfd,
+                    gmem_closed: s.guest_memfd && s.close_guest_memfd,
+                })
+                .collect()
+        })
     }
 }
 
@@ -154,8 +192,8 @@ fn parse_hex(s: &str) -> Option<u64> {
 }
 
 impl Trace {
-    /// Joins recorded events with the workload and the report.
-    pub fn assemble(title: &str, w: &Workload, r: &Report, events: Vec<Stamped>) -> Trace {
+    /// Joins what `rec` recorded with the workload and the report.
+    pub fn assemble(title: &str, w: &Workload, r: &Report, rec: &Recorder) -> Trace {
         let vcpus = r
             .vcpus
             .iter()
@@ -182,17 +220,9 @@ impl Trace {
             title: title.to_string(),
             vm_type: r.vm_type.to_string(),
             backend: r.backend.clone(),
-            slots: w
-                .slots
-                .iter()
-                .map(|s| SlotInfo {
-                    range: s.range,
-                    guest_memfd: s.guest_memfd,
-                    gmem_closed: s.guest_memfd && s.close_guest_memfd,
-                })
-                .collect(),
+            slots: rec.slots(w),
             initial_private: w.initial_private,
-            events,
+            events: rec.events(),
             vcpus,
             final_map,
             elapsed_ms: r.elapsed_ms,

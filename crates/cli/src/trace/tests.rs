@@ -30,7 +30,7 @@ fn traced_run() -> Trace {
     let rec = Arc::new(Recorder::new());
     let report = execute(chosen, reason, &w, RunOptions::default(), Some(&rec)).expect("runs");
     assert!(report.ok, "the example must run as designed: {report:?}");
-    Trace::assemble(FILE, &w, &report, rec.events())
+    Trace::assemble(FILE, &w, &report, &rec)
 }
 
 fn rasterize(svg: &str) -> Pixmap {
@@ -206,5 +206,60 @@ fn untouched_memory_keeps_its_initial_colour() {
             "{gpa:#x} never changes"
         );
         assert_eq!(seen(&p, (PLOT_X0 + lay.plot_x1()) / 2.0, y), Seen::Private);
+    }
+}
+
+/// A synthetic trace: one slot of `pages` pages, every other page converted.
+fn synthetic(pages: u64) -> Trace {
+    use privmem_core::trace::Cause;
+    use privmem_core::{Gpa, GpaRange, PAGE_SIZE};
+    let range = GpaRange::new(Gpa(0), pages * PAGE_SIZE).unwrap();
+    let events = (0..pages / 2)
+        .map(|i| super::Stamped {
+            seq: i as usize + 1,
+            t_us: i as f64,
+            event: TraceEvent::Converted {
+                vcpu: Some(0),
+                cause: Cause::Hypercall,
+                gpa: 2 * i * PAGE_SIZE,
+                len: PAGE_SIZE,
+                to_private: true,
+                pages: 1,
+                discard: false,
+            },
+        })
+        .collect();
+    Trace {
+        title: "synthetic".into(),
+        vm_type: "sw-protected".into(),
+        backend: "model".into(),
+        slots: vec![super::SlotInfo {
+            range,
+            guest_memfd: true,
+            gmem_closed: false,
+        }],
+        initial_private: false,
+        events,
+        vcpus: vec![],
+        final_map: vec![],
+        elapsed_ms: 1.0,
+    }
+}
+
+#[test]
+fn many_bands_fall_back_to_a_linear_axis_that_still_fills_the_panel() {
+    use super::layout::{MAX_LOG_BANDS, PLOT_Y0};
+    for (pages, log) in [(16, true), (4 * MAX_LOG_BANDS as u64, false)] {
+        let t = synthetic(pages);
+        let lay = Layout::new(&t);
+        assert_eq!(lay.log_scale, log, "{pages} pages");
+        assert!((lay.bands[0].y_bot - lay.mem_y1()).abs() < 1e-6);
+        assert!((lay.bands.last().unwrap().y_top - PLOT_Y0).abs() < 1e-6);
+        for w in lay.bands.windows(2) {
+            assert!((w[0].y_top - w[1].y_bot).abs() < 1e-6 && w[0].y_top < w[0].y_bot);
+        }
+        // Rendering must not fail on it, and says which scale it used.
+        let svg = t.render(super::TraceFormat::Svg);
+        assert!(svg.contains(if log { "log of its size" } else { "to scale" }));
     }
 }
