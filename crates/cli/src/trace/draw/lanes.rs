@@ -5,7 +5,9 @@ use privmem_core::trace::TraceEvent;
 use privmem_core::FaultErrno;
 use svg::node::element::Group;
 
-use super::{cross, diamond, dot, line, rect, state_colour, text, triangle, Labels, FAIL, INK};
+use super::{
+    cross, diamond, dot, line, rect, state_colour, text, time_unit, triangle, Labels, FAIL, INK,
+};
 use crate::trace::layout::{Layout, LANE_H, PLOT_W, PLOT_X0};
 use crate::trace::{Stamped, Trace};
 
@@ -131,18 +133,22 @@ pub fn time_axis(t: &Trace, lay: &Layout) -> Group {
             .set("id", "time-axis")
             .add(line(PLOT_X0, y, PLOT_X0 + PLOT_W, y, INK, 1.0));
     let step = tick_step(lay.events);
+    let (unit, div, decimals) = time_unit(t);
     for s in t.events.iter().filter(|s| s.seq == 1 || s.seq % step == 0) {
         let x = lay.x_event(s.seq);
-        let ms = format!("{:.2}", s.t_us / 1e3);
+        let when = format!("{:.1$}", s.t_us / div, decimals);
         g = g
             .add(line(x, y, x, y + 5.0, INK, 1.0))
             .add(text(x, y + 17.0, s.seq.to_string(), 11.0, "middle"))
-            .add(text(x, y + 30.0, ms, 9.5, "middle").set("fill", "#666666"));
+            .add(text(x, y + 30.0, when, 9.5, "middle").set("fill", "#666666"));
     }
     g.add(text(
         PLOT_X0 + PLOT_W / 2.0,
         y + 48.0,
-        "events in order, left to right (under each number, in grey: ms since the vCPUs started)",
+        format!(
+            "events in order, left to right (under each number, in grey: {unit} since the vCPUs \
+             started)"
+        ),
         12.0,
         "middle",
     ))

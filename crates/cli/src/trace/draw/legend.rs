@@ -3,7 +3,10 @@
 use privmem_core::trace::{Cause, TraceEvent};
 use svg::node::element::Group;
 
-use super::{cross, diamond, dot, line, rect, text, triangle, GAP, INK, NO_GMEM, PRIVATE, SHARED};
+use super::{
+    cross, diamond, dot, line, rect, text, time_unit, triangle, FAIL, GAP, INK, NO_GMEM, PRIVATE,
+    SHARED,
+};
 use crate::picture::human;
 use crate::trace::layout::{Layout, PLOT_X0};
 use crate::trace::Trace;
@@ -22,7 +25,11 @@ pub fn header(t: &Trace, lay: &Layout) -> Group {
         }
     }
     let mem: u64 = t.slots.iter().map(|s| s.range.len()).sum();
-    let last_ms = t.events.last().map_or(0.0, |s| s.t_us / 1e3);
+    let (unit, div, decimals) = time_unit(t);
+    let (first, last) = match (t.events.first(), t.events.last()) {
+        (Some(a), Some(b)) => (a.t_us / div, b.t_us / div),
+        _ => (0.0, 0.0),
+    };
     let what = format!(
         "{} VM on the {} backend; {} of guest memory, starting {}.",
         t.vm_type,
@@ -35,8 +42,8 @@ pub fn header(t: &Trace, lay: &Layout) -> Group {
         },
     );
     let counts = format!(
-        "{} events in {last_ms:.2} ms: {conv} conversions ({by_fault} on memory faults, {} on \
-         MAP_GPA_RANGE requests), {refused} refused.",
+        "{} events, {first:.decimals$} to {last:.decimals$} {unit} after the vCPUs started: {conv} conversions \
+         ({by_fault} on memory faults, {} on MAP_GPA_RANGE requests), {refused} refused.",
         lay.events,
         conv - by_fault
     );
@@ -93,11 +100,8 @@ pub fn legend(lay: &Layout) -> Group {
         ))
         .add(dot(c1 + 7.0, y1 - 4.0, 5.0, PRIVATE, INK))
         .add(dot(c1 + 21.0, y1 - 4.0, 5.0, SHARED, INK))
-        .add(label(
-            c1 + 33.0,
-            y1,
-            "memory fault: private / shared access",
-        ))
+        .add(dot(c1 + 35.0, y1 - 4.0, 5.0, FAIL, INK))
+        .add(label(c1 + 47.0, y1, "fault: private / shared / EHWPOISON"))
         .add(triangle(c2 + 7.0, y1 - 5.0, 5.5, PRIVATE))
         .add(triangle(c2 + 21.0, y1 - 5.0, 5.5, "#ffffff"))
         .add(label(c2 + 33.0, y1, "converted / nothing to change"))

@@ -30,6 +30,16 @@ pub const FAIL: &str = "#d62728";
 const INK: &str = "#222222";
 const FONT: &str = "DejaVu Sans, Helvetica, Arial, sans-serif";
 
+/// How times are written: microseconds when the whole run took less than
+/// a millisecond, else milliseconds. `(unit, divisor of µs, decimals)`.
+fn time_unit(t: &Trace) -> (&'static str, f64, usize) {
+    if t.events.last().is_some_and(|s| s.t_us < 1e3) {
+        ("µs", 1.0, 1)
+    } else {
+        ("ms", 1e3, 2)
+    }
+}
+
 fn state_colour(private: bool) -> &'static str {
     if private {
         PRIVATE
