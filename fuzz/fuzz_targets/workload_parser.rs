@@ -4,9 +4,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(w) = privmem_core::workload::parse("fuzz.toml", text) {
+        if let Ok(w) = privmem_runner::workload::parse("fuzz.toml", text) {
             for s in &w.slots {
-                assert!(s.range.end().raw() <= privmem_core::workload::MAX_GPA);
+                assert!(s.range.end().raw() <= privmem_runner::workload::MAX_GPA);
             }
         }
     }

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use privmem_core::workload::Workload;
 use privmem_core::{Cap, Hypervisor, VmType};
 use privmem_kvm::KvmHypervisor;
 use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_runner::workload::Workload;
 
 use crate::BackendArg;
 

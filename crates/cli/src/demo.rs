@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use privmem_core::handle::ErrorKind;
-use privmem_core::report::Report;
-use privmem_core::runtime::RunOptions;
-use privmem_core::workload;
+use privmem_runner::handle::ErrorKind;
+use privmem_runner::report::Report;
+use privmem_runner::runtime::RunOptions;
+use privmem_runner::workload;
 
 use crate::backends::{choose, model_profile};
 use crate::picture::human;

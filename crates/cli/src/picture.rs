@@ -3,7 +3,7 @@
 //! One character per cell of guest_memfd memory: `#` private, `.` shared,
 //! `%` a cell holding both.
 
-use privmem_core::report::AttrRange;
+use privmem_runner::report::AttrRange;
 
 fn parse_hex(s: &str) -> u64 {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0)

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use privmem_core::report::Report;
-use privmem_core::runtime::{run_workload, Machine, RunOptions};
 use privmem_core::trace::TraceSink;
-use privmem_core::workload::{self, Workload};
 use privmem_core::Hypervisor;
+use privmem_runner::report::Report;
+use privmem_runner::runtime::{run_workload, Machine, RunOptions};
+use privmem_runner::workload::{self, Workload};
 
 use crate::backends::{choose, model_profile, Chosen};
 use crate::picture;

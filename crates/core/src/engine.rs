@@ -2,9 +2,10 @@
 //! and implicit (memory-fault) conversions.
 //!
 //! Order of a conversion (see DESIGN.md):
-//! 1. validate alignment, bounds (below 2^52);
+//! 1. validate alignment, bounds (below the [`GpaLimit`], 2^52 by default);
 //! 2. lock the range (overlapping conversions serialise, disjoint ones don't);
-//! 3. return early if every page already has the wanted attribute;
+//! 3. return early if every page already has the wanted attribute, unless
+//!    the range is only partly inside guest memory (refused: see below);
 //! 4. refuse what cannot succeed: a page not backed by guest_memfd, a gap
 //!    between slots, or private memory on a VM without it;
 //! 5. apply to the kernel: `KVM_SET_MEMORY_ATTRIBUTES` first (so the guest can
@@ -18,17 +19,24 @@
 //!    conversion rolls forward and the failed pieces are deferred: they are
 //!    retried before any later conversion touches them, and that conversion
 //!    is refused if they still fail, so stale data never shows across it.
+//!
+//! Ranges outside guest memory (no memslot): a range *wholly* outside
+//! converts to shared as a no-op ([`Outcome::NoOp`], the guest sees 0 from
+//! `MAP_GPA_RANGE`), as QEMU ignores a TDX firmware's conversions of its MMIO
+//! ranges to shared; converting it to private is refused (-22). A range
+//! *partly* outside is refused either way, even when the pages inside
+//! already have the wanted attribute.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::attrmap::{AttrMap, Run};
 use crate::backend::{Hypervisor, SharedMemory, Vm, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
+use crate::decide::DiscardPolicy;
 use crate::error::BackendError;
 use crate::rangelock::RangeLocks;
 use crate::trace::{self, TraceEvent, TraceSink};
-use crate::types::{Attrs, Gpa, GpaRange, GuestMemfd, SlotId, PAGE_SIZE};
-use crate::workload::MAX_GPA;
+use crate::types::{Attrs, Gpa, GpaLimit, GpaRange, GuestMemfd, SlotId, PAGE_SIZE};
 
 /// Where a guest_memfd slot's private pages live.
 #[derive(Debug, Clone)]
@@ -66,7 +74,8 @@ pub enum Origin {
 /// A successful conversion.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Outcome {
-    /// Nothing to do: every page already had the attribute.
+    /// Nothing to do: every page already had the attribute (this includes
+    /// a conversion to shared of a range wholly outside guest memory).
     NoOp,
     /// This many pages changed.
     Converted {
@@ -118,6 +127,15 @@ pub enum ConvertError {
     },
 }
 
+/// How an [`Engine`] converts.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct EngineConfig {
+    /// Whether a conversion frees the backing no longer in use.
+    pub discard: DiscardPolicy,
+    /// Conversions ending above this limit are [`ConvertError::Invalid`].
+    pub gpa_limit: GpaLimit,
+}
+
 /// Conversion and discard counters.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -143,7 +161,7 @@ pub struct Engine<H: Hypervisor> {
     vm: Arc<H::Vm>,
     slots: Vec<SlotBacking<<H::Vm as Vm>::Shared>>,
     private_mem: bool,
-    discard: bool,
+    config: EngineConfig,
     map: Mutex<AttrMap>,
     locks: RangeLocks,
     /// Discards deferred after a partial failure: (pages, toward private).
@@ -226,22 +244,22 @@ impl<S> Piece<'_, S> {
 }
 
 impl<H: Hypervisor> Engine<H> {
-    /// An engine over `slots` (sorted, disjoint). `private_mem`: the VM type has
-    /// private memory (attributes); `discard`: the discard policy.
+    /// An engine over `slots` (disjoint; sorted here). Conversions are
+    /// refused outright on a VM type without private memory.
     pub fn new(
         hv: Arc<H>,
         vm: Arc<H::Vm>,
         mut slots: Vec<SlotBacking<<H::Vm as Vm>::Shared>>,
-        private_mem: bool,
-        discard: bool,
+        config: EngineConfig,
     ) -> Engine<H> {
         slots.sort_by_key(|s| s.range.start());
+        let private_mem = vm.vm_type().has_private_mem();
         Engine {
             hv,
             vm,
             slots,
             private_mem,
-            discard,
+            config,
             map: Mutex::new(AttrMap::new()),
             locks: RangeLocks::new(),
             pending: Mutex::new(Vec::new()),
@@ -264,6 +282,11 @@ impl<H: Hypervisor> Engine<H> {
     /// The hypervisor.
     pub fn hypervisor(&self) -> &Arc<H> {
         &self.hv
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> EngineConfig {
+        self.config
     }
 
     /// A snapshot of the attribute map.
@@ -307,7 +330,7 @@ impl<H: Hypervisor> Engine<H> {
         to_private: bool,
         origin: Origin,
     ) -> Result<Outcome, ConvertError> {
-        let range = validate(gpa, len)?;
+        let range = validate(gpa, len, self.config.gpa_limit)?;
         let _guard = self.locks.lock(range);
         self.settle_pending(range)?;
         // The runs that change (usually one; no allocation for up to two).
@@ -319,12 +342,13 @@ impl<H: Hypervisor> Engine<H> {
             .for_each(|r| changed.push(r));
         let runs = changed.as_slice();
         if runs.is_empty() {
+            self.refuse_partly_outside(range)?;
             return Ok(Outcome::NoOp);
         }
         self.refuse_unconvertible(range, to_private)?;
         self.set_kernel_attrs(range, to_private)
             .map_err(|source| ConvertError::Kernel { range, source })?;
-        if self.discard {
+        if self.config.discard.discards() {
             if let Err((done, rest, source)) = self.discard_runs(runs, to_private) {
                 if done == 0 {
                     // Nothing was discarded yet: a clean rollback loses nothing.
@@ -353,7 +377,7 @@ impl<H: Hypervisor> Engine<H> {
                 len: range.len(),
                 to_private,
                 pages,
-                discard: self.discard,
+                discard: self.config.discard.discards(),
             });
         }
         Ok(Outcome::Converted { pages })
@@ -467,6 +491,28 @@ impl<H: Hypervisor> Engine<H> {
                 }
             }
         })
+    }
+
+    /// Refuses a range that covers some memslot and some gap. (A range
+    /// wholly outside memory passes: converting it to shared is a no-op.)
+    fn refuse_partly_outside(&self, range: GpaRange) -> Result<(), ConvertError> {
+        let first = self
+            .slots
+            .partition_point(|s| s.range.end() <= range.start());
+        let touches = self
+            .slots
+            .get(first)
+            .is_some_and(|s| s.range.overlaps(range));
+        if !touches {
+            return Ok(());
+        }
+        match self.pieces_iter(range).find_map(Result::err) {
+            Some(gap) => Err(ConvertError::Refused {
+                gpa: gap.raw(),
+                why: format!("{range} is only partly inside guest memory (gap at {gap})"),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn refuse_unconvertible(&self, range: GpaRange, to_private: bool) -> Result<(), ConvertError> {
@@ -684,7 +730,7 @@ fn to_i64(v: u64) -> Result<i64, BackendError> {
     i64::try_from(v).map_err(|_| overflow("discard"))
 }
 
-fn validate(gpa: Gpa, len: u64) -> Result<GpaRange, ConvertError> {
+fn validate(gpa: Gpa, len: u64, limit: GpaLimit) -> Result<GpaRange, ConvertError> {
     let invalid = |why| ConvertError::Invalid {
         gpa: gpa.raw(),
         len,
@@ -694,8 +740,8 @@ fn validate(gpa: Gpa, len: u64) -> Result<GpaRange, ConvertError> {
         return Err(invalid("not page-aligned"));
     }
     let range = GpaRange::new(gpa, len).map_err(|_| invalid("empty or wrapping"))?;
-    if range.end().raw() > MAX_GPA {
-        return Err(invalid("beyond the 52-bit guest-physical limit"));
+    if !limit.contains(range) {
+        return Err(invalid("beyond the guest-physical address limit"));
     }
     Ok(range)
 }
@@ -709,6 +755,22 @@ mod tests {
             range: GpaRange::new(Gpa(page * PAGE_SIZE), PAGE_SIZE).unwrap(),
             private,
         }
+    }
+
+    #[test]
+    fn validate_refuses_ranges_past_the_limit_and_unaligned_ones() {
+        let x86 = GpaLimit::X86_MAXPHYADDR;
+        let top = Gpa((1 << 52) - PAGE_SIZE);
+        assert!(validate(top, PAGE_SIZE, x86).is_ok());
+        assert!(validate(top, 2 * PAGE_SIZE, x86).is_err());
+        let narrow = GpaLimit::from_bits(47).unwrap();
+        assert!(validate(Gpa((1 << 47) - PAGE_SIZE), PAGE_SIZE, narrow).is_ok());
+        assert!(matches!(
+            validate(Gpa(1 << 47), PAGE_SIZE, narrow),
+            Err(ConvertError::Invalid { gpa, .. }) if gpa == 1 << 47
+        ));
+        assert!(validate(Gpa(0x1001), PAGE_SIZE, x86).is_err());
+        assert!(validate(Gpa(0), 0, x86).is_err());
     }
 
     #[test]

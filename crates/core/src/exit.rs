@@ -1,10 +1,13 @@
-//! privmem's own exit enum: every backend decodes into this, and the runtime's
-//! pure `handle_exit` consumes it (decode first, then handle).
+//! privmem's own exit enum: every backend decodes into this, and the pure
+//! decisions of [`decide`](crate::decide) consume it (decode first, then decide).
 
 use crate::types::{Gpa, PAGE_SHIFT};
 
 /// `KVM_HC_MAP_GPA_RANGE`.
 pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
+/// `KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)` mask that forwards
+/// `KVM_HC_MAP_GPA_RANGE` to userspace (`KVM_EXIT_HYPERCALL_VALID_MASK`).
+pub const EXIT_HYPERCALL_MAP_GPA_RANGE: u64 = 1 << KVM_HC_MAP_GPA_RANGE;
 /// `KVM_MAP_GPA_RANGE_ENCRYPTED` (bit 4): the range becomes private.
 pub const MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
 /// Bits 3:0: page-size hint.

@@ -12,8 +12,6 @@
 
 use std::cell::Cell;
 
-use serde::{Serialize, Serializer};
-
 use crate::engine::Origin;
 use crate::exit::FaultErrno;
 
@@ -24,13 +22,22 @@ pub trait TraceSink: Send + Sync {
 }
 
 /// What caused a conversion.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Cause {
     /// The guest's `KVM_HC_MAP_GPA_RANGE`.
     Hypercall,
     /// A `KVM_EXIT_MEMORY_FAULT` the policy converts.
     MemoryFault,
+}
+
+impl Cause {
+    /// `hypercall` or `memory_fault`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Cause::Hypercall => "hypercall",
+            Cause::MemoryFault => "memory_fault",
+        }
+    }
 }
 
 impl From<Origin> for Cause {
@@ -42,20 +49,16 @@ impl From<Origin> for Cause {
     }
 }
 
-/// One thing that happened during a run. GPAs and lengths are bytes
-/// (serialized as hex strings, as in the report).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+/// One thing that happened during a run. GPAs and lengths are bytes.
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum TraceEvent {
     /// A vCPU exited with `KVM_HC_MAP_GPA_RANGE` (explicit conversion request).
     MapRequest {
         /// The vCPU.
         vcpu: u32,
         /// First byte (`args[0]` pages, in bytes).
-        #[serde(serialize_with = "hex")]
         gpa: u64,
         /// Length in bytes.
-        #[serde(serialize_with = "hex")]
         len: u64,
         /// The range is to become private (attribute bit 4).
         to_private: bool,
@@ -68,15 +71,12 @@ pub enum TraceEvent {
         /// The vCPU.
         vcpu: u32,
         /// The faulting GPA.
-        #[serde(serialize_with = "hex")]
         gpa: u64,
         /// The faulting size.
-        #[serde(serialize_with = "hex")]
         size: u64,
         /// The access was private.
         private: bool,
         /// `EFAULT` or `EHWPOISON`.
-        #[serde(serialize_with = "errno_name")]
         errno: FaultErrno,
     },
     /// A conversion was committed (kernel attributes set, discard done,
@@ -88,10 +88,8 @@ pub enum TraceEvent {
         /// Which exit asked for it.
         cause: Cause,
         /// First byte.
-        #[serde(serialize_with = "hex")]
         gpa: u64,
         /// Length in bytes.
-        #[serde(serialize_with = "hex")]
         len: u64,
         /// The range is now private (else shared).
         to_private: bool,
@@ -107,10 +105,8 @@ pub enum TraceEvent {
         /// Which exit asked for it.
         cause: Cause,
         /// First byte.
-        #[serde(serialize_with = "hex")]
         gpa: u64,
         /// Length in bytes.
-        #[serde(serialize_with = "hex")]
         len: u64,
         /// The range was to become private (else shared).
         to_private: bool,
@@ -124,12 +120,18 @@ pub enum TraceEvent {
     },
 }
 
-fn hex<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{v:#x}"))
-}
-
-fn errno_name<S: Serializer>(e: &FaultErrno, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(e.name())
+impl TraceEvent {
+    /// The event's name in snake case (`map_request`, `memory_fault`,
+    /// `converted`, `convert_failed`, `vcpu_done`).
+    pub const fn name(&self) -> &'static str {
+        match self {
+            TraceEvent::MapRequest { .. } => "map_request",
+            TraceEvent::MemoryFault { .. } => "memory_fault",
+            TraceEvent::Converted { .. } => "converted",
+            TraceEvent::ConvertFailed { .. } => "convert_failed",
+            TraceEvent::VcpuDone { .. } => "vcpu_done",
+        }
+    }
 }
 
 thread_local! {

@@ -186,6 +186,61 @@ impl fmt::Display for GpaRange {
     }
 }
 
+/// The guest-physical address width: every guest-physical address is below
+/// `2^bits`, and a range ending above that does not exist for the guest.
+///
+/// x86 caps MAXPHYADDR at 52 bits ([`GpaLimit::X86_MAXPHYADDR`], the
+/// default); a VMM whose guest has a narrower width (e.g. the host's
+/// `kvm_mmu_max_gfn`) gives that instead. The conversion engine answers a
+/// request past the limit as invalid, the way KVM answers `MAP_GPA_RANGE`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct GpaLimit {
+    bits: u32,
+}
+
+impl GpaLimit {
+    /// x86's architectural maximum: 52 address bits.
+    pub const X86_MAXPHYADDR: GpaLimit = GpaLimit { bits: 52 };
+    /// Fewest bits accepted: one page.
+    pub const MIN_BITS: u32 = PAGE_SHIFT;
+    /// Most bits accepted, so that the limit itself fits in a `u64`.
+    pub const MAX_BITS: u32 = 63;
+
+    /// A limit of `bits` address bits, or `None` outside
+    /// [`MIN_BITS`](Self::MIN_BITS)`..=`[`MAX_BITS`](Self::MAX_BITS).
+    pub const fn from_bits(bits: u32) -> Option<GpaLimit> {
+        if bits >= Self::MIN_BITS && bits <= Self::MAX_BITS {
+            Some(GpaLimit { bits })
+        } else {
+            None
+        }
+    }
+    /// The number of address bits.
+    pub const fn bits(self) -> u32 {
+        self.bits
+    }
+    /// One past the highest guest-physical address: `2^bits`.
+    pub const fn end(self) -> Gpa {
+        Gpa(1 << self.bits)
+    }
+    /// True if every byte of `range` is below the limit.
+    pub fn contains(self, range: GpaRange) -> bool {
+        range.end() <= self.end()
+    }
+}
+
+impl Default for GpaLimit {
+    fn default() -> Self {
+        GpaLimit::X86_MAXPHYADDR
+    }
+}
+
+impl fmt::Display for GpaLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-bit guest-physical limit", self.bits)
+    }
+}
+
 /// Memory attributes of a page (`KVM_SET_MEMORY_ATTRIBUTES`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
 pub struct Attrs(pub u64);
@@ -343,6 +398,20 @@ pub fn checked_align_up(v: u64, align: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpa_limit_bounds_bits_and_contains_ranges_up_to_its_end() {
+        assert_eq!(GpaLimit::from_bits(11), None);
+        assert_eq!(GpaLimit::from_bits(64), None);
+        assert_eq!(GpaLimit::default(), GpaLimit::X86_MAXPHYADDR);
+        let l = GpaLimit::from_bits(52).unwrap();
+        assert_eq!(l.end(), Gpa(1 << 52));
+        let last = GpaRange::new(Gpa((1 << 52) - PAGE_SIZE), PAGE_SIZE).unwrap();
+        assert!(l.contains(last));
+        let past = GpaRange::new(Gpa(1 << 52), PAGE_SIZE).unwrap();
+        assert!(!l.contains(past));
+        assert!(!GpaLimit::from_bits(47).unwrap().contains(last));
+    }
 
     #[test]
     fn gpa_range_wrapping_returns_error() {

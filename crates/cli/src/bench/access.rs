@@ -14,11 +14,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use privmem_core::handle::RunState;
-use privmem_core::runtime::{run_vcpu_on, Machine};
 use privmem_core::{Access, Gpa, GuestOp, Vcpu, VmType};
 use privmem_kvm::bench::BareMemfd;
 use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_runner::handle::RunState;
+use privmem_runner::runtime::{run_vcpu_on, Machine};
 
 use super::util::{size_name, slot, timed, workload, GIB, MIB};
 use super::{median, Ctx, Row, RowSpec, Side, Target};

@@ -20,12 +20,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use privmem_core::engine::{Engine, Origin, Outcome};
-use privmem_core::handle::RunState;
-use privmem_core::runtime::{run_vcpu_on, Machine, VcpuOf};
-use privmem_core::workload::Policy;
 use privmem_core::{Access, Gpa, GuestOp, HostMemory, Vcpu, VmType};
 use privmem_kvm::bench::BareMemfd;
 use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_runner::handle::RunState;
+use privmem_runner::runtime::{run_vcpu_on, Machine, VcpuOf};
+use privmem_runner::workload::Policy;
 
 use super::util::{size_name, slot, timed, workload, GIB, MIB};
 use super::{median, Ctx, Row, RowSpec, Samples, Side, Target};

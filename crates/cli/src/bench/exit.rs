@@ -12,11 +12,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use privmem_core::handle::RunState;
-use privmem_core::runtime::{run_vcpu_on, Machine};
 use privmem_core::{GuestOp, Vcpu, VmType};
 use privmem_kvm::bench::raw_run_until_hlt;
 use privmem_kvm::KvmHypervisor;
+use privmem_runner::handle::RunState;
+use privmem_runner::runtime::{run_vcpu_on, Machine};
 
 use super::util::{slot, timed, workload, MIB};
 use super::{Ctx, Row, RowSpec, Side, Target};

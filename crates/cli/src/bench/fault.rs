@@ -19,11 +19,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use privmem_core::handle::RunState;
-use privmem_core::runtime::{run_vcpu_on, Machine};
 use privmem_core::{Access, Gpa, GuestOp, Vcpu, VmType, PAGE_SIZE};
 use privmem_kvm::bench::BareMemfd;
 use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_runner::handle::RunState;
+use privmem_runner::runtime::{run_vcpu_on, Machine};
 
 use super::util::{slot, timed, workload};
 use super::{median, Ctx, Row, RowSpec, Samples, Side, Target};

@@ -19,11 +19,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use privmem_core::exit::MAP_GPA_RANGE_ENCRYPTED;
-use privmem_core::handle::RunState;
-use privmem_core::runtime::{Machine, RunOptions};
 use privmem_core::{GuestOp, VmType, PAGE_SIZE};
 use privmem_kvm::bench::process_cpu_time;
 use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_runner::handle::RunState;
+use privmem_runner::runtime::{Machine, RunOptions};
 
 use super::util::{size_name, slot, timed, workload, MIB};
 use super::{median, Ctx, Row, RowSpec, Side, Target};

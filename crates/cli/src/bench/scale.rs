@@ -18,11 +18,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
-use privmem_core::runtime::Machine;
 use privmem_core::{GuestOp, Hypervisor, VmType};
 use privmem_kvm::bench::{bare_gmem_vm, bare_memfd_vm, DevKvm};
 use privmem_kvm::KvmHypervisor;
 use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_runner::runtime::Machine;
 
 use super::util::{rss_kib, size_name, slot, timed, workload, GIB, TIB};
 use super::{median, Ctx, Row, RowSpec, Samples, Side, Target};

@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
-use privmem_core::workload::{Policy, SlotSpec, Workload};
 use privmem_core::{Gpa, GpaRange, GuestOp, VmType};
+use privmem_runner::workload::{Policy, SlotSpec, Workload};
 
 /// 1 MiB.
 pub const MIB: u64 = 1 << 20;

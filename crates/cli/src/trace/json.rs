@@ -2,6 +2,7 @@
 //! attribute), one line per event (`seq`, `t_ms`, `event`, its fields; a
 //! `vcpu_done` line adds how the vCPU ended), and a `final_map` line.
 
+use privmem_core::trace::TraceEvent;
 use serde_json::{json, Map, Value};
 
 use super::{Stamped, Trace, VcpuEnd};
@@ -46,6 +47,56 @@ fn end_fields(obj: &mut Map<String, Value>, end: &VcpuEnd) {
     }
 }
 
+/// An event's own fields (GPAs and lengths in hex, as in the report).
+fn event_fields(e: &TraceEvent) -> Value {
+    match e {
+        TraceEvent::MapRequest {
+            vcpu,
+            gpa,
+            len,
+            to_private,
+            invalid,
+        } => json!({
+            "vcpu": vcpu, "gpa": hex(*gpa), "len": hex(*len),
+            "to_private": to_private, "invalid": invalid,
+        }),
+        TraceEvent::MemoryFault {
+            vcpu,
+            gpa,
+            size,
+            private,
+            errno,
+        } => json!({
+            "vcpu": vcpu, "gpa": hex(*gpa), "size": hex(*size),
+            "private": private, "errno": errno.name(),
+        }),
+        TraceEvent::Converted {
+            vcpu,
+            cause,
+            gpa,
+            len,
+            to_private,
+            pages,
+            discard,
+        } => json!({
+            "vcpu": vcpu, "cause": cause.name(), "gpa": hex(*gpa), "len": hex(*len),
+            "to_private": to_private, "pages": pages, "discard": discard,
+        }),
+        TraceEvent::ConvertFailed {
+            vcpu,
+            cause,
+            gpa,
+            len,
+            to_private,
+            error,
+        } => json!({
+            "vcpu": vcpu, "cause": cause.name(), "gpa": hex(*gpa), "len": hex(*len),
+            "to_private": to_private, "error": error,
+        }),
+        TraceEvent::VcpuDone { vcpu } => json!({ "vcpu": vcpu }),
+    }
+}
+
 fn event_line(t: &Trace, s: &Stamped) -> Value {
     let mut obj = Map::new();
     obj.insert("seq".into(), Value::from(s.seq));
@@ -53,10 +104,11 @@ fn event_line(t: &Trace, s: &Stamped) -> Value {
         "t_ms".into(),
         Value::from((s.t_us / 1e3 * 1e6).round() / 1e6),
     );
-    if let Ok(Value::Object(fields)) = serde_json::to_value(&s.event) {
+    obj.insert("event".into(), Value::from(s.event.name()));
+    if let Value::Object(fields) = event_fields(&s.event) {
         obj.extend(fields);
     }
-    if let privmem_core::trace::TraceEvent::VcpuDone { vcpu } = s.event {
+    if let TraceEvent::VcpuDone { vcpu } = s.event {
         if let Some(end) = usize::try_from(vcpu).ok().and_then(|i| t.vcpus.get(i)) {
             end_fields(&mut obj, end);
         }

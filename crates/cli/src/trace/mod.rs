@@ -18,10 +18,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use privmem_core::engine::SlotBacking;
-use privmem_core::report::Report;
 use privmem_core::trace::{TraceEvent, TraceSink};
-use privmem_core::workload::Workload;
 use privmem_core::GpaRange;
+use privmem_runner::report::Report;
+use privmem_runner::workload::Workload;
 
 /// What `--trace FILE` writes, chosen by the file's extension.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

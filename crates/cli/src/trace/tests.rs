@@ -9,9 +9,9 @@ use std::sync::Arc;
 use resvg::tiny_skia::{Pixmap, Transform};
 use resvg::usvg::{Options, Tree};
 
-use privmem_core::runtime::RunOptions;
 use privmem_core::trace::TraceEvent;
-use privmem_core::workload;
+use privmem_runner::runtime::RunOptions;
+use privmem_runner::workload;
 
 use super::draw::{PRIVATE, SHARED};
 use super::layout::{Layout, PLOT_X0};

@@ -104,12 +104,12 @@ fn mapped_find_mismatch_after_punch_sees_zeros() {
     assert_eq!(m.allocated_pages().unwrap(), 7);
 }
 
-/// The security properties of discard (crates/core/tests/security.rs)
+/// The security properties of discard (crates/runner/tests/security.rs)
 /// at 2 MiB accesses, so pages sit in the mappings when punched.
 #[test]
 fn discard_never_exposes_data_through_the_mappings() {
-    use privmem_core::runtime::{Machine, RunOptions};
-    use privmem_core::{handle::RunState, workload};
+    use privmem_runner::runtime::{Machine, RunOptions};
+    use privmem_runner::{handle::RunState, workload};
     let ops = [
         "write 0x11",
         "read 0x11",
@@ -147,7 +147,7 @@ fn discard_never_exposes_data_through_the_mappings() {
         ops.join(", ")
     );
     let w = workload::parse("t.toml", &text).unwrap();
-    let hv = std::sync::Arc::new(crate::ModelHypervisor::default());
+    let hv = std::sync::Arc::new(crate::ModelHypervisor::new(crate::KernelProfile::V6_18));
     let m = Machine::new(hv, &w).unwrap();
     let engine = m.engine.clone();
     let states = m.run(RunOptions::default());

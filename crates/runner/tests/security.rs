@@ -12,10 +12,10 @@ use common::machine;
 use privmem_core::attrmap::AttrMap;
 use privmem_core::backend::HostMemory;
 use privmem_core::engine::Engine;
-use privmem_core::handle::{ErrorKind, RunState, VcpuState};
-use privmem_core::runtime::RunOptions;
 use privmem_core::{Errno, Gpa, GpaRange};
 use privmem_model::{InjectOp, ModelHypervisor};
+use privmem_runner::handle::{ErrorKind, RunState, VcpuState};
+use privmem_runner::runtime::RunOptions;
 
 fn all_halted(states: &[VcpuState]) {
     for s in states {

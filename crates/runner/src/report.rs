@@ -1,13 +1,14 @@
-//! The `privmem run --json` report (workload.md "Report").
+//! The `privmem run --json` report.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::attrmap::Run;
-use crate::backend::{Hypervisor, Vm};
-use crate::engine::Engine;
+use privmem_core::attrmap::Run;
+use privmem_core::backend::{Hypervisor, Vm};
+use privmem_core::engine::Engine;
+
 use crate::handle::{Checks, ExitCounts, RunState, VcpuError, VcpuState};
 use crate::workload::Workload;
 

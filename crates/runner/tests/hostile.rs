@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 mod common;
 use common::machine;
 use privmem_core::attrmap::AttrMap;
-use privmem_core::handle::{ErrorKind, RunState, VcpuState};
-use privmem_core::runtime::{Machine, RunOptions};
-use privmem_core::workload;
 use privmem_core::Gpa;
 use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_runner::handle::{ErrorKind, RunState, VcpuState};
+use privmem_runner::runtime::{Machine, RunOptions};
+use privmem_runner::workload;
 
 fn run(text: &str) -> (Vec<VcpuState>, AttrMap, AttrMap) {
     let (_hv, m) = machine(text);

@@ -1,11 +1,20 @@
-//! The pure exit handler: `handle_exit(state, policy, exit) -> Decision`.
-//! No I/O here, so tests feed it synthetic exits (Firecracker's pattern).
+//! The runner's pure exit handler: `handle_exit(state, policy, exit) ->
+//! Decision`. It takes memory faults and hypercalls to privmem-core's
+//! [`decide`](privmem_core::decide) and adds what only privmem's own guest
+//! programs need: exit counters, check and sync reports, and the reasons a
+//! vCPU stopped as the report names them. No I/O here, so tests feed it
+//! synthetic exits (Firecracker's pattern).
+
+use std::num::NonZeroU32;
 
 use serde::Serialize;
 
-use crate::exit::{hc_ret, Exit, FaultErrno, GuestReport, Hypercall, MapGpaRange, MemoryFault};
-use crate::types::Gpa;
-use crate::workload::{Implicit, Policy};
+use privmem_core::decide::{
+    decide_fault, decide_hypercall, FaultAction, FaultPolicy, FaultStop, HypercallAction,
+    RepeatGuard,
+};
+use privmem_core::exit::{Exit, GuestReport, MapGpaRange, MemoryFault};
+use privmem_core::types::Gpa;
 
 /// Why a vCPU stopped (workload.md `error.kind`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
@@ -115,9 +124,6 @@ pub enum RunState {
     Stopped,
 }
 
-/// The repeat guard's key: (gpa, size, flags, errno).
-type FaultKey = (u64, u64, u64, FaultErrno);
-
 /// Everything `handle_exit` knows about one vCPU.
 #[derive(Clone, Debug)]
 pub struct VcpuState {
@@ -133,7 +139,7 @@ pub struct VcpuState {
     pub state: RunState,
     /// Why it stopped.
     pub error: Option<VcpuError>,
-    last_fault: Option<(FaultKey, u32)>,
+    guard: RepeatGuard,
 }
 
 /// What the runtime must do next.
@@ -152,8 +158,9 @@ pub enum Decision {
 }
 
 impl VcpuState {
-    /// A fresh running vCPU.
-    pub fn new(index: u32) -> VcpuState {
+    /// A fresh running vCPU whose repeat guard trips at `max_repeats`
+    /// (take it from the [`FaultPolicy`] passed to [`handle_exit`]).
+    pub fn new(index: u32, max_repeats: NonZeroU32) -> VcpuState {
         VcpuState {
             index,
             exits: ExitCounts::default(),
@@ -161,7 +168,7 @@ impl VcpuState {
             syncs: Vec::new(),
             state: RunState::Running,
             error: None,
-            last_fault: None,
+            guard: RepeatGuard::new(max_repeats),
         }
     }
 
@@ -190,14 +197,23 @@ impl VcpuState {
 }
 
 /// Decides what to do with one exit.
-pub fn handle_exit(st: &mut VcpuState, policy: &Policy, exit: &Exit) -> Decision {
+pub fn handle_exit(st: &mut VcpuState, policy: &FaultPolicy, exit: &Exit) -> Decision {
     st.count(exit);
     if let Exit::MemoryFault(f) = exit {
-        return handle_fault(st, policy, f);
+        return match decide_fault(policy, &mut st.guard, f) {
+            FaultAction::Convert(f) => Decision::Implicit(f),
+            FaultAction::Stop(why) => {
+                let kind = ErrorKind::from(&why);
+                st.stop(VcpuError::fault(kind, why.fault(), why.to_string()))
+            }
+        };
     }
-    st.last_fault = None;
+    st.guard.reset();
     match exit {
-        Exit::Hypercall(h) => handle_hypercall(h),
+        Exit::Hypercall(h) => match decide_hypercall(h) {
+            HypercallAction::Convert(m) => Decision::Explicit(m),
+            HypercallAction::Complete(ret) => Decision::CompleteHypercall(ret),
+        },
         Exit::Report(r) => handle_report(st, r),
         Exit::Hlt => st.finish(RunState::Halted, None),
         Exit::Io(_) => Decision::Resume,
@@ -228,56 +244,13 @@ pub fn handle_exit(st: &mut VcpuState, policy: &Policy, exit: &Exit) -> Decision
     }
 }
 
-fn handle_fault(st: &mut VcpuState, policy: &Policy, f: &MemoryFault) -> Decision {
-    if f.errno == FaultErrno::Ehwpoison {
-        let msg = format!(
-            "guest touched hardware-poisoned page {} ({})",
-            f.gpa,
-            access(f.private)
-        );
-        return st.stop(VcpuError::fault(ErrorKind::Hwpoison, f, msg));
-    }
-    let key: FaultKey = (f.gpa.raw(), f.size, f.flags(), f.errno);
-    let count = match st.last_fault {
-        Some((k, n)) if k == key => n + 1,
-        _ => 1,
-    };
-    st.last_fault = Some((key, count));
-    if count >= policy.max_repeats {
-        let msg = format!(
-            "the same {} fault at {} (size {}, {}) repeated {count} times in a row: converting did not resolve it, \
-             so the backing is missing or the kernel refuses the access",
-            f.errno.name(),
-            f.gpa,
-            f.size,
-            access(f.private)
-        );
-        return st.stop(VcpuError::fault(ErrorKind::FaultLoop, f, msg));
-    }
-    if policy.implicit == Implicit::Deny {
-        let msg = format!(
-            "implicit conversion of {} to {} denied by policy",
-            f.gpa,
-            access(f.private)
-        );
-        return st.stop(VcpuError::fault(ErrorKind::FaultDenied, f, msg));
-    }
-    Decision::Implicit(*f)
-}
-
-fn access(private: bool) -> &'static str {
-    if private {
-        "private"
-    } else {
-        "shared"
-    }
-}
-
-fn handle_hypercall(h: &Hypercall) -> Decision {
-    match h {
-        Hypercall::MapGpaRange(m) => Decision::Explicit(*m),
-        Hypercall::InvalidMapGpaRange { .. } => Decision::CompleteHypercall(hc_ret::EINVAL),
-        Hypercall::Other { .. } => Decision::CompleteHypercall(hc_ret::ENOSYS),
+impl From<&FaultStop> for ErrorKind {
+    fn from(why: &FaultStop) -> ErrorKind {
+        match why {
+            FaultStop::Hwpoison(_) => ErrorKind::Hwpoison,
+            FaultStop::Loop { .. } => ErrorKind::FaultLoop,
+            FaultStop::Denied(_) => ErrorKind::FaultDenied,
+        }
     }
 }
 
@@ -317,7 +290,12 @@ fn check_failed(st: &mut VcpuState, gpa: Gpa, message: String) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::{MmioExit, PageSizeHint};
+    use privmem_core::decide::ImplicitPolicy;
+    use privmem_core::exit::{FaultErrno, Hypercall, MmioExit, PageSizeHint};
+
+    fn new_state() -> VcpuState {
+        VcpuState::new(0, FaultPolicy::DEFAULT_MAX_REPEATS)
+    }
 
     fn fault(gpa: u64, private: bool, errno: FaultErrno) -> Exit {
         Exit::MemoryFault(MemoryFault {
@@ -330,10 +308,10 @@ mod tests {
 
     #[test]
     fn handle_hwpoison_stops_with_hwpoison_never_converts() {
-        let mut st = VcpuState::new(0);
+        let mut st = new_state();
         let d = handle_exit(
             &mut st,
-            &Policy::default(),
+            &FaultPolicy::default(),
             &fault(0x300000, true, FaultErrno::Ehwpoison),
         );
         assert_eq!(d, Decision::Done);
@@ -343,10 +321,10 @@ mod tests {
 
     #[test]
     fn handle_fault_convert_policy_asks_for_implicit_conversion() {
-        let mut st = VcpuState::new(0);
+        let mut st = new_state();
         let d = handle_exit(
             &mut st,
-            &Policy::default(),
+            &FaultPolicy::default(),
             &fault(0x1000, true, FaultErrno::Efault),
         );
         assert!(matches!(d, Decision::Implicit(f) if f.private && f.gpa == Gpa(0x1000)));
@@ -354,10 +332,10 @@ mod tests {
 
     #[test]
     fn handle_fault_deny_policy_stops_with_fault_denied() {
-        let mut st = VcpuState::new(0);
-        let p = Policy {
-            implicit: Implicit::Deny,
-            ..Policy::default()
+        let mut st = new_state();
+        let p = FaultPolicy {
+            implicit: ImplicitPolicy::Deny,
+            ..FaultPolicy::default()
         };
         handle_exit(&mut st, &p, &fault(0x1000, true, FaultErrno::Efault));
         assert_eq!(st.error.map(|e| e.kind), Some(ErrorKind::FaultDenied));
@@ -365,8 +343,8 @@ mod tests {
 
     #[test]
     fn handle_same_fault_max_repeats_times_stops_with_fault_loop() {
-        let mut st = VcpuState::new(0);
-        let p = Policy::default();
+        let mut st = new_state();
+        let p = FaultPolicy::default();
         let f = fault(0x2000, false, FaultErrno::Efault);
         assert!(matches!(
             handle_exit(&mut st, &p, &f),
@@ -382,8 +360,8 @@ mod tests {
 
     #[test]
     fn handle_other_exit_between_faults_resets_repeat_guard() {
-        let mut st = VcpuState::new(0);
-        let p = Policy::default();
+        let mut st = new_state();
+        let p = FaultPolicy::default();
         let f = fault(0x2000, false, FaultErrno::Efault);
         handle_exit(&mut st, &p, &f);
         handle_exit(&mut st, &p, &f);
@@ -396,8 +374,8 @@ mod tests {
 
     #[test]
     fn handle_different_faults_do_not_trip_guard() {
-        let mut st = VcpuState::new(0);
-        let p = Policy::default();
+        let mut st = new_state();
+        let p = FaultPolicy::default();
         for i in 0..10 {
             let d = handle_exit(&mut st, &p, &fault(i * 4096, true, FaultErrno::Efault));
             assert!(matches!(d, Decision::Implicit(_)));
@@ -406,10 +384,10 @@ mod tests {
 
     #[test]
     fn handle_invalid_map_completes_with_einval() {
-        let mut st = VcpuState::new(0);
+        let mut st = new_state();
         let d = handle_exit(
             &mut st,
-            &Policy::default(),
+            &FaultPolicy::default(),
             &Exit::Hypercall(Hypercall::decode(12, [1, 1, 0, 0, 0, 0])),
         );
         assert_eq!(d, Decision::CompleteHypercall(-22));
@@ -417,10 +395,10 @@ mod tests {
 
     #[test]
     fn handle_unknown_hypercall_completes_with_enosys() {
-        let mut st = VcpuState::new(0);
+        let mut st = new_state();
         let d = handle_exit(
             &mut st,
-            &Policy::default(),
+            &FaultPolicy::default(),
             &Exit::Hypercall(Hypercall::decode(99, [0; 6])),
         );
         assert_eq!(d, Decision::CompleteHypercall(-1000));
@@ -428,10 +406,10 @@ mod tests {
 
     #[test]
     fn handle_valid_map_is_explicit() {
-        let mut st = VcpuState::new(0);
+        let mut st = new_state();
         let d = handle_exit(
             &mut st,
-            &Policy::default(),
+            &FaultPolicy::default(),
             &Exit::Hypercall(Hypercall::decode(12, [0x1000, 2, 0x10, 0, 0, 0])),
         );
         assert!(
@@ -441,14 +419,14 @@ mod tests {
 
     #[test]
     fn handle_check_failed_marks_failed() {
-        let mut st = VcpuState::new(0);
+        let mut st = new_state();
         let r = GuestReport::CheckFailed {
             gpa: Gpa(0x1234),
             seen: 0,
             expected: 0xab,
         };
         assert_eq!(
-            handle_exit(&mut st, &Policy::default(), &Exit::Report(r)),
+            handle_exit(&mut st, &FaultPolicy::default(), &Exit::Report(r)),
             Decision::Done
         );
         assert_eq!(st.state, RunState::Failed);
@@ -458,22 +436,22 @@ mod tests {
 
     #[test]
     fn handle_mmio_stops_unresolvable() {
-        let mut st = VcpuState::new(0);
+        let mut st = new_state();
         let m = Exit::Mmio(MmioExit {
             gpa: Gpa(0xdead000),
             len: 4,
             write: true,
         });
-        handle_exit(&mut st, &Policy::default(), &m);
+        handle_exit(&mut st, &FaultPolicy::default(), &m);
         assert_eq!(st.error.map(|e| e.kind), Some(ErrorKind::Unresolvable));
     }
 
     #[test]
     fn handle_sync_records_tag_and_counts_io() {
-        let mut st = VcpuState::new(0);
+        let mut st = new_state();
         handle_exit(
             &mut st,
-            &Policy::default(),
+            &FaultPolicy::default(),
             &Exit::Report(GuestReport::Sync { tag: 7 }),
         );
         assert_eq!(st.syncs, vec![7]);

@@ -8,10 +8,10 @@ use common::machine;
 use privmem_core::backend::{GmemRef, Region, RegionApi, UserAddr, Vcpu, Vm};
 use privmem_core::engine::Origin;
 use privmem_core::exit::Exit;
-use privmem_core::handle::{ErrorKind, RunState};
-use privmem_core::runtime::{run_vcpu, RunOptions};
 use privmem_core::{Errno, Gpa};
 use privmem_model::{InjectOp, ModelShared};
+use privmem_runner::handle::{ErrorKind, RunState};
+use privmem_runner::runtime::{run_vcpu, RunOptions};
 
 const RW: &str = r#"
 [vm]

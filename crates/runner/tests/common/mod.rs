@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use privmem_core::runtime::Machine;
-use privmem_core::workload;
 use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_runner::runtime::Machine;
+use privmem_runner::workload;
 
 /// A 6.18 model hypervisor and a machine built from workload `text`.
 pub fn machine(text: &str) -> (Arc<ModelHypervisor>, Machine<ModelHypervisor>) {

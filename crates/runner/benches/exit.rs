@@ -1,17 +1,17 @@
 //! Micro benchmarks of the per-exit work privmem adds on top of `KVM_RUN`:
-//! decoding a `kvm_run` image (`abi::decode_exit`) and deciding
-//! (`handle::handle_exit`).
+//! decoding a `kvm_run` image (`privmem_core::abi::decode_exit`) and deciding
+//! (`handle::handle_exit`, over `privmem_core::decide`).
 //!
-//! `cargo bench -p privmem-core --bench exit`
+//! `cargo bench -p privmem-runner --bench exit`
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use privmem_core::abi::{self, build, RunResult, KVM_EXIT_IO, KVM_EXIT_MEMORY_FAULT};
+use privmem_core::decide::FaultPolicy;
 use privmem_core::exit::{Exit, FaultErrno, GuestReport, MemoryFault, MEMORY_EXIT_FLAG_PRIVATE};
-use privmem_core::handle::{handle_exit, VcpuState};
-use privmem_core::workload::Policy;
 use privmem_core::Gpa;
+use privmem_runner::handle::{handle_exit, VcpuState};
 
 /// A `kvm_run` image of a 4-byte `out` to port 0xd0 with data at 288.
 fn io_image() -> Vec<u8> {
@@ -53,11 +53,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| abi::decode_exit(efault, black_box(&fault)))
     });
 
-    let policy = Policy::default();
+    let policy = FaultPolicy::default();
     let sync = Exit::Report(GuestReport::Sync { tag: 7 });
     c.bench_function("handle_exit/sync", |b| {
         b.iter_batched_ref(
-            || VcpuState::new(0),
+            || VcpuState::new(0, policy.max_repeats),
             |st| {
                 for _ in 0..1000 {
                     black_box(handle_exit(st, &policy, black_box(&sync)));
@@ -68,7 +68,7 @@ fn bench(c: &mut Criterion) {
     });
     let mut addr = 0u64;
     c.bench_function("handle_exit/memory_fault", |b| {
-        let mut st = VcpuState::new(0);
+        let mut st = VcpuState::new(0, policy.max_repeats);
         b.iter(|| {
             // A different page each time: the repeat guard never fires.
             addr = addr.wrapping_add(4096);

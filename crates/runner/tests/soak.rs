@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use privmem_core::attrmap::AttrMap;
 use privmem_core::backend::{Access, GuestOp};
 use privmem_core::exit::MAP_GPA_RANGE_ENCRYPTED;
-use privmem_core::handle::RunState;
-use privmem_core::runtime::{Machine, RunOptions};
-use privmem_core::workload::{Implicit, Policy, SlotSpec, Workload};
 use privmem_core::{Gpa, GpaRange, VmType};
 use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_runner::handle::RunState;
+use privmem_runner::runtime::{Machine, RunOptions};
+use privmem_runner::workload::{Implicit, Policy, SlotSpec, Workload};
 
 const PAGES: u64 = 512;
 

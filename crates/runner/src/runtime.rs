@@ -6,21 +6,22 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::backend::{
+use privmem_core::backend::{
     Cap, GmemRef, Hypervisor, Kick, Region, RegionApi, RunError, SharedKind, UserAddr, Vcpu, Vm,
     MEM_GUEST_MEMFD,
 };
-use crate::engine::{ConvertError, Engine, GmemPiece, Origin, SlotBacking};
-use crate::error::BackendError;
-use crate::exit::{hc_ret, Exit, Hypercall, MemoryFault, MAP_GPA_RANGE_ENCRYPTED};
+use privmem_core::decide::FaultPolicy;
+use privmem_core::engine::{ConvertError, Engine, GmemPiece, Origin, SlotBacking};
+use privmem_core::error::BackendError;
+use privmem_core::exit::{
+    hc_ret, Exit, Hypercall, MemoryFault, EXIT_HYPERCALL_MAP_GPA_RANGE, MAP_GPA_RANGE_ENCRYPTED,
+};
+use privmem_core::trace::{TraceEvent, TraceSink, VcpuScope};
+use privmem_core::types::{GmemFlags, GuestMemfd, SlotId, PAGE_SIZE};
+
 use crate::handle::{handle_exit, Decision, ErrorKind, RunState, VcpuError, VcpuState};
 use crate::report::Report;
-use crate::trace::{TraceEvent, TraceSink, VcpuScope};
-use crate::types::{GmemFlags, GuestMemfd, SlotId};
 use crate::workload::{Policy, SlotSpec, Workload};
-
-/// `KVM_EXIT_HYPERCALL_VALID_MASK`: `BIT(KVM_HC_MAP_GPA_RANGE)`.
-pub const EXIT_HYPERCALL_MAP_GPA_RANGE: u64 = 1 << 12;
 /// Consecutive EINTR/EAGAIN returns tolerated before the vCPU is stopped.
 const MAX_RETRIES: u32 = 100_000;
 
@@ -180,14 +181,7 @@ impl<H: Hypervisor> Machine<H> {
             })?;
             slots.push(build_slot(&*vm, spec, id)?);
         }
-        let private_mem = w.vm_type.has_private_mem();
-        let engine = Arc::new(Engine::new(
-            hv,
-            vm.clone(),
-            slots,
-            private_mem,
-            w.policy.discard,
-        ));
+        let engine = Arc::new(Engine::new(hv, vm.clone(), slots, w.policy.engine_config()));
         if w.initial_private {
             let gmem: Vec<_> = w
                 .slots
@@ -303,7 +297,8 @@ pub fn run_vcpu_on<H: Hypervisor>(
     policy: &Policy,
     stop: &AtomicBool,
 ) -> VcpuState {
-    let mut st = VcpuState::new(vcpu.index());
+    let policy: FaultPolicy = policy.fault_policy();
+    let mut st = VcpuState::new(vcpu.index(), policy.max_repeats);
     let mut retries = 0u32;
     let trace = engine.trace_sink();
     let _scope = trace.map(|_| VcpuScope::enter(st.index));
@@ -327,7 +322,7 @@ pub fn run_vcpu_on<H: Hypervisor>(
         if let Some(t) = trace {
             trace_exit(t, st.index, &exit);
         }
-        let decision = handle_exit(&mut st, policy, &exit);
+        let decision = handle_exit(&mut st, &policy, &exit);
         act(vcpu, &mut st, engine, decision);
     }
     if let Some(t) = trace {
@@ -349,14 +344,14 @@ fn trace_exit(sink: &dyn TraceSink, vcpu: u32, exit: &Exit) {
         Exit::Hypercall(Hypercall::MapGpaRange(m)) => TraceEvent::MapRequest {
             vcpu,
             gpa: m.gpa.raw(),
-            len: m.pages.saturating_mul(crate::types::PAGE_SIZE),
+            len: m.pages.saturating_mul(PAGE_SIZE),
             to_private: m.to_private,
             invalid: None,
         },
         Exit::Hypercall(Hypercall::InvalidMapGpaRange { args, error }) => TraceEvent::MapRequest {
             vcpu,
             gpa: args[0],
-            len: args[1].saturating_mul(crate::types::PAGE_SIZE),
+            len: args[1].saturating_mul(PAGE_SIZE),
             to_private: args[2] & MAP_GPA_RANGE_ENCRYPTED != 0,
             invalid: Some(error.to_string()),
         },
@@ -393,7 +388,7 @@ fn act<V: Vcpu, H: Hypervisor>(vcpu: &mut V, st: &mut VcpuState, engine: &Engine
         Decision::Resume | Decision::Done => return,
         Decision::CompleteHypercall(ret) => ret,
         Decision::Explicit(m) => {
-            let len = m.pages.saturating_mul(crate::types::PAGE_SIZE);
+            let len = m.pages.saturating_mul(PAGE_SIZE);
             match engine.convert(m.gpa, len, m.to_private, Origin::Explicit) {
                 Ok(_) => hc_ret::OK,
                 Err(_) => hc_ret::EINVAL,
@@ -413,7 +408,7 @@ fn act<V: Vcpu, H: Hypervisor>(vcpu: &mut V, st: &mut VcpuState, engine: &Engine
 fn implicit<H: Hypervisor>(st: &mut VcpuState, engine: &Engine<H>, f: &MemoryFault) {
     match engine.convert(
         f.gpa.page_base(),
-        f.size.max(crate::types::PAGE_SIZE),
+        f.size.max(PAGE_SIZE),
         f.private,
         Origin::Implicit,
     ) {
@@ -439,9 +434,4 @@ pub fn run_workload<H: Hypervisor>(
     let start = Instant::now();
     let states = machine.run(opts);
     Ok(Report::build(&engine, w, states, start.elapsed()))
-}
-
-/// Exits seen, for callers that count (`Exit::kind`).
-pub fn exit_kind(e: &Exit) -> &'static str {
-    e.kind()
 }
