@@ -28,13 +28,14 @@
 //! already have the wanted attribute.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::attrmap::{AttrMap, Run};
 use crate::backend::{Hypervisor, SharedMemory, Vm, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
 use crate::decide::DiscardPolicy;
 use crate::error::BackendError;
 use crate::rangelock::RangeLocks;
+use crate::trace::{self, TraceEvent, TraceSink};
 use crate::types::{Attrs, Gpa, GpaLimit, GpaRange, GuestMemfd, SlotId, PAGE_SIZE};
 
 /// Where a guest_memfd slot's private pages live.
@@ -173,6 +174,8 @@ pub struct Engine<H: Hypervisor> {
     has_pending: AtomicBool,
     /// Counters.
     pub stats: Stats,
+    /// Where conversions are reported, if tracing (set once).
+    trace: OnceLock<Arc<dyn TraceSink>>,
 }
 
 impl<H: Hypervisor> std::fmt::Debug for Engine<H> {
@@ -262,6 +265,7 @@ impl<H: Hypervisor> Engine<H> {
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
             stats: Stats::default(),
+            trace: OnceLock::new(),
         }
     }
 
@@ -312,6 +316,20 @@ impl<H: Hypervisor> Engine<H> {
         to_private: bool,
         origin: Origin,
     ) -> Result<Outcome, ConvertError> {
+        let result = self.convert_tx(gpa, len, to_private, origin);
+        if let Some(sink) = self.trace.get() {
+            trace_outcome(&**sink, gpa, len, to_private, origin, &result);
+        }
+        result
+    }
+
+    fn convert_tx(
+        &self,
+        gpa: Gpa,
+        len: u64,
+        to_private: bool,
+        origin: Origin,
+    ) -> Result<Outcome, ConvertError> {
         let range = validate(gpa, len, self.config.gpa_limit)?;
         let _guard = self.locks.lock(range);
         self.settle_pending(range)?;
@@ -349,7 +367,31 @@ impl<H: Hypervisor> Engine<H> {
         }
         let pages = self.lock_map().set(range, to_private);
         self.count(pages, to_private, origin);
+        if let Some(sink) = self.trace.get() {
+            // Still under the range lock: overlapping conversions are
+            // recorded in the order they were committed.
+            sink.record(TraceEvent::Converted {
+                vcpu: trace::current_vcpu(),
+                cause: origin.into(),
+                gpa: range.start().raw(),
+                len: range.len(),
+                to_private,
+                pages,
+                discard: self.config.discard.discards(),
+            });
+        }
         Ok(Outcome::Converted { pages })
+    }
+
+    /// Registers the sink that conversions (and the vCPU loops running on
+    /// this engine) report to. Once per engine: a second sink is handed back.
+    pub fn set_trace_sink(&self, sink: Arc<dyn TraceSink>) -> Result<(), Arc<dyn TraceSink>> {
+        self.trace.set(sink)
+    }
+
+    /// The registered trace sink, if any.
+    pub fn trace_sink(&self) -> Option<&dyn TraceSink> {
+        self.trace.get().map(|s| &**s)
     }
 
     /// Records discards that failed after the attributes changed.
@@ -632,6 +674,48 @@ impl<H: Hypervisor> Engine<H> {
             }
         }
         out
+    }
+}
+
+/// Reports a no-op or a failed conversion (committed ones are reported
+/// inside the transaction).
+fn trace_outcome(
+    sink: &dyn TraceSink,
+    gpa: Gpa,
+    len: u64,
+    to_private: bool,
+    origin: Origin,
+    result: &Result<Outcome, ConvertError>,
+) {
+    let (vcpu, cause, gpa) = (trace::current_vcpu(), origin.into(), gpa.raw());
+    match result {
+        Ok(Outcome::Converted { .. }) => {}
+        Ok(Outcome::NoOp) => sink.record(TraceEvent::Converted {
+            vcpu,
+            cause,
+            gpa,
+            len,
+            to_private,
+            pages: 0,
+            discard: false,
+        }),
+        Err(e) => {
+            let mut error = e.to_string();
+            let mut cur = std::error::Error::source(e);
+            while let Some(c) = cur {
+                error.push_str(": ");
+                error.push_str(&c.to_string());
+                cur = c.source();
+            }
+            sink.record(TraceEvent::ConvertFailed {
+                vcpu,
+                cause,
+                gpa,
+                len,
+                to_private,
+                error,
+            });
+        }
     }
 }
 

@@ -26,6 +26,7 @@ pub mod error;
 pub mod exit;
 pub mod memops;
 pub mod rangelock;
+pub mod trace;
 pub mod types;
 
 pub use backend::{
