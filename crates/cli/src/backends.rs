@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use privmem_core::{Cap, Hypervisor, VmType};
-use privmem_kvm::KvmHypervisor;
+use privmem_kvm::guest::Transport;
+use privmem_kvm::{sigrtmin, KickSignal, KvmHypervisor, KvmOptions};
 use privmem_model::{KernelProfile, ModelHypervisor};
 use privmem_runner::workload::Workload;
 
@@ -39,28 +40,73 @@ pub fn kvm_blocker(kvm: &KvmHypervisor, ty: VmType, needs_poison: bool) -> Optio
     None
 }
 
-/// Opens /dev/kvm, with the reason it failed.
+/// Environment variable that turns the KVM backend's `gmem_hva` emulation
+/// on ("1") or off ("0"); unset: on on PVM hosts ([`KvmOptions::probe`]).
+pub const GMEM_HVA_ENV: &str = "PRIVMEM_GMEM_HVA";
+/// Environment variable that forces the hypercall transport ("vmcall",
+/// "vmmcall" or "port-io"), e.g. to exercise the port-I/O path on a
+/// hardware-virt host.
+pub const TRANSPORT_ENV: &str = "PRIVMEM_HYPERCALL_TRANSPORT";
+
+/// The KVM options of the CLI: the host's ([`KvmOptions::probe`]), the
+/// overrides of [`GMEM_HVA_ENV`] and [`TRANSPORT_ENV`], and a `SIGRTMIN`
+/// kick (the CLI owns its process's signals; `--timeout` needs kicks that
+/// interrupt a guest inside `KVM_RUN`).
+pub fn kvm_options() -> KvmOptions {
+    let mut options = KvmOptions::probe().with_kick(KickSignal::Install(sigrtmin()));
+    match std::env::var(GMEM_HVA_ENV).as_deref() {
+        Ok("1") => options.quirks.gmem_hva = true,
+        Ok("0") => options.quirks.gmem_hva = false,
+        _ => {}
+    }
+    if let Some(t) = std::env::var(TRANSPORT_ENV)
+        .ok()
+        .as_deref()
+        .and_then(Transport::from_name)
+    {
+        options.transport = Some(t);
+    }
+    options
+}
+
+/// Opens /dev/kvm with [`kvm_options`].
+///
+/// # Errors
+/// The backend's error when /dev/kvm cannot be opened.
+pub fn open_kvm_raw() -> Result<KvmHypervisor, privmem_core::BackendError> {
+    KvmHypervisor::open(kvm_options())
+}
+
+/// Opens /dev/kvm with [`kvm_options`], with the reason it failed.
 pub fn open_kvm() -> Result<Arc<KvmHypervisor>, String> {
-    KvmHypervisor::open()
+    open_kvm_raw()
         .map(Arc::new)
         .map_err(|e| format!("/dev/kvm unavailable: {e}"))
 }
 
-/// The model profile matching the running kernel (or the one requested).
+/// The model profile matching the running kernel (or the one requested):
+/// "6.12", "7.3", or "auto" (6.12 on a 6.12 kernel, else 7.3).
 pub fn model_profile(requested: &str) -> Result<KernelProfile, String> {
+    if let Some(p) = KernelProfile::from_name(requested) {
+        return Ok(p);
+    }
     match requested {
-        "6.12" => Ok(KernelProfile::V6_12),
-        "6.18" => Ok(KernelProfile::V6_18),
         "auto" => {
             let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
             Ok(if release.starts_with("6.12") {
                 KernelProfile::V6_12
             } else {
-                KernelProfile::V6_18
+                KernelProfile::V7_3
             })
         }
+        "6.18" => Err(
+            "--profile 6.18 was retired: it was never checked against a kernel with private \
+             memory; use 7.3 (identical but for 6.18's EINVAL on overlapping guest_memfd file \
+             ranges) or auto"
+                .into(),
+        ),
         other => Err(format!(
-            "unknown --profile `{other}` (expected 6.12, 6.18 or auto)"
+            "unknown --profile `{other}` (expected 6.12, 7.3 or auto)"
         )),
     }
 }

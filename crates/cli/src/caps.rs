@@ -1,4 +1,7 @@
-//! `privmem caps`: the host's KVM capabilities, probed with real ioctls.
+//! `privmem caps`: the host's KVM capabilities, probed with real ioctls,
+//! then a summary in plain words of what they mean for privmem.
+
+mod summary;
 
 use serde_json::{json, Map, Value};
 
@@ -6,6 +9,7 @@ use privmem_core::{Cap, Hypervisor, Vm, VmType};
 use privmem_kvm::KvmHypervisor;
 
 use crate::backends::{kvm_blocker, open_kvm};
+use summary::{summary, HostFacts};
 
 const TYPES: [VmType; 3] = [VmType::Default, VmType::SwProtected, VmType::Coco];
 
@@ -88,18 +92,61 @@ fn runnable(kvm: Option<&KvmHypervisor>) -> Value {
     json!({ "kvm": kvm_types, "model": model })
 }
 
+/// The facts the summary is made from, as probed.
+fn host_facts(kvm: &Result<std::sync::Arc<KvmHypervisor>, String>) -> HostFacts {
+    match kvm {
+        Ok(k) => HostFacts {
+            kvm_unavailable: None,
+            vm_types: TYPES
+                .iter()
+                .map(|&t| (t, kvm_blocker(k, t, false)))
+                .collect(),
+            guest_memfd: k.check_extension(Cap::GuestMemfd).unwrap_or(0),
+            gmem_flags: k.check_extension(Cap::GuestMemfdFlags).unwrap_or(0),
+            pvm: k.quirks().pvm,
+        },
+        Err(why) => HostFacts {
+            kvm_unavailable: Some(why.clone()),
+            vm_types: Vec::new(),
+            guest_memfd: 0,
+            gmem_flags: 0,
+            pvm: false,
+        },
+    }
+}
+
 pub fn main(json_out: bool) -> i32 {
     let kvm = open_kvm();
-    let doc = match &kvm {
+    let mut doc = match &kvm {
         Ok(k) => json!({ "kvm": kvm_section(k), "backends": runnable(Some(k)) }),
         Err(why) => {
             json!({ "kvm": { "available": false, "error": why }, "backends": runnable(None) })
         }
     };
+    let lines = summary(&host_facts(&kvm));
     if json_out {
+        doc["summary"] = Value::from(lines);
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
         print_human(&doc);
+        println!("\nsummary:");
+        for (i, l) in lines.iter().enumerate() {
+            if i > 0 && !l.starts_with(' ') && !lines[i - 1].ends_with(':') {
+                println!();
+            }
+            // Keep each line's own indent on its continuation lines.
+            let indent = " ".repeat(2 + l.len() - l.trim_start().len());
+            let cont = if l.trim_start().starts_with("- ") {
+                format!("{indent}  ")
+            } else {
+                indent.clone()
+            };
+            let opts = textwrap::Options::new(96)
+                .initial_indent(&indent)
+                .subsequent_indent(&cont)
+                .word_splitter(textwrap::WordSplitter::NoHyphenation);
+            println!("{}", textwrap::fill(l.trim_start(), opts));
+        }
     }
     if kvm.is_err() {
         1
@@ -140,7 +187,7 @@ fn print_human(doc: &Value) {
                         }
                     })
                     .collect();
-                println!("{name:<28} {v:>10} {}", per.join(" / "));
+                println!("{name:<28} {:>10} {}", v.to_string(), per.join(" / "));
             }
         }
     }

@@ -1,12 +1,15 @@
-//! `privmem conformance`: the kernel-selftest checklist (A1–A13, B1–B5,
-//! C1–C5, D1–D2, F26–F31) on every available backend, and with
-//! `--differential` the model-vs-KVM differential test.
+//! `privmem conformance`: the kernel-selftest checklist (A1–A20, B1–B6,
+//! C1–C5, D1–D2, P1, V1, H1–H2, K1–K4, F26–F31) on every available backend, and with
+//! `--differential` the model-vs-KVM differential test; `--findings` lists
+//! the kernel findings and runs their pinned cases (K1–K4).
+
+mod findings;
 
 use clap::ValueEnum;
 use privmem_conformance::differential::{self, DiffConfig, DiffReport};
-use privmem_conformance::{host_model, run_suite, CaseResult};
+use privmem_conformance::differential::{default_floor, Coverage};
+use privmem_conformance::{host_model, kernel_of, run_suite, CaseResult};
 use privmem_core::Hypervisor;
-use privmem_kvm::KvmHypervisor;
 use privmem_model::{KernelProfile, ModelHypervisor};
 use serde_json::json;
 
@@ -32,7 +35,7 @@ pub struct ConformanceArgs {
     /// One JSON document on stdout.
     #[arg(long)]
     json: bool,
-    /// Kernel profile for the model: 6.18, 6.12, or auto (the running kernel's).
+    /// Kernel profile for the model: 7.3, 6.12, or auto (the running kernel's).
     #[arg(long, default_value = "auto")]
     profile: String,
     /// Run only these case ids (comma-separated, e.g. C1,D2).
@@ -41,6 +44,10 @@ pub struct ConformanceArgs {
     /// Run the model-vs-KVM differential test instead of the suite.
     #[arg(long)]
     differential: bool,
+    /// List the kernel findings (docs/findings/) with each rig kernel's
+    /// measured result, and run their pinned cases on the chosen backends.
+    #[arg(long, conflicts_with_all = ["differential", "only"])]
+    findings: bool,
     /// Differential: number of generated sequences.
     #[arg(long, default_value_t = 64)]
     cases: u32,
@@ -50,6 +57,26 @@ pub struct ConformanceArgs {
     /// Differential: longest sequence, in steps.
     #[arg(long, default_value_t = 16)]
     steps: usize,
+    /// Differential: the least share of steps, in percent, that must be
+    /// compared with a kernel result that varies (not n/a, not one errno
+    /// every time, not privmem's emulation). Default: 70 where the host has
+    /// private memory (sw-protected VMs and guest_memfd, the rig), lower
+    /// where it cannot compare as much (see `differential::default_floor`).
+    #[arg(long, value_name = "PERCENT", value_parser = percent)]
+    min_coverage: Option<f64>,
+}
+
+/// A percentage 0-100 as a share 0-1.
+fn percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|e| format!("`{s}` is not a percentage: {e}"))?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v / 100.0)
+    } else {
+        Err(format!("{v} is not between 0 and 100"))
+    }
 }
 
 /// True when `REQUIRE_KVM=1`: a missing /dev/kvm is an error, not a skip.
@@ -69,6 +96,9 @@ pub fn main(args: &ConformanceArgs) -> i32 {
     if args.differential {
         return differential_main(args, profile);
     }
+    if args.findings {
+        return findings::main(args, profile);
+    }
     let (model, kvm, must_kvm) = match args.backend {
         SuiteBackend::Auto => (true, true, kvm_required()),
         SuiteBackend::Kvm => (false, true, true),
@@ -76,7 +106,7 @@ pub fn main(args: &ConformanceArgs) -> i32 {
         SuiteBackend::All => (true, true, true),
     };
     let kvm = if kvm {
-        match KvmHypervisor::open() {
+        match crate::backends::open_kvm_raw() {
             Ok(h) => Some(h),
             Err(e) if must_kvm => {
                 eprintln!("privmem: /dev/kvm unavailable: {e}");
@@ -106,7 +136,7 @@ pub fn main(args: &ConformanceArgs) -> i32 {
         // `--profile auto` models this host: its MMU width and its quirks
         // (PVM); an explicit profile models upstream.
         let hv = if args.profile == "auto" {
-            host_model(profile)
+            host_model(profile, crate::backends::kvm_options().quirks)
         } else {
             ModelHypervisor::new(profile)
         };
@@ -120,12 +150,46 @@ pub fn main(args: &ConformanceArgs) -> i32 {
         results.extend(run_suite(&hv, &filter, print));
     }
     if let Some(kvm) = &kvm {
+        if !args.json {
+            eprintln!(
+                "kvm: kernel {} (expectations of {}), hypercall transport {}",
+                kvm.kernel_release(),
+                kernel_of(kvm).name(),
+                kvm.transport()
+            );
+        }
         results.extend(run_suite(kvm, &filter, print));
     }
     if args.json {
         println!("{}", to_json(&results));
+    } else {
+        for line in summary(&results) {
+            println!("{line}");
+        }
     }
     i32::from(results.iter().any(|r| r.outcome.status() == "fail"))
+}
+
+/// Per backend: "kvm: 2 pass, 0 fail, 26 skip, 1 partial, 2 emulated".
+fn summary(results: &[CaseResult]) -> Vec<String> {
+    let mut backends: Vec<&str> = results.iter().map(|r| r.backend).collect();
+    backends.dedup();
+    backends
+        .into_iter()
+        .map(|b| {
+            let counts: Vec<String> = ["pass", "fail", "skip", "partial", "emulated"]
+                .into_iter()
+                .map(|st| {
+                    let n = results
+                        .iter()
+                        .filter(|r| r.backend == b && r.outcome.status() == st)
+                        .count();
+                    format!("{n} {st}")
+                })
+                .collect();
+            format!("{b}: {}", counts.join(", "))
+        })
+        .collect()
 }
 
 /// "pvm, gmem_hva", or "none".
@@ -174,7 +238,7 @@ fn to_json(results: &[CaseResult]) -> serde_json::Value {
 }
 
 fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
-    let kvm = match KvmHypervisor::open() {
+    let kvm = match crate::backends::open_kvm_raw() {
         Ok(h) => h,
         Err(e) if kvm_required() => {
             eprintln!("privmem: differential: /dev/kvm unavailable ({e}) and REQUIRE_KVM=1");
@@ -191,7 +255,7 @@ fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
         max_steps: args.steps,
     };
     // The model as this host's KVM should look (MMU width, PVM quirks).
-    let model = host_model(profile);
+    let model = host_model(profile, kvm.quirks());
     let report = match differential::run(&model, &kvm, &cfg) {
         Ok(r) => r,
         Err(e) => {
@@ -199,15 +263,69 @@ fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
             return 1;
         }
     };
+    let floor = args
+        .min_coverage
+        .unwrap_or_else(|| default_floor(&report.vm_types, model.guest_memfd()));
+    let shortfall = report.coverage.check_floor(floor).err();
     if args.json {
-        println!("{}", diff_json(&report, profile, &model));
+        println!(
+            "{}",
+            diff_json(&report, profile, &model, floor, shortfall.as_deref())
+        );
     } else {
         print_diff(&report, profile, &model);
+        println!("{}", report.coverage.table());
+        match &shortfall {
+            None => println!("coverage floor {:.1}%: met", 100.0 * floor),
+            Some(why) => println!("COVERAGE FLOOR NOT MET: {why}"),
+        }
     }
-    i32::from(!report.agreed())
+    i32::from(!report.agreed() || shortfall.is_some())
 }
 
-fn diff_json(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) -> serde_json::Value {
+/// The coverage as JSON: per operation kind, and the totals against the floor.
+fn coverage_json(c: &Coverage, floor: f64, shortfall: Option<&str>) -> serde_json::Value {
+    let kinds: serde_json::Map<String, serde_json::Value> = c
+        .kinds
+        .iter()
+        .map(|(k, v)| {
+            let constant = v
+                .constant_errno()
+                .map(|e| json!({ "errno": e.to_string(), "steps": v.constant() }));
+            (
+                (*k).to_string(),
+                json!({
+                    "steps": v.steps,
+                    "compared": v.compared(),
+                    "n/a": v.not_applicable,
+                    "constant_errno": constant,
+                    "emulated": v.emulated,
+                }),
+            )
+        })
+        .collect();
+    let t = c.totals();
+    json!({
+        "kinds": kinds,
+        "steps": t.steps,
+        "compared": t.compared,
+        "n/a": t.not_applicable,
+        "constant_errno": t.constant,
+        "emulated": t.emulated,
+        "compared_share": t.compared_share(),
+        "floor": floor,
+        "floor_met": shortfall.is_none(),
+        "shortfall": shortfall,
+    })
+}
+
+fn diff_json(
+    r: &DiffReport,
+    profile: KernelProfile,
+    model: &ModelHypervisor,
+    floor: f64,
+    shortfall: Option<&str>,
+) -> serde_json::Value {
     let types: Vec<_> = r.vm_types.iter().map(|t| t.name()).collect();
     json!({ "differential": {
         "backends": [r.backends.0, r.backends.1],
@@ -215,6 +333,8 @@ fn diff_json(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) ->
         "max_gpa_bits": model.max_gpa_bits(),
         "smm": model.smm(),
         "guest_memfd": model.guest_memfd(),
+        "memory_attributes": model.build().memory_attributes,
+        "tdp": model.build().tdp,
         "quirks": { "pvm": model.quirks().pvm, "gmem_hva": model.quirks().gmem_hva },
         "vm_types": types,
         "sequences": r.sequences,
@@ -222,17 +342,20 @@ fn diff_json(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) ->
         "seed": r.seed,
         "agreed": r.agreed(),
         "difference": r.difference,
-        "coverage": r.coverage,
+        "coverage": coverage_json(&r.coverage, floor, shortfall),
+        "results": r.results,
     }})
 }
 
 /// The model's host-dependent settings, for the report headers.
 fn build_line(hv: &ModelHypervisor) -> String {
     format!(
-        "max_gpa_bits {}, smm {}, guest_memfd {}, quirks {}",
+        "max_gpa_bits {}, smm {}, guest_memfd {}, memory_attributes {}, tdp {}, quirks {}",
         hv.max_gpa_bits(),
         on_off(hv.smm()),
         on_off(hv.guest_memfd()),
+        on_off(hv.build().memory_attributes),
+        on_off(hv.build().tdp),
         quirk_names(hv.quirks())
     )
 }

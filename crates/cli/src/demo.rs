@@ -2,6 +2,9 @@
 //! examples, run on the best backend for its VM type, with its designed
 //! outcome checked and a readable summary printed.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use privmem_runner::handle::ErrorKind;
 use privmem_runner::report::Report;
 use privmem_runner::runtime::RunOptions;
@@ -10,6 +13,7 @@ use privmem_runner::workload;
 use crate::backends::{choose, model_profile};
 use crate::picture::human;
 use crate::run::{execute, print_report};
+use crate::trace::{Recorder, Trace};
 use crate::BackendArg;
 
 /// One showcase scenario.
@@ -76,18 +80,30 @@ fn kinds(r: &Report) -> Vec<Option<ErrorKind>> {
         .collect()
 }
 
-fn run_scenario(s: &Scenario, backend: BackendArg) -> Result<Report, String> {
+/// Runs one scenario; with `trace_dir`, also writes its picture there
+/// and says where.
+fn run_scenario(
+    s: &Scenario,
+    backend: BackendArg,
+    trace_dir: Option<&Path>,
+) -> Result<Report, String> {
     let w = workload::parse(s.file, s.text).map_err(|e| e.to_string())?;
     let profile = model_profile("auto")?;
     let (chosen, reason) = choose(backend, &w, profile)?;
-    execute(
-        chosen,
-        reason,
-        &w,
-        RunOptions {
-            timeout: Some(std::time::Duration::from_secs(60)),
-        },
-    )
+    let recorder = trace_dir.map(|_| Arc::new(Recorder::new()));
+    let opts = RunOptions {
+        timeout: Some(std::time::Duration::from_secs(60)),
+    };
+    let report = execute(chosen, reason, &w, opts, recorder.as_ref())?;
+    if let (Some(dir), Some(rec)) = (trace_dir, recorder) {
+        let stem = Path::new(s.file)
+            .file_stem()
+            .map_or_else(|| "scenario".into(), |n| n.to_string_lossy());
+        let path = dir.join(format!("{stem}.svg"));
+        Trace::assemble(s.file, &w, &report, &rec).write(&path)?;
+        println!("  trace: {}", path.display());
+    }
+    Ok(report)
 }
 
 fn summarize(r: &Report) {
@@ -103,12 +119,18 @@ fn summarize(r: &Report) {
     );
 }
 
-pub fn main(backend: BackendArg) -> i32 {
+pub fn main(backend: BackendArg, trace_dir: Option<&Path>) -> i32 {
+    if let Some(dir) = trace_dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("privmem: --trace {}: cannot create: {e}", dir.display());
+            return 2;
+        }
+    }
     let mut failures = 0;
     for (i, s) in SCENARIOS.iter().enumerate() {
         println!("\n[{}/{}] {} ({})", i + 1, SCENARIOS.len(), s.title, s.file);
         println!("  {}", s.explain);
-        match run_scenario(s, backend) {
+        match run_scenario(s, backend, trace_dir) {
             Ok(r) => {
                 print_report(&r, false);
                 summarize(&r);

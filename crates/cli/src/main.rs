@@ -8,6 +8,7 @@ mod conformance;
 mod demo;
 mod picture;
 mod run;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,9 +55,13 @@ enum Cmd {
         /// Stop every vCPU after this many seconds.
         #[arg(long)]
         timeout: Option<f64>,
-        /// Kernel profile for the model: 6.18 (this host) or 6.12 (the rig).
+        /// Kernel profile for the model: 7.3 or 6.12 (the rig's kernels), or auto.
         #[arg(long, default_value = "auto")]
         profile: String,
+        /// Write what happened, in order: a picture (FILE.svg) or JSON
+        /// lines (FILE.json).
+        #[arg(long, value_name = "FILE")]
+        trace: Option<PathBuf>,
     },
     /// The kernel-selftest conformance suite on every backend (or, with
     /// --differential, the model-vs-KVM differential test).
@@ -68,6 +73,9 @@ enum Cmd {
         /// Backend (default: the best available for each scenario).
         #[arg(long, value_enum, default_value = "auto")]
         backend: BackendArg,
+        /// Write one picture per scenario into DIR (DIR/<scenario>.svg).
+        #[arg(long, value_name = "DIR")]
+        trace: Option<PathBuf>,
     },
 }
 
@@ -81,14 +89,16 @@ fn main() -> ExitCode {
             json,
             timeout,
             profile,
+            trace,
         } => run::main(&run::RunArgs {
             file,
             backend,
             json,
             timeout,
             profile,
+            trace,
         }),
-        Cmd::Demo { backend } => demo::main(backend),
+        Cmd::Demo { backend, trace } => demo::main(backend, trace.as_deref()),
         Cmd::Conformance(args) => conformance::main(&args),
         Cmd::Bench(args) => bench::main(&args),
     };

@@ -2,15 +2,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use privmem_core::trace::TraceSink;
 use privmem_core::Hypervisor;
 use privmem_runner::report::Report;
-use privmem_runner::runtime::{run_workload, RunOptions};
+use privmem_runner::runtime::{run_workload, Machine, RunOptions};
 use privmem_runner::workload::{self, Workload};
 
 use crate::backends::{choose, model_profile, Chosen};
 use crate::picture;
+use crate::trace::{Recorder, Trace, TraceFormat};
 use crate::BackendArg;
 
 /// Arguments of `privmem run`.
@@ -20,18 +22,22 @@ pub struct RunArgs {
     pub json: bool,
     pub timeout: Option<f64>,
     pub profile: String,
+    /// Write a trace here (`.svg` or `.json`).
+    pub trace: Option<PathBuf>,
 }
 
-/// Runs a parsed workload on the chosen backend. `Err` is an exit-2 message.
+/// Runs a parsed workload on the chosen backend, reporting to `recorder`
+/// if given. `Err` is an exit-2 message.
 pub fn execute(
     chosen: Chosen,
     reason: String,
     w: &Workload,
     opts: RunOptions,
+    recorder: Option<&Arc<Recorder>>,
 ) -> Result<Report, String> {
     let report = match chosen {
-        Chosen::Kvm(hv) => run_on(hv, w, opts),
-        Chosen::Model(hv) => run_on(hv, w, opts),
+        Chosen::Kvm(hv) => run_on(hv, w, opts, recorder),
+        Chosen::Model(hv) => run_on(hv, w, opts, recorder),
     }?;
     Ok(Report {
         backend_reason: reason,
@@ -39,10 +45,31 @@ pub fn execute(
     })
 }
 
-fn run_on<H: Hypervisor>(hv: Arc<H>, w: &Workload, opts: RunOptions) -> Result<Report, String> {
+fn run_on<H: Hypervisor>(
+    hv: Arc<H>,
+    w: &Workload,
+    opts: RunOptions,
+    recorder: Option<&Arc<Recorder>>,
+) -> Result<Report, String> {
     let name = hv.name();
-    run_workload(hv, w, opts)
-        .map_err(|e| format!("the {name} backend can't run this workload: {}", chain(&e)))
+    let cant = |e: &dyn std::error::Error| {
+        format!("the {name} backend can't run this workload: {}", chain(e))
+    };
+    let Some(rec) = recorder else {
+        return run_workload(hv, w, opts).map_err(|e| cant(&e));
+    };
+    // run_workload, with the recorder registered between setup and the run.
+    let machine = Machine::new(hv, w).map_err(|e| cant(&e))?;
+    let sink: Arc<dyn TraceSink> = rec.clone();
+    if machine.engine.set_trace_sink(sink).is_err() {
+        return Err("internal: the engine already has a trace sink".into());
+    }
+    let engine = machine.engine.clone();
+    rec.set_slots(&engine.slots(), w);
+    rec.start_clock();
+    let start = Instant::now();
+    let states = machine.run(opts);
+    Ok(Report::build(&engine, w, states, start.elapsed()))
 }
 
 /// An error and its sources, joined.
@@ -69,8 +96,15 @@ fn timeout(t: Option<f64>) -> Result<Option<Duration>, String> {
 
 pub fn main(a: &RunArgs) -> i32 {
     match prepare_and_run(a) {
-        Ok(report) => {
+        Ok((report, trace)) => {
             print_report(&report, a.json);
+            if let (Some(t), Some(path)) = (trace, &a.trace) {
+                if let Err(msg) = t.write(path) {
+                    eprintln!("privmem: {msg}");
+                    return 2;
+                }
+                eprintln!("privmem: trace written to {}", path.display());
+            }
             report.exit_status()
         }
         Err(msg) => {
@@ -80,7 +114,10 @@ pub fn main(a: &RunArgs) -> i32 {
     }
 }
 
-fn prepare_and_run(a: &RunArgs) -> Result<Report, String> {
+fn prepare_and_run(a: &RunArgs) -> Result<(Report, Option<Trace>), String> {
+    if let Some(path) = &a.trace {
+        TraceFormat::for_path(path)?;
+    }
     let w = workload::load(&a.file).map_err(|e| e.to_string())?;
     let opts = RunOptions {
         timeout: timeout(a.timeout)?,
@@ -92,7 +129,13 @@ fn prepare_and_run(a: &RunArgs) -> Result<Report, String> {
         Chosen::Model(_) => "model",
     };
     eprintln!("privmem: backend {backend}: {reason}");
-    execute(chosen, reason, &w, opts)
+    let recorder = a.trace.as_ref().map(|_| Arc::new(Recorder::new()));
+    let report = execute(chosen, reason, &w, opts, recorder.as_ref())?;
+    let trace = recorder.map(|rec| {
+        let title = a.file.display().to_string();
+        Trace::assemble(&title, &w, &report, &rec)
+    });
+    Ok((report, trace))
 }
 
 /// The serde (snake_case) name of a unit enum value.

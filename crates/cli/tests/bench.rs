@@ -39,3 +39,73 @@ fn bench_unknown_name_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown benchmark `nosuch`"));
 }
+
+fn privmem_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_privmem"));
+    c.args(args).env_remove("REQUIRE_KVM");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn a_benchmark_that_fails_fails_the_run() {
+    let out = privmem_env(
+        &["bench", "attrmap", "--quick", "--json"],
+        &[("PRIVMEM_BENCH_INJECT", "error:attrmap")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["errors"][0]["name"], "attrmap", "{doc}");
+    // The table form too.
+    let out = privmem_env(
+        &["bench", "attrmap", "--quick"],
+        &[("PRIVMEM_BENCH_INJECT", "error:attrmap")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("attrmap: FAILED: injected failure"));
+}
+
+#[test]
+fn a_benchmark_without_dev_kvm_is_a_recorded_skip() {
+    let inject = [("PRIVMEM_BENCH_INJECT", "no-kvm")];
+    let out = privmem_env(&["bench", "exit", "--quick", "--json"], &inject);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["benches"].as_array().map(Vec::len), Some(0), "{doc}");
+    assert_eq!(doc["skipped"][0]["name"], "exit", "{doc}");
+    assert!(doc["skipped"][0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("/dev/kvm unavailable")));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bench exit: SKIPPED"));
+    // Where /dev/kvm is required, the same skip is a failure.
+    let out = privmem_env(
+        &["bench", "exit", "--quick", "--json"],
+        &[inject[0], ("REQUIRE_KVM", "1")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn rss_probe_reports_one_setups_own_memory() {
+    let out = privmem(&["bench", "--rss-probe", &(1u64 << 30).to_string()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kib = doc["rss_growth_kib"].as_f64().unwrap();
+    let heap = doc["heap_bytes"].as_f64().unwrap();
+    // A fresh process, so the figure is the setup's alone: well under the
+    // tens of MiB the whole bench process holds.
+    assert!(kib < 8192.0, "{doc}");
+    assert!(heap > 0.0, "{doc}");
+}

@@ -2,6 +2,8 @@
 //! states: on the model always, and on real KVM for `backend=kvm` examples
 //! (skipped visibly without /dev/kvm; a failure under REQUIRE_KVM=1).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -96,22 +98,6 @@ fn check(file: &Path, backend: &str, e: &Expect) {
     }
 }
 
-fn kvm_available() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var("REQUIRE_KVM").as_deref() != Ok("1"),
-            "REQUIRE_KVM=1 but /dev/kvm can't be opened"
-        );
-        eprintln!("SKIP: examples on kvm: /dev/kvm unavailable");
-    }
-    ok
-}
-
 fn example_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(examples_dir())
         .expect("examples dir")
@@ -133,7 +119,7 @@ fn examples_run_on_model_with_stated_outcome() {
 
 #[test]
 fn default_examples_run_on_kvm_with_stated_outcome() {
-    if !kvm_available() {
+    if !common::kvm_or_skip("default_examples_run_on_kvm_with_stated_outcome") {
         return;
     }
     for f in example_files() {

@@ -1,6 +1,8 @@
 //! A guest that never halts is ended by `--timeout` with exit status 1 and
 //! `error.kind = "timeout"`, on the model and on real KVM.
 
+mod common;
+
 use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -44,17 +46,7 @@ fn spinning_guest_on_model_times_out() {
 
 #[test]
 fn spinning_guest_on_kvm_times_out() {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        assert!(
-            std::env::var("REQUIRE_KVM").as_deref() != Ok("1"),
-            "REQUIRE_KVM=1 but /dev/kvm is unavailable"
-        );
-        eprintln!("SKIP: spinning_guest_on_kvm_times_out: /dev/kvm unavailable");
+    if !common::kvm_or_skip("spinning_guest_on_kvm_times_out") {
         return;
     }
     run_spin("kvm");

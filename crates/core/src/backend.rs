@@ -9,6 +9,7 @@ use std::os::fd::BorrowedFd;
 
 use crate::error::{BackendError, Result};
 use crate::exit::{DecodeError, Exit};
+use crate::memops::{Advice, MemPolicy, MmapOptions, MmapProt, MmapSharing, PreFaultRange};
 use crate::types::{GmemFlags, Gpa, GuestMemfd, VmType};
 
 /// Capabilities privmem probes (`KVM_CHECK_EXTENSION`).
@@ -101,13 +102,61 @@ pub const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
 /// `FALLOC_FL_ZERO_RANGE`.
 pub const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 
+/// The signal a CPU load or store raises where a host access failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostSignal {
+    /// `SIGBUS`: the page lies inside the mapping, but its file refuses it
+    /// (`VM_FAULT_SIGBUS`: beyond the file size, a guest_memfd page that is
+    /// not shared, a poisoned page).
+    Bus,
+    /// `SIGSEGV`: nothing is mapped there (beyond the end of the mapping).
+    Segv,
+}
+
+impl HostSignal {
+    /// `"SIGBUS"` or `"SIGSEGV"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            HostSignal::Bus => "SIGBUS",
+            HostSignal::Segv => "SIGSEGV",
+        }
+    }
+}
+
+impl std::fmt::Display for HostSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A host access to memory failed: the model's and the KVM backend's stand-in
-/// for SIGBUS (the access is never allowed to kill the process).
+/// for the signal a real load or store would raise (the access is never
+/// allowed to kill the process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("host access faulted (sigbus) at offset {offset:#x}")]
+#[error("host access faulted ({signal}) at offset {offset:#x}")]
 pub struct HostFault {
     /// Offset into the mapping of the first byte that could not be accessed.
     pub offset: u64,
+    /// How it failed.
+    pub signal: HostSignal,
+}
+
+impl HostFault {
+    /// A `SIGBUS` at `offset`: the file refused the page.
+    pub const fn bus(offset: u64) -> HostFault {
+        HostFault {
+            offset,
+            signal: HostSignal::Bus,
+        }
+    }
+
+    /// A `SIGSEGV` at `offset`: past the end of the mapping.
+    pub const fn segv(offset: u64) -> HostFault {
+        HostFault {
+            offset,
+            signal: HostSignal::Segv,
+        }
+    }
 }
 
 /// Host-side access to a mapping (a guest_memfd mmap or a shared backing).
@@ -351,13 +400,16 @@ pub struct Quirks {
     /// guest_memfd range for `userspace_addr` when a
     /// `KVM_SET_USER_MEMORY_REGION2` request has `KVM_MEM_GUEST_MEMFD`,
     /// [`UserAddr::Raw`]`(0)` and a `MMAP|INIT_SHARED` [`GmemRef::File`];
-    /// the mapping holds a file reference until the slot is deleted (on by
-    /// default on PVM hosts, `PRIVMEM_GMEM_HVA`).
+    /// the mapping holds a file reference until the slot is deleted. An
+    /// emulation the KVM backend's caller opts into (off by default; the
+    /// CLI turns it on on PVM hosts, where gmem-only slots are otherwise
+    /// unreachable); each VM reports it in [`Vm::emulations`] once it acted.
     pub gmem_hva: bool,
 }
 
 impl Quirks {
-    /// What privmem's KVM backend shows on a PVM host by default.
+    /// A PVM host with the guest_memfd mapping opted in (what the CLI uses
+    /// there).
     pub const PVM: Quirks = Quirks {
         pvm: true,
         gmem_hva: true,
@@ -366,6 +418,37 @@ impl Quirks {
     /// True if no quirk is on.
     pub fn is_upstream(self) -> bool {
         self == Quirks::default()
+    }
+}
+
+/// Kernel behaviour a backend produced itself instead of the kernel, on a
+/// host where the kernel path is not reachable: a result obtained through
+/// one of these is privmem's, not the kernel's (conformance reports it as
+/// emulated). Each flag says the emulation *acted* on this VM at least once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Emulations {
+    /// A guest `KVM_HC_MAP_GPA_RANGE` arrived over the port-I/O transport
+    /// (PVM hosts, where `vmcall`/`vmmcall` never exit) and the backend
+    /// answered KVM's synchronous checks itself (-1000 when the exit is not
+    /// enabled, -22 for bad arguments) or built the hypercall exit.
+    pub hypercall: bool,
+    /// A gmem-only memslot's `userspace_addr = 0` was replaced by a mapping
+    /// of its guest_memfd range ([`Quirks::gmem_hva`]).
+    pub gmem_hva: bool,
+}
+
+impl Emulations {
+    /// True if no emulation acted.
+    pub fn is_none(self) -> bool {
+        self == Emulations::default()
+    }
+
+    /// The names of the emulations that acted: "hypercall", "gmem_hva".
+    pub fn names(self) -> Vec<&'static str> {
+        [("hypercall", self.hypercall), ("gmem_hva", self.gmem_hva)]
+            .into_iter()
+            .filter_map(|(n, on)| on.then_some(n))
+            .collect()
     }
 }
 
@@ -411,6 +494,119 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn quirks(&self) -> Quirks {
         Quirks::default()
     }
+    /// The release of the kernel whose behaviour this backend shows, as
+    /// `uname -r` gives it (`6.12.118-amd64`, or a model profile's name,
+    /// `6.12`): what conformance picks its per-kernel expectations by.
+    /// Default: the running kernel's.
+    fn kernel_release(&self) -> String {
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+    }
+    /// How often this backend (and every VM and vCPU it created) answered
+    /// with privmem's own emulation instead of the kernel's code (none by
+    /// default). See [`crate::emulation`].
+    fn emulations(&self) -> crate::EmulationCounts {
+        crate::EmulationCounts::default()
+    }
+    /// `mmap(NULL, len, prot, flags, gmem, 0)` with the protection and
+    /// sharing of `opts` (Linux 7.3 checks, in order: `PROT_EXEC` EPERM, no
+    /// `GUEST_MEMFD_FLAG_MMAP` ENODEV, not `MAP_SHARED` EINVAL).
+    ///
+    /// The default serves read/write mappings through [`Hypervisor::gmem_mmap`]
+    /// and answers `Unsupported` for executable ones.
+    fn gmem_mmap_with(
+        &self,
+        gmem: &GuestMemfd,
+        len: u64,
+        opts: MmapOptions,
+    ) -> Result<Self::Mapping> {
+        match opts.prot {
+            MmapProt::ReadWrite => self.gmem_mmap(gmem, len, opts.sharing == MmapSharing::Shared),
+            MmapProt::ReadWriteExec => Err(unsupported(
+                "mmap",
+                format!(
+                    "PROT_EXEC mappings of a guest_memfd on the {} backend",
+                    self.name()
+                ),
+            )),
+        }
+    }
+    /// `mbind(map + offset, len, policy.mode, &policy.nodes, 65, flags)`:
+    /// sets the NUMA policy of the guest_memfd pages under the range (7.3
+    /// keeps it per file offset, so it outlives the mapping).
+    ///
+    /// This and the other mapping calls below refuse (`Invalid`) a range
+    /// that reaches past the mapping before the kernel sees it: the kernel
+    /// would act on whatever else is mapped there. The default answers
+    /// `Unsupported`.
+    fn gmem_mbind(
+        &self,
+        map: &Self::Mapping,
+        offset: u64,
+        len: u64,
+        policy: MemPolicy,
+        flags: u32,
+    ) -> Result<()> {
+        let _ = (map, len, policy, flags);
+        Err(unsupported(
+            "mbind",
+            format!(
+                "mbind on a guest_memfd mapping (offset {offset:#x}) on the {} backend",
+                self.name()
+            ),
+        ))
+    }
+    /// `get_mempolicy(&mode, &nodes, 65, map + offset, MPOL_F_ADDR)`.
+    ///
+    /// The default answers `Unsupported`.
+    fn gmem_get_mempolicy(&self, map: &Self::Mapping, offset: u64) -> Result<MemPolicy> {
+        let _ = map;
+        Err(unsupported(
+            "get_mempolicy",
+            format!(
+                "get_mempolicy on a guest_memfd mapping (offset {offset:#x}) on the {} backend",
+                self.name()
+            ),
+        ))
+    }
+    /// `madvise(map + offset, len, advice)`.
+    ///
+    /// The default answers `Unsupported`.
+    fn gmem_madvise(
+        &self,
+        map: &Self::Mapping,
+        offset: u64,
+        len: u64,
+        advice: Advice,
+    ) -> Result<()> {
+        let _ = (map, offset, len);
+        Err(unsupported(
+            "madvise",
+            format!(
+                "{} on a guest_memfd mapping on the {} backend",
+                advice.name(),
+                self.name()
+            ),
+        ))
+    }
+    /// Hardware-poisons the guest_memfd page under `map + offset`, as
+    /// `madvise(MADV_HWPOISON)` does on Linux 7.3 (`memory_failure` →
+    /// `kvm_gmem_error_folio`: the folio stays in the file, later guest
+    /// faults there get `EHWPOISON`, host touches SIGBUS, `PUNCH_HOLE`
+    /// drops it). `Ok` once the page is poisoned: the kernel's own answer
+    /// (-1 EBUSY, and a SIGBUS to the caller) is the backend's to absorb.
+    ///
+    /// The default answers `Unsupported`.
+    fn gmem_poison(&self, map: &Self::Mapping, offset: u64) -> Result<()> {
+        let _ = map;
+        Err(unsupported(
+            "madvise(MADV_HWPOISON)",
+            format!(
+                "hardware-poison injection at mapping offset {offset:#x} on the {} backend",
+                self.name()
+            ),
+        ))
+    }
 }
 
 /// A VM.
@@ -455,6 +651,11 @@ pub trait Vm: Send + Sync + 'static {
     fn vm_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
+    /// The emulations that have acted on this VM so far (none for a backend
+    /// that leaves everything to its kernel, e.g. the model).
+    fn emulations(&self) -> Emulations {
+        Emulations::default()
+    }
     /// Marks the guest_memfd page backing `gpa` hardware-poisoned (fault injection).
     /// Backends that cannot do this safely return `Unsupported`.
     fn poison_page(&self, gpa: Gpa) -> Result<()> {
@@ -479,14 +680,21 @@ pub trait Vcpu: Send + 'static {
     /// A handle other threads use to make a running (or the next) `run`
     /// return [`RunError::Interrupted`] promptly (timeouts, shutdown).
     fn kicker(&self) -> std::sync::Arc<dyn Kick>;
-    /// `KVM_PRE_FAULT_MEMORY(gpa, size)`: `gpa`/`size` come back advanced
-    /// past what was mapped. The default answers `Unsupported` (no backend
-    /// models the ioctl yet; the engine asks only VMs that report
-    /// `KVM_CAP_PRE_FAULT_MEMORY`).
-    fn pre_fault(&mut self, gpa: &mut Gpa, size: &mut u64) -> Result<()> {
+    /// `KVM_PRE_FAULT_MEMORY(range)`: maps the range into the guest's page
+    /// tables as guest accesses would (private where the attribute at each
+    /// page says so), without running the guest. `range` comes back
+    /// advanced past what was mapped, on success and on failure; the call
+    /// succeeds when at least one page was mapped. A kick interrupts it
+    /// (`EINTR`), as a signal does.
+    ///
+    /// The default answers `Unsupported`.
+    fn pre_fault_memory(&mut self, range: &mut PreFaultRange) -> Result<()> {
         Err(unsupported(
             "KVM_PRE_FAULT_MEMORY",
-            format!("pre-faulting {gpa}+{size:#x} on this backend"),
+            format!(
+                "pre-faulting {:#x}+{:#x} on this backend",
+                range.gpa, range.size
+            ),
         ))
     }
 }

@@ -15,6 +15,7 @@ use crate::backend::{
     FALLOC_FL_PUNCH_HOLE, MEM_GUEST_MEMFD,
 };
 use crate::error::{BackendError, Result};
+use crate::memops::PreFaultRange;
 use crate::slot::SlotDesc;
 use crate::types::{Attrs, Gpa, GpaRange, GuestMemfd, SlotId, VmType};
 
@@ -98,10 +99,15 @@ pub trait PreFault {
     fn pre_fault(&mut self, gpa: &mut Gpa, size: &mut u64) -> Result<()>;
 }
 
-/// Every vCPU of the full traits pre-faults through [`Vcpu::pre_fault`].
+/// Every vCPU of the full traits pre-faults through
+/// [`Vcpu::pre_fault_memory`].
 impl<V: Vcpu> PreFault for V {
     fn pre_fault(&mut self, gpa: &mut Gpa, size: &mut u64) -> Result<()> {
-        Vcpu::pre_fault(self, gpa, size)
+        let mut range = PreFaultRange::new(gpa.raw(), *size);
+        let r = Vcpu::pre_fault_memory(self, &mut range);
+        *gpa = Gpa(range.gpa);
+        *size = range.size;
+        r
     }
 }
 

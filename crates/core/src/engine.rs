@@ -38,7 +38,7 @@ mod slots;
 pub use exits::{HypercallExit, MemoryFaultExit, StopReason, VcpuAction};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use crate::attrmap::{AttrMap, Run};
 use crate::contract::{ConversionBackend, VmSupport};
@@ -47,6 +47,7 @@ use crate::error::BackendError;
 use crate::listener::{ConversionListener, ListenerPanic};
 use crate::rangelock::RangeLocks;
 use crate::slot::{SlotDesc, SlotTable};
+use crate::trace::{self, TraceEvent, TraceSink};
 use crate::types::{Attrs, Gpa, GpaLimit, GpaRange};
 
 /// Who asked for a conversion.
@@ -235,6 +236,8 @@ pub struct Engine<B: ConversionBackend> {
     listeners: notify::Listeners,
     /// Counters.
     pub stats: Stats,
+    /// Where conversions are reported, if tracing (set once).
+    trace: OnceLock<Arc<dyn TraceSink>>,
 }
 
 impl<B: ConversionBackend> std::fmt::Debug for Engine<B> {
@@ -306,6 +309,7 @@ impl<B: ConversionBackend> Engine<B> {
             has_pending: AtomicBool::new(false),
             listeners: notify::Listeners::default(),
             stats: Stats::default(),
+            trace: OnceLock::new(),
         }
     }
 
@@ -367,9 +371,12 @@ impl<B: ConversionBackend> Engine<B> {
         to: ConvertTo,
         origin: Origin,
     ) -> Result<Outcome, ConvertError> {
-        let range = validate(gpa, len, self.config.gpa_limit)?;
-        let _guard = self.locks.lock(range);
-        self.convert_locked(range, to, origin)
+        let result = validate(gpa, len, self.config.gpa_limit).and_then(|range| {
+            let _guard = self.locks.lock(range);
+            self.convert_locked(range, to, origin)
+        });
+        self.trace_outcome(gpa, len, to, origin, &result);
+        result
     }
 
     /// The transaction, with `range` locked.
@@ -401,6 +408,19 @@ impl<B: ConversionBackend> Engine<B> {
             ConvertTo::Private => self.to_private(&slots, range, runs, origin)?,
         };
         self.count(pages, to, origin);
+        if let Some(sink) = self.trace.get() {
+            // Still under the range lock: overlapping conversions are
+            // recorded in the order they were committed.
+            sink.record(TraceEvent::Converted {
+                vcpu: trace::current_vcpu(),
+                cause: origin.into(),
+                gpa: range.start().raw(),
+                len: range.len(),
+                to_private: to.is_private(),
+                pages,
+                discard: self.config.discard.discards(),
+            });
+        }
         Ok(Outcome::Converted { pages })
     }
 
@@ -510,6 +530,67 @@ impl<B: ConversionBackend> Engine<B> {
             }
         }
         out
+    }
+
+    /// Registers the sink that conversions (and the vCPU loops running on
+    /// this engine) report to. Once per engine: a second sink is handed back.
+    pub fn set_trace_sink(&self, sink: Arc<dyn TraceSink>) -> Result<(), Arc<dyn TraceSink>> {
+        self.trace.set(sink)
+    }
+
+    /// The registered trace sink, if any.
+    pub fn trace_sink(&self) -> Option<&dyn TraceSink> {
+        self.trace.get().map(|s| &**s)
+    }
+
+    /// Reports a no-op or a failed conversion to the trace sink, if any
+    /// (committed ones are reported inside the transaction).
+    fn trace_outcome(
+        &self,
+        gpa: Gpa,
+        len: u64,
+        to: ConvertTo,
+        origin: Origin,
+        result: &Result<Outcome, ConvertError>,
+    ) {
+        let Some(sink) = self.trace.get() else {
+            return;
+        };
+        let (vcpu, cause, gpa, to_private) = (
+            trace::current_vcpu(),
+            origin.into(),
+            gpa.raw(),
+            to.is_private(),
+        );
+        match result {
+            Ok(Outcome::Converted { .. }) => {}
+            Ok(Outcome::NoOp) => sink.record(TraceEvent::Converted {
+                vcpu,
+                cause,
+                gpa,
+                len,
+                to_private,
+                pages: 0,
+                discard: false,
+            }),
+            Err(e) => {
+                let mut error = e.to_string();
+                let mut cur = std::error::Error::source(e);
+                while let Some(c) = cur {
+                    error.push_str(": ");
+                    error.push_str(&c.to_string());
+                    cur = c.source();
+                }
+                sink.record(TraceEvent::ConvertFailed {
+                    vcpu,
+                    cause,
+                    gpa,
+                    len,
+                    to_private,
+                    error,
+                });
+            }
+        }
     }
 
     /// Registers `listener`; it is told about every conversion from the next

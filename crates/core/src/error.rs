@@ -10,6 +10,8 @@ pub struct Errno(pub i32);
 impl Errno {
     /// EPERM
     pub const EPERM: Errno = Errno(1);
+    /// ENOENT
+    pub const ENOENT: Errno = Errno(2);
     /// EINTR
     pub const EINTR: Errno = Errno(4);
     /// EIO
@@ -22,6 +24,8 @@ impl Errno {
     pub const ENOMEM: Errno = Errno(12);
     /// EFAULT
     pub const EFAULT: Errno = Errno(14);
+    /// EBUSY
+    pub const EBUSY: Errno = Errno(16);
     /// EEXIST
     pub const EEXIST: Errno = Errno(17);
     /// ENODEV
@@ -47,6 +51,7 @@ impl Errno {
     pub fn name(self) -> String {
         let known = [
             (1, "EPERM"),
+            (2, "ENOENT"),
             (4, "EINTR"),
             (5, "EIO"),
             (7, "E2BIG"),
@@ -54,6 +59,7 @@ impl Errno {
             (11, "EAGAIN"),
             (12, "ENOMEM"),
             (14, "EFAULT"),
+            (16, "EBUSY"),
             (17, "EEXIST"),
             (19, "ENODEV"),
             (22, "EINVAL"),
@@ -120,6 +126,13 @@ impl BackendError {
     /// An `Os` error.
     pub fn os(op: &'static str, errno: Errno) -> BackendError {
         BackendError::Os { op, errno }
+    }
+    /// An `Invalid` error: privmem refused `op`'s argument, for `why`.
+    pub fn invalid(op: &'static str, why: impl Into<String>) -> BackendError {
+        BackendError::Invalid {
+            op,
+            why: why.into(),
+        }
     }
     /// The errno, for `Os` errors.
     pub fn errno(&self) -> Option<Errno> {

@@ -33,7 +33,7 @@
 //! use privmem_core::{Gpa, GpaRange, VmType};
 //! use privmem_model::{embed, KernelProfile, ModelHypervisor};
 //!
-//! let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+//! let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
 //! let engine = embed::engine(&hv, VmType::SwProtected, EngineConfig::default())?;
 //! let slot = embed::slot(engine.vm(), 0, GpaRange::new(Gpa(0), 1 << 20)?)?;
 //! engine.add_slot(slot)?;
@@ -84,23 +84,28 @@ pub mod attrmap;
 pub mod backend;
 pub mod contract;
 pub mod decide;
+pub mod emulation;
 pub mod engine;
 pub mod error;
 pub mod exit;
 pub mod listener;
+pub mod memops;
 pub mod rangelock;
 pub mod slot;
+pub mod trace;
 pub mod types;
 
 pub use backend::{
-    Access, Cap, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, Hypervisor, Kick,
-    Quirks, Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr, Vcpu, Vm,
+    Access, Cap, Emulations, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, HostSignal,
+    Hypervisor, Kick, Quirks, Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr,
+    Vcpu, Vm,
 };
 pub use contract::{Backing, ConversionBackend, HvBackend, PreFault, VmSupport};
 pub use decide::{
     decide_fault, decide_hypercall, DiscardPolicy, FaultAction, FaultPolicy, FaultStop,
     HypercallAction, ImplicitPolicy, RepeatGuard,
 };
+pub use emulation::{Emulation, EmulationCounts, EmulationLog};
 pub use engine::{
     ConvertTo, Engine, EngineConfig, HypercallExit, MemoryFaultExit, PrefaultPolicy, StopReason,
     VcpuAction,
@@ -110,6 +115,7 @@ pub use exit::{
     Exit, FaultErrno, GuestReport, Hypercall, IoExit, MapGpaRange, MemoryFault, MmioExit,
 };
 pub use listener::{Conversion, ConversionListener, Refusal};
+pub use memops::{Advice, MemPolicy, MmapOptions, MmapProt, MmapSharing, PreFaultRange};
 pub use slot::{GmemBinding, SharedBinding, SlotDesc, SlotError};
 pub use types::{
     Attrs, GmemFlags, Gpa, GpaLimit, GpaRange, GuestMemfd, PageCount, SlotId, VmType, PAGE_SIZE,

@@ -1,6 +1,7 @@
 //! The per-exit calls a VMM's vCPU loop makes, from raw exit fields: on the
 //! model, and pre-faulting on a fake backend that has
-//! `KVM_CAP_PRE_FAULT_MEMORY` (the model's 6.18 profile answers 0).
+//! `KVM_CAP_PRE_FAULT_MEMORY`, and on the model's own vCPU (the 7.3 profile
+//! on a TDP host answers the capability and models the ioctl).
 
 mod common;
 
@@ -357,4 +358,31 @@ fn prefault_policy_every_and_off() {
         0
     );
     assert!(v.calls.is_empty());
+}
+
+#[test]
+fn prefault_on_the_models_vcpu_maps_the_converted_range() {
+    use privmem_core::backend::Vm;
+    let config = EngineConfig {
+        prefault: PrefaultPolicy::ToPrivate,
+        ..EngineConfig::default()
+    };
+    let (_hv, e) = model(VmType::SwProtected, config);
+    assert!(
+        e.support().pre_fault_memory,
+        "the 7.3 model with TDP has the cap"
+    );
+    add_slot(&e, 0, 0, 1 << 20);
+    let mut v = e.vm().create_vcpu(0).expect("vcpu");
+    let mut g = e.repeat_guard();
+    assert_eq!(
+        e.handle_hypercall(&mut g, map(0x10000, 4, 0x10), Some(&mut v)),
+        0
+    );
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    // The model maps the whole range in one call (Vcpu::pre_fault_memory
+    // through the blanket PreFault), and nothing failed.
+    assert_eq!(load(&e.stats.prefault_calls), 1);
+    assert_eq!(load(&e.stats.prefault_errors), 0);
+    assert!(e.attr_map().is_private(Gpa(0x13000)));
 }

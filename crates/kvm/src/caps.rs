@@ -1,45 +1,18 @@
-//! Host probing: which hypercall transport guest code must use.
+//! Host probing, each function saying what it reads: PVM (`/sys`), the
+//! CPU's virtualization extensions (`cpuid`), SMM and guest_memfd support
+//! (`KVM_CHECK_EXTENSION` on a fresh `/dev/kvm`). Nothing here reads the
+//! environment; [`crate::KvmHypervisor::open`] calls none of it.
 
-use privmem_core::{Cap, Quirks};
+use privmem_core::Cap;
 
 use crate::guest::Transport;
 
-/// Environment variable that forces the transport ("vmcall", "vmmcall" or
-/// "port-io"), e.g. to exercise the port-I/O path on a hardware-virt host.
-pub const TRANSPORT_ENV: &str = "PRIVMEM_HYPERCALL_TRANSPORT";
-
-/// Environment variable forcing the guest_memfd HVA workaround on ("1") or
-/// off ("0"); see [`gmem_slots_need_hva`].
-pub const GMEM_HVA_ENV: &str = "PRIVMEM_GMEM_HVA";
-
-/// True on a PVM host (the `kvm_pvm` module is loaded).
+/// True on a PVM host: the `kvm_pvm` module is loaded (reads whether
+/// `/sys/module/kvm_pvm` exists). PVM is software virtualization: guest
+/// faults of default VMs are served through `userspace_addr` only, and
+/// `vmcall`/`vmmcall` never exit.
 pub fn pvm_host() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
-}
-
-/// True if a guest_memfd-only memslot needs `userspace_addr` to point at a
-/// host mmap of the same guest_memfd range for the guest to reach it.
-///
-/// Measured on the PVM host (6.18.44, shadow paging): a `MMAP|INIT_SHARED`
-/// gmem slot with `userspace_addr = 0` turns every guest access into
-/// `KVM_EXIT_MMIO`, although upstream 6.18 serves gmem-only slots from the
-/// guest_memfd and ignores `userspace_addr` (api.rst 4.142, selftest A13).
-/// With the HVA of a shared mmap of the gmem the guest sees the gmem pages.
-pub fn gmem_slots_need_hva() -> bool {
-    match std::env::var(GMEM_HVA_ENV).as_deref() {
-        Ok("1") => true,
-        Ok("0") => false,
-        _ => pvm_host(),
-    }
-}
-
-/// The [`Quirks`] privmem's KVM backend shows on this host: PVM, and the
-/// guest_memfd HVA workaround ([`gmem_slots_need_hva`]).
-pub fn host_quirks() -> Quirks {
-    Quirks {
-        pvm: pvm_host(),
-        gmem_hva: gmem_slots_need_hva(),
-    }
 }
 
 /// True if this host's KVM was built with `CONFIG_KVM_SMM`: its
@@ -66,45 +39,55 @@ pub fn host_guest_memfd() -> bool {
     })
 }
 
-/// Picks the transport for `KVM_HC_MAP_GPA_RANGE`.
-///
-/// Under PVM (software virtualization; `kvm_pvm` module loaded, or no
-/// svm/vmx CPU flag) `vmcall`/`vmmcall` spin inside `KVM_RUN` and never exit
-/// (kernel-semantics.md §0), so guests use port I/O and the backend emulates
-/// KVM's hypercall handling. With hardware virtualization the real
-/// instruction for the CPU vendor is used.
-pub fn detect_transport() -> Transport {
-    if let Some(t) = std::env::var(TRANSPORT_ENV).ok().as_deref().and_then(parse) {
-        return t;
-    }
-    if pvm_host() {
-        return Transport::PortIo;
-    }
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    transport_from_cpuinfo(&cpuinfo)
+/// True if this host's KVM has `KVM_SET_MEMORY_ATTRIBUTES`
+/// (`CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES`): `KVM_CAP_MEMORY_ATTRIBUTES`
+/// at system scope is non-zero (it is `KVM_MEMORY_ATTRIBUTE_PRIVATE` with
+/// the option, and the capability does not exist without it, as on the
+/// PVM hosts). False when `/dev/kvm` cannot be opened.
+pub fn host_memory_attributes() -> bool {
+    kvm_ioctls::Kvm::new().is_ok_and(|kvm| {
+        crate::sys::check_extension(crate::sys::fd_of(&kvm), Cap::MemoryAttributes.number())
+            .is_ok_and(|n| n != 0)
+    })
 }
 
-fn parse(s: &str) -> Option<Transport> {
-    match s {
-        "vmcall" => Some(Transport::Vmcall),
-        "vmmcall" => Some(Transport::Vmmcall),
-        "port-io" => Some(Transport::PortIo),
-        _ => None,
-    }
+/// True if this host's KVM can pre-fault guest memory:
+/// `KVM_CAP_PRE_FAULT_MEMORY` (`tdp_enabled`; 0 with shadow paging, as
+/// under PVM). False when `/dev/kvm` cannot be opened.
+pub fn host_pre_fault_memory() -> bool {
+    kvm_ioctls::Kvm::new().is_ok_and(|kvm| {
+        crate::sys::check_extension(crate::sys::fd_of(&kvm), Cap::PreFaultMemory.number())
+            .is_ok_and(|n| n != 0)
+    })
 }
 
-/// The transport implied by the first `flags` line of `/proc/cpuinfo`.
-pub fn transport_from_cpuinfo(cpuinfo: &str) -> Transport {
-    let flags = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, f)| f)
-        .unwrap_or("");
-    let has = |name: &str| flags.split_whitespace().any(|f| f == name);
-    if has("svm") {
+/// The hypercall transport for this CPU, from the `cpuid` instruction (no
+/// file is read): `vmmcall` with SVM, `vmcall` with VMX, and the port-I/O
+/// transport (emulated by the backend) with neither, as under PVM, where
+/// `vmcall`/`vmmcall` spin inside `KVM_RUN` and never exit
+/// (docs/semantics/host-quirks.md, "Other facts about these hosts").
+pub fn transport_from_cpuid() -> Transport {
+    // CPUID.1:ECX bit 5 is VMX, CPUID.80000001h:ECX bit 2 is SVM.
+    let vmx = std::arch::x86_64::__cpuid(1).ecx & (1 << 5) != 0;
+    let max_ext = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+    let svm = max_ext >= 0x8000_0001 && std::arch::x86_64::__cpuid(0x8000_0001).ecx & (1 << 2) != 0;
+    transport_for(CpuVirt { vmx, svm })
+}
+
+/// The hardware virtualization extensions a CPU reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuVirt {
+    /// Intel VMX.
+    pub vmx: bool,
+    /// AMD SVM.
+    pub svm: bool,
+}
+
+/// The transport for a CPU with `virt` (SVM wins if both are reported).
+pub fn transport_for(virt: CpuVirt) -> Transport {
+    if virt.svm {
         Transport::Vmmcall
-    } else if has("vmx") {
+    } else if virt.vmx {
         Transport::Vmcall
     } else {
         Transport::PortIo
@@ -116,20 +99,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpuinfo_with_svm_uses_vmmcall() {
-        let info = "flags\t\t: fpu svm lm\n";
-        assert_eq!(transport_from_cpuinfo(info), Transport::Vmmcall);
+    fn svm_uses_vmmcall() {
+        let virt = CpuVirt {
+            svm: true,
+            ..CpuVirt::default()
+        };
+        assert_eq!(transport_for(virt), Transport::Vmmcall);
     }
 
     #[test]
-    fn cpuinfo_with_vmx_uses_vmcall() {
-        assert_eq!(transport_from_cpuinfo("flags : vmx\n"), Transport::Vmcall);
+    fn vmx_uses_vmcall() {
+        let virt = CpuVirt {
+            vmx: true,
+            ..CpuVirt::default()
+        };
+        assert_eq!(transport_for(virt), Transport::Vmcall);
     }
 
     #[test]
-    fn cpuinfo_vmmcall_feature_flag_alone_is_port_io() {
-        // AMD hosts without SVM still list the `vmmcall` feature flag.
-        let info = "flags\t\t: fpu lm vmmcall hypervisor\n";
-        assert_eq!(transport_from_cpuinfo(info), Transport::PortIo);
+    fn no_virtualization_is_port_io() {
+        assert_eq!(transport_for(CpuVirt::default()), Transport::PortIo);
     }
 }

@@ -4,14 +4,18 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
 use kvm_ioctls::Kvm;
+use privmem_core::backend::unsupported;
 use privmem_core::{
-    BackendError, Cap, Errno, FileIo, FileStat, GuestMemfd, Hypervisor, Quirks, VmType,
+    Advice, BackendError, Cap, EmulationCounts, Errno, FileIo, FileStat, GuestMemfd, Hypervisor,
+    MemPolicy, MmapOptions, Quirks, VmType,
 };
 
-use crate::caps::{detect_transport, host_quirks};
 use crate::mem::KvmMapping;
-use crate::sys::{self, os_err};
-use crate::vm::{HostQuirks, KvmVm};
+use crate::memops;
+use crate::options::KvmOptions;
+use crate::state::VmConfig;
+use crate::sys::{self, kvm_err, os_err};
+use crate::vm::KvmVm;
 
 /// Entries requested from `KVM_GET_SUPPORTED_CPUID`.
 const CPUID_ENTRIES: usize = 256;
@@ -20,41 +24,50 @@ const CPUID_ENTRIES: usize = 256;
 #[derive(Debug)]
 pub struct KvmHypervisor {
     kvm: Kvm,
-    host: HostQuirks,
-    pvm: bool,
-}
-
-fn kvm_err(op: &'static str, e: &kvm_ioctls::Error) -> BackendError {
-    BackendError::os(op, Errno(e.errno()))
+    options: KvmOptions,
+    config: VmConfig,
 }
 
 impl KvmHypervisor {
-    /// Opens `/dev/kvm` and probes the hypercall transport.
+    /// Opens `/dev/kvm` with `options`, which say everything about the host
+    /// and the process that `open` would otherwise have to guess: it reads
+    /// no environment variable and no file, and changes process-wide state
+    /// only as `options.kick` says ([`crate::KickSignal::Install`] installs
+    /// a signal handler). [`KvmOptions::probe`] finds the host's options.
     ///
     /// # Errors
     /// `Os { op: "open(/dev/kvm)", .. }` when the device cannot be opened
-    /// (missing module, permissions).
-    pub fn open() -> Result<Self, BackendError> {
+    /// (missing module, permissions); `Invalid { op: "kick signal", .. }`
+    /// (or `Os { op: "sigaction", .. }`) when `options.kick` names a signal
+    /// that cannot be used.
+    pub fn open(options: KvmOptions) -> Result<Self, BackendError> {
         let kvm = Kvm::new().map_err(|e| kvm_err("open(/dev/kvm)", &e))?;
+        let kick_signal = options.kick.prepare()?;
         // Guests get the host's supported CPUID, as every VMM does; it is
         // optional (the guest code needs no feature bits), so a failure
         // only means the vCPU keeps KVM's default (empty) CPUID.
         let cpuid = kvm.get_supported_cpuid(CPUID_ENTRIES).ok().map(Arc::new);
-        let quirks = host_quirks();
         Ok(KvmHypervisor {
             kvm,
-            host: HostQuirks {
-                transport: detect_transport(),
-                gmem_hva: quirks.gmem_hva,
+            options,
+            config: VmConfig {
+                transport: options.resolved_transport(),
+                gmem_hva: options.quirks.gmem_hva,
                 cpuid,
+                kick_signal,
+                emulation: Arc::default(),
             },
-            pvm: quirks.pvm,
         })
+    }
+
+    /// The options this hypervisor was opened with.
+    pub fn options(&self) -> KvmOptions {
+        self.options
     }
 
     /// How guest code issues `KVM_HC_MAP_GPA_RANGE` on this host.
     pub fn transport(&self) -> &'static str {
-        self.host.transport.name()
+        self.config.transport.name()
     }
 
     /// `KVM_GET_API_VERSION` (12).
@@ -67,7 +80,7 @@ impl KvmHypervisor {
     /// # Errors
     /// `Os { op: "KVM_CHECK_EXTENSION", .. }` if the ioctl fails.
     pub fn check_extension_raw(&self, cap: u32) -> Result<u64, BackendError> {
-        sys::check_extension(crate::sys::fd_of(&self.kvm), cap)
+        sys::check_extension(sys::fd_of(&self.kvm), cap)
     }
 }
 
@@ -96,7 +109,7 @@ impl Hypervisor for KvmHypervisor {
             .kvm
             .create_vm_with_type(ty)
             .map_err(|e| kvm_err("KVM_CREATE_VM", &e))?;
-        Ok(KvmVm::new(fd, ty, self.host.clone()))
+        Ok(KvmVm::new(fd, ty, self.config.clone()))
     }
 
     fn gmem_fallocate(
@@ -172,9 +185,57 @@ impl Hypervisor for KvmHypervisor {
     }
 
     fn quirks(&self) -> Quirks {
-        Quirks {
-            pvm: self.pvm,
-            gmem_hva: self.host.gmem_hva,
-        }
+        self.options.quirks
+    }
+
+    fn emulations(&self) -> EmulationCounts {
+        self.config.emulation.snapshot()
+    }
+
+    fn gmem_mmap_with(
+        &self,
+        gmem: &GuestMemfd,
+        len: u64,
+        opts: MmapOptions,
+    ) -> Result<KvmMapping, BackendError> {
+        memops::mmap_gmem(gmem_fd(gmem), len, opts)
+    }
+
+    fn gmem_mbind(
+        &self,
+        map: &KvmMapping,
+        offset: u64,
+        len: u64,
+        policy: MemPolicy,
+        flags: u32,
+    ) -> Result<(), BackendError> {
+        memops::mbind(map, offset, len, policy, flags)
+    }
+
+    fn gmem_get_mempolicy(&self, map: &KvmMapping, offset: u64) -> Result<MemPolicy, BackendError> {
+        memops::get_mempolicy(map, offset)
+    }
+
+    fn gmem_madvise(
+        &self,
+        map: &KvmMapping,
+        offset: u64,
+        len: u64,
+        advice: Advice,
+    ) -> Result<(), BackendError> {
+        memops::madvise(map, offset, len, advice)
+    }
+
+    fn gmem_poison(&self, _map: &KvmMapping, offset: u64) -> Result<(), BackendError> {
+        // MADV_HWPOISON on guest_memfd answers -1 EBUSY and sends the
+        // caller a SIGBUS (BUS_MCEERR_AR), which would kill this process
+        // without a handler; the backend has none yet.
+        Err(unsupported(
+            "madvise(MADV_HWPOISON)",
+            format!(
+                "hardware-poison injection at mapping offset {offset:#x}: privmem's KVM backend \
+                 has no SIGBUS handler for MADV_HWPOISON yet"
+            ),
+        ))
     }
 }

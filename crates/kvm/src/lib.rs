@@ -1,23 +1,51 @@
-//! privmem's KVM backend: the only crate with `unsafe`.
+//! privmem's KVM backend.
 //!
 //! It implements the `privmem_core` hypervisor traits on `/dev/kvm`:
 //! [`KvmHypervisor`] → [`KvmVm`] → [`KvmVcpu`], guest_memfd mappings
 //! ([`KvmMapping`]) and shared backings ([`KvmShared`]).
 //!
+//! # Opening KVM: explicit options, no hidden process-wide state
+//!
+//! [`KvmHypervisor::open`] takes [`KvmOptions`] and reads no environment
+//! variable and no file: host quirks, the hypercall transport, the opt-in
+//! `userspace_addr` emulation and the kick signal are the caller's. The
+//! defaults are upstream KVM, nothing emulated, and no signal handler
+//! ([`KickSignal::None`]); [`KvmOptions::probe`] looks at the host (PVM)
+//! for a caller that wants it, and [`KickSignal::Install`] /
+//! [`KickSignal::Caller`] choose the kick signal (VMMs such as Firecracker
+//! and Cloud Hypervisor kick with `SIGRTMIN` themselves). Every emulation
+//! that acted on a VM is reported by [`privmem_core::Vm::emulations`].
+//!
+//! ```no_run
+//! use privmem_kvm::{sigrtmin, KickSignal, KvmHypervisor, KvmOptions};
+//! let options = KvmOptions::probe().with_kick(KickSignal::Install(sigrtmin() + 2));
+//! let kvm = KvmHypervisor::open(options)?;
+//! # Ok::<(), privmem_core::BackendError>(())
+//! ```
+//!
 //! # Modules
-//! - [`sys`]: raw ioctls (`KVM_SET_USER_MEMORY_REGION2`, `KVM_SET_MEMORY_ATTRIBUTES`,
-//!   `KVM_CREATE_GUEST_MEMFD`, `KVM_ENABLE_CAP`, `KVM_RUN`) with pinned layouts.
-//! - [`mem`]: mmaps and SIGBUS-free host access via `process_vm_readv/writev`.
-//! - [`vm`]: memslots own their backings until deleted; runtime areas.
+//! - [`options`]: the options [`KvmHypervisor::open`] takes.
+//! - [`kick`]: the kick signal and [`KvmKick`].
+//! - [`caps`]: host probes, each saying what it reads.
+//! - [`mem`]: guest_memfd mappings and shared backings on `privmem_mem`
+//!   (rust-vmm `vm-memory` regions), with SIGBUS-free host access through
+//!   the kernel (`process_vm_readv/writev`).
+//! - [`vm`]: memslots own their backings until deleted; the `gmem_hva`
+//!   emulation.
+//! - [`runtime_area`]: the backend's own memslot per vCPU (code, page
+//!   tables, stack).
+//! - [`memops`]: `KVM_PRE_FAULT_MEMORY`, and `mmap`/`mbind`/`get_mempolicy`/
+//!   `madvise` on guest_memfd mappings.
 //! - [`vcpu`]: `KVM_RUN` (exit_reason reset before every run, decoding by
-//!   `privmem_core::abi`), protocol ports, port-I/O hypercall emulation, kicks.
+//!   `privmem_core::abi`), protocol ports, port-I/O hypercall emulation.
 //! - [`guest`]: x86 encoder, op compiler, runtime-area layout.
-//! - [`caps`]: hypercall transport detection.
 //! - [`vmm`]: privmem in a VMM of its own: the engine's contract over a
 //!   `kvm_ioctls::VmFd` ([`vmm::VmFdBackend`]), `KVM_RUN` with the errno of a
 //!   memory fault kept ([`vmm::run`]), `KVM_PRE_FAULT_MEMORY` ([`vmm::VcpuPreFault`]).
-//! - [`hostmem`]: [`HostMap`], a bounds-checked shared mapping of a memfd
-//!   accessed with raw copies (the model's page store).
+//!
+//! KVM calls go through kvm-ioctls with kvm-bindings' structs; the few raw
+//! ioctls (`KVM_CHECK_EXTENSION`, `KVM_RUN`, `KVM_GET_STATS_FD`) live in a
+//! private module, each with the reason kvm-ioctls does not serve.
 //!
 //! # Guest memory layout
 //!
@@ -57,10 +85,12 @@
 //! - A `MMAP|INIT_SHARED` guest_memfd slot with `userspace_addr = 0` is not
 //!   reachable by the guest: every access becomes `KVM_EXIT_MMIO`. With the
 //!   HVA of a shared mmap of the same gmem range the guest sees the gmem
-//!   pages, so on PVM hosts the backend substitutes such a mapping for a
-//!   caller's `userspace_addr = 0` ([`caps::gmem_slots_need_hva`]). That
-//!   mapping holds a file reference, so closing the caller's gmem fd does not
-//!   release a bound file here (upstream: later guest faults get EFAULT).
+//!   pages, so a caller that opts in ([`privmem_core::Quirks::gmem_hva`],
+//!   set by [`KvmOptions::probe`] on PVM hosts) gets such a mapping
+//!   substituted for its `userspace_addr = 0`, reported as the `gmem_hva`
+//!   emulation. That mapping holds a file reference, so closing the
+//!   caller's gmem fd does not release a bound file here (upstream: later
+//!   guest faults get EFAULT).
 //! - Guest code runs in PVM's "non-PVM mode", i.e. every instruction goes
 //!   through KVM's emulator (`insn_emulation` counts one per instruction,
 //!   ~0.7-1 µs each); the state never converted to PVM mode in our tests,
@@ -70,20 +100,24 @@
 //! - `vmcall`/`vmmcall` never exit, so `map` uses the port-I/O transport.
 #![deny(missing_docs)]
 
-pub mod bench;
 pub mod caps;
 pub mod guest;
-pub mod hostmem;
 pub mod hypervisor;
+pub mod kick;
 pub mod mem;
-pub mod stats;
-pub mod sys;
+pub mod memops;
+pub mod options;
+pub mod runtime_area;
+mod state;
+mod stats;
+mod sys;
 pub mod vcpu;
 pub mod vm;
 pub mod vmm;
 
-pub use hostmem::{HostMap, HostMapError};
 pub use hypervisor::KvmHypervisor;
+pub use kick::{sigrtmin, KickSignal, KvmKick};
 pub use mem::{KvmMapping, KvmShared};
-pub use vcpu::{KvmKick, KvmVcpu};
+pub use options::KvmOptions;
+pub use vcpu::KvmVcpu;
 pub use vm::KvmVm;

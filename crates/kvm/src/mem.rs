@@ -1,114 +1,30 @@
-//! Host mappings: guest_memfd mmaps ([`KvmMapping`]) and shared backings
-//! ([`KvmShared`]), plus SIGBUS-free host access to them.
+//! Host mappings: guest_memfd mmaps ([`KvmMapping`]), shared backings
+//! ([`KvmShared`]) and the `kvm_run` mapping, all [`privmem_mem::Mapping`]s
+//! (rust-vmm `vm-memory` regions).
 //!
-//! # Why `process_vm_readv`/`process_vm_writev`
-//!
-//! A host load or store to a guest_memfd page beyond `i_size`, or to any page of
-//! a guest_memfd created without `INIT_SHARED`, raises **SIGBUS**
-//! (kernel-semantics.md §2.4). privmem must never die from that. Instead of
-//! touching the mapping with CPU loads/stores, all host access goes through
-//! `process_vm_readv`/`process_vm_writev` on our own pid: the kernel faults the
-//! pages in on our behalf (GUP) and reports a failing page as `EFAULT` or a
-//! short count instead of a signal. The remote side is split into page-sized
-//! iovecs so the count tells exactly how far the copy got; bytes before the
-//! fault have landed (selftest A6 semantics) and [`HostFault::offset`] is the
-//! first byte that did not.
+//! Host access to guest_memfd mappings and shared backings goes through the
+//! kernel ([`Mapping::read_checked`] and its siblings:
+//! `process_vm_readv`/`writev`), never CPU loads and stores: a host access to
+//! a guest_memfd page beyond `i_size`, or to any page of one created without
+//! `INIT_SHARED`, would raise SIGBUS. A failing page comes back as a
+//! [`HostFault`] at the first byte that did not move; the bytes before it
+//! landed (selftest A6 semantics).
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
-use privmem_core::backend::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
-use privmem_core::{BackendError, HostFault, HostMemory, SharedKind, SharedMemory, PAGE_SIZE};
+use privmem_core::{
+    BackendError, Errno, HostFault, HostMemory, SharedKind, SharedMemory, PAGE_SIZE,
+};
+use privmem_mem::{MapError, Mapping, Memfd, Seal, Share};
 
-use crate::sys::os_err;
-
-/// Most remote iovecs per `process_vm_*` call (`IOV_MAX`).
-const IOV_MAX: usize = 1024;
-/// Chunk size of the pattern buffer used by `fill`.
-const FILL_CHUNK: u64 = 1 << 20;
-
-/// An owned `mmap` region, unmapped on drop.
-#[derive(Debug)]
-pub(crate) struct Mmap {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: `Mmap` is an address range we own. It never hands out references to
-// the bytes; all access goes through syscalls (process_vm_*, madvise, ioctls)
-// or through atomics at fixed offsets (kvm_run.immediate_exit), and `munmap`
-// only happens in `Drop`, when no other handle exists. Sharing the address
-// between threads is therefore sound.
-unsafe impl Send for Mmap {}
-// SAFETY: see `Send` above; `&Mmap` exposes only the address and length.
-unsafe impl Sync for Mmap {}
-
-impl Mmap {
-    /// `mmap(NULL, len, PROT_READ|PROT_WRITE, flags, fd, 0)`.
-    pub(crate) fn new(
-        len: u64,
-        flags: libc::c_int,
-        fd: Option<BorrowedFd<'_>>,
-        op: &'static str,
-    ) -> Result<Mmap, BackendError> {
-        Mmap::new_at(len, flags, fd, 0, op)
-    }
-
-    /// `mmap(NULL, len, PROT_READ|PROT_WRITE, flags, fd, offset)`.
-    pub(crate) fn new_at(
-        len: u64,
-        flags: libc::c_int,
-        fd: Option<BorrowedFd<'_>>,
-        offset: u64,
-        op: &'static str,
-    ) -> Result<Mmap, BackendError> {
-        let len = usize::try_from(len).map_err(|_| invalid(op, "length exceeds usize"))?;
-        let offset = libc::off_t::try_from(offset).map_err(|_| invalid(op, "offset too large"))?;
-        let raw_fd = fd.map_or(-1, |f| f.as_raw_fd());
-        // SAFETY: a fresh mapping with a NULL hint never overlaps existing Rust
-        // objects; the kernel validates len, flags and fd and we check the result.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                raw_fd,
-                offset,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(os_err(op));
-        }
-        let ptr =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| invalid(op, "mmap returned NULL"))?;
-        Ok(Mmap { ptr, len })
-    }
-
-    /// The start address.
-    pub(crate) fn addr(&self) -> usize {
-        self.ptr.as_ptr() as usize
-    }
-
-    /// The start pointer.
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    /// Length in bytes.
-    pub(crate) fn len(&self) -> u64 {
-        self.len as u64
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` describe a mapping this value created and owns
-        // exclusively; nothing can use it after drop.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
+/// A `privmem_mem` error as a backend error for `op`: the failing call's
+/// errno (`mmap` failures carry `op`'s name), or `Invalid`.
+fn backend(op: &'static str, e: MapError) -> BackendError {
+    match e {
+        MapError::Os { op: "mmap", errno } => BackendError::os(op, Errno(errno)),
+        MapError::Os { op, errno } => BackendError::os(op, Errno(errno)),
+        other => invalid(op, &other.to_string()),
     }
 }
 
@@ -119,135 +35,63 @@ fn invalid(op: &'static str, why: &str) -> BackendError {
     }
 }
 
-/// Direction of a host transfer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Read,
-    Write,
+/// A fault at an offset inside a mapping of `len` bytes is a `SIGBUS` (the
+/// file refused the page), one at or past its end a `SIGSEGV`, as a CPU
+/// access there would be.
+fn host_fault(len: u64) -> impl Fn(privmem_mem::Fault) -> HostFault {
+    move |f| {
+        if f.offset < len {
+            HostFault::bus(f.offset)
+        } else {
+            HostFault::segv(f.offset)
+        }
+    }
 }
 
-/// Copies `len` bytes between `local` and `[remote, remote+len)` of our own
-/// address space with `process_vm_*`. Returns the number of bytes moved
-/// before the first failure (`Err`) or `Ok` when all of them moved.
-fn transfer(remote: usize, local: *mut u8, len: usize, dir: Dir) -> Result<(), usize> {
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    let page = PAGE_SIZE as usize;
-    let mut done = 0usize;
-    let mut riov: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX);
-    while done < len {
-        riov.clear();
-        let mut cur = remote + done;
-        let end = remote + len;
-        while cur < end && riov.len() < IOV_MAX {
-            let next = ((cur / page) + 1) * page;
-            let stop = next.min(end);
-            riov.push(libc::iovec {
-                iov_base: cur as *mut libc::c_void,
-                iov_len: stop - cur,
-            });
-            cur = stop;
-        }
-        let chunk = cur - (remote + done);
-        let liov = libc::iovec {
-            // SAFETY: `done < len`, so the offset stays inside the caller's buffer.
-            iov_base: unsafe { local.add(done) }.cast(),
-            iov_len: chunk,
+/// A read/write mapping of a vCPU's `kvm_run` (or, without an fd, of
+/// anonymous shared memory), for the vCPU loop's volatile accesses.
+#[derive(Debug)]
+pub(crate) struct Mmap {
+    map: Mapping,
+}
+
+impl Mmap {
+    /// `mmap(NULL, len, PROT_READ|PROT_WRITE, flags, fd, 0)`, where `flags`
+    /// is `MAP_SHARED` or `MAP_PRIVATE` (anonymous shared memory if `fd`
+    /// is `None`).
+    pub(crate) fn new(
+        len: u64,
+        flags: libc::c_int,
+        fd: Option<BorrowedFd<'_>>,
+        op: &'static str,
+    ) -> Result<Mmap, BackendError> {
+        let share = if flags & libc::MAP_SHARED != 0 {
+            Share::Shared
+        } else {
+            Share::Private
         };
-        let n = match dir {
-            // SAFETY: the local iovec covers `chunk` bytes of the caller's
-            // exclusively borrowed buffer; the remote iovecs name addresses in
-            // our own mapping, which the kernel accesses via GUP and reports
-            // failures as EFAULT/short counts (no Rust reference aliases them).
-            Dir::Read => unsafe {
-                libc::process_vm_readv(pid, &liov, 1, riov.as_ptr(), riov.len() as libc::c_ulong, 0)
-            },
-            // SAFETY: as above; the local buffer is only read by the kernel.
-            Dir::Write => unsafe {
-                libc::process_vm_writev(
-                    pid,
-                    &liov,
-                    1,
-                    riov.as_ptr(),
-                    riov.len() as libc::c_ulong,
-                    0,
-                )
-            },
-        };
-        if n < 0 {
-            return Err(done);
+        let map = match fd {
+            Some(fd) => Mapping::file(fd, 0, len, share),
+            None => Mapping::anonymous(len),
         }
-        let n = n as usize;
-        done += n;
-        if n < chunk {
-            return Err(done);
-        }
+        .map_err(|e| backend(op, e))?;
+        Ok(Mmap { map })
     }
-    Ok(())
-}
 
-/// Checked host read of `buf.len()` bytes at `offset` of a mapping.
-fn map_read(map: &Mmap, offset: u64, buf: &mut [u8]) -> Result<(), HostFault> {
-    let (len, fault_at) = clamp(map.len(), offset, buf.len() as u64);
-    if len > 0 {
-        transfer(
-            map.addr() + offset as usize,
-            buf.as_mut_ptr(),
-            len as usize,
-            Dir::Read,
-        )
-        .map_err(|done| HostFault {
-            offset: offset + done as u64,
-        })?;
+    /// The start pointer, valid for [`Mmap::len`] bytes while `self` lives.
+    /// Crate-private: callers access the bytes only with volatile or atomic
+    /// operations, and never after dropping `self`.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        // SAFETY: the pointer stays inside this crate, whose users (the
+        // vCPU's `kvm_run` accessors) keep the mapping alive through the
+        // `Arc<Mmap>` they read it from, stay within `len`, and only use
+        // volatile or atomic accesses.
+        unsafe { self.map.as_ptr() }
     }
-    fault_at.map_or(Ok(()), |o| Err(HostFault { offset: o }))
-}
 
-/// Checked host write of `data` at `offset` of a mapping.
-fn map_write(map: &Mmap, offset: u64, data: &[u8]) -> Result<(), HostFault> {
-    let (len, fault_at) = clamp(map.len(), offset, data.len() as u64);
-    if len > 0 {
-        // The kernel only reads the local buffer for process_vm_writev.
-        let local = data.as_ptr().cast_mut();
-        transfer(
-            map.addr() + offset as usize,
-            local,
-            len as usize,
-            Dir::Write,
-        )
-        .map_err(|done| HostFault {
-            offset: offset + done as u64,
-        })?;
-    }
-    fault_at.map_or(Ok(()), |o| Err(HostFault { offset: o }))
-}
-
-/// Host fill of `len` bytes at `offset`.
-fn map_fill(map: &Mmap, offset: u64, len: u64, byte: u8) -> Result<(), HostFault> {
-    let chunk = vec![byte; len.min(FILL_CHUNK) as usize];
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(FILL_CHUNK);
-        map_write(map, offset + done, &chunk[..n as usize])?;
-        done += n;
-    }
-    Ok(())
-}
-
-/// How much of `[offset, offset+len)` lies inside a mapping of `map_len`
-/// bytes, and where the access runs off the end (the fault offset), if it does.
-fn clamp(map_len: u64, offset: u64, len: u64) -> (u64, Option<u64>) {
-    if len == 0 {
-        return (0, None);
-    }
-    if offset >= map_len {
-        return (0, Some(offset));
-    }
-    let end = offset.saturating_add(len);
-    if end > map_len {
-        (map_len - offset, Some(map_len))
-    } else {
-        (len, None)
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.map.len()
     }
 }
 
@@ -255,32 +99,56 @@ fn clamp(map_len: u64, offset: u64, len: u64) -> (u64, Option<u64>) {
 /// the file, so it stays valid after the fd is closed.
 #[derive(Debug)]
 pub struct KvmMapping {
-    map: Mmap,
+    map: Mapping,
 }
 
 impl KvmMapping {
     /// Maps `len` bytes of `fd` read/write, shared or private.
     pub(crate) fn new(fd: BorrowedFd<'_>, len: u64, shared: bool) -> Result<Self, BackendError> {
-        let flags = if shared {
-            libc::MAP_SHARED
+        let share = if shared {
+            Share::Shared
         } else {
-            libc::MAP_PRIVATE
+            Share::Private
         };
-        Ok(KvmMapping {
-            map: Mmap::new(len, flags, Some(fd), "mmap")?,
-        })
+        let map = Mapping::file(fd, 0, len, share).map_err(|e| backend("mmap", e))?;
+        Ok(KvmMapping { map })
+    }
+
+    /// Maps `len` bytes of `fd` from offset 0 with `prot` and `flags`.
+    pub(crate) fn with_prot(
+        fd: BorrowedFd<'_>,
+        len: u64,
+        prot: libc::c_int,
+        flags: libc::c_int,
+    ) -> Result<Self, BackendError> {
+        let share = if flags & libc::MAP_SHARED != 0 {
+            Share::Shared
+        } else {
+            Share::Private
+        };
+        let exec = if prot & libc::PROT_EXEC != 0 {
+            privmem_mem::Exec::Yes
+        } else {
+            privmem_mem::Exec::No
+        };
+        let map = Mapping::file_exec(fd, len, share, exec).map_err(|e| backend("mmap", e))?;
+        Ok(KvmMapping { map })
     }
 
     /// Maps `[offset, offset+len)` of `fd` shared, read/write.
     pub(crate) fn new_at(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<Self, BackendError> {
-        Ok(KvmMapping {
-            map: Mmap::new_at(len, libc::MAP_SHARED, Some(fd), offset, "mmap")?,
-        })
+        let map = Mapping::file(fd, offset, len, Share::Shared).map_err(|e| backend("mmap", e))?;
+        Ok(KvmMapping { map })
     }
 
-    /// The host virtual address of the mapping.
-    pub fn host_addr(&self) -> u64 {
-        self.map.addr() as u64
+    /// The host virtual address of the mapping, for a memslot's
+    /// `userspace_addr`. The caller keeps `self` alive until KVM no longer
+    /// uses the slot (the VM stores it in the slot's entry).
+    pub(crate) fn host_addr(&self) -> u64 {
+        // SAFETY: crate-private; every caller (the VM's memslot setup) keeps
+        // this mapping alive in the slot's entry until the slot is deleted,
+        // so KVM never uses the address after the mapping is gone.
+        unsafe { self.map.host_addr() }
     }
 }
 
@@ -289,21 +157,28 @@ impl HostMemory for KvmMapping {
         self.map.len()
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), HostFault> {
-        map_read(&self.map, offset, buf)
+        self.map
+            .read_checked(offset, buf)
+            .map_err(host_fault(self.len()))
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), HostFault> {
-        map_write(&self.map, offset, data)
+        self.map
+            .write_checked(offset, data)
+            .map_err(host_fault(self.len()))
     }
     fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), HostFault> {
-        map_fill(&self.map, offset, len, byte)
+        self.map
+            .fill_checked(offset, len, byte)
+            .map_err(host_fault(self.len()))
     }
 }
 
 #[derive(Debug)]
 struct SharedInner {
-    map: Mmap,
+    // Dropped before `memfd` (declaration order).
+    map: Mapping,
     kind: SharedKind,
-    memfd: Option<OwnedFd>,
+    memfd: Option<Memfd>,
 }
 
 /// A shared backing for `userspace_addr`: anonymous shared memory or a memfd.
@@ -325,23 +200,15 @@ impl KvmShared {
         }
         let inner = match kind {
             SharedKind::Anonymous => SharedInner {
-                map: Mmap::new(
-                    size,
-                    libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    None,
-                    "mmap",
-                )?,
+                map: Mapping::anonymous(size).map_err(|e| backend("mmap", e))?,
                 kind,
                 memfd: None,
             },
             SharedKind::Memfd => {
-                let fd = memfd(size)?;
-                let map = Mmap::new(
-                    size,
-                    libc::MAP_SHARED,
-                    Some(std::os::fd::AsFd::as_fd(&fd)),
-                    "mmap",
-                )?;
+                let fd = Memfd::create("privmem-shared", size, Seal::None)
+                    .map_err(|e| backend("memfd_create", e))?;
+                let map = Mapping::file(fd.as_fd(), 0, size, Share::Shared)
+                    .map_err(|e| backend("mmap", e))?;
                 SharedInner {
                     map,
                     kind,
@@ -354,26 +221,16 @@ impl KvmShared {
         })
     }
 
-    /// The host virtual address of byte `offset` (caller checks bounds).
+    /// The host virtual address of byte `offset` (caller checks bounds), for
+    /// a memslot's `userspace_addr`. The caller keeps a clone of `self`
+    /// until KVM no longer uses the slot (the VM stores it in the slot's
+    /// entry).
     pub(crate) fn hva(&self, offset: u64) -> u64 {
-        self.inner.map.addr() as u64 + offset
+        // SAFETY: crate-private; every caller (the VM's memslot setup) keeps
+        // a clone of this backing in the slot's entry until the slot is
+        // deleted, so KVM never uses the address after the mapping is gone.
+        unsafe { self.inner.map.host_addr() + offset }
     }
-}
-
-fn memfd(size: u64) -> Result<OwnedFd, BackendError> {
-    // SAFETY: the name is a NUL-terminated static string.
-    let fd = unsafe { libc::memfd_create(c"privmem-shared".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(os_err("memfd_create"));
-    }
-    // SAFETY: memfd_create returned a new fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = libc::off_t::try_from(size).map_err(|_| invalid("ftruncate", "size too large"))?;
-    // SAFETY: ftruncate on an fd we own, no memory arguments.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } < 0 {
-        return Err(os_err("ftruncate"));
-    }
-    Ok(fd)
 }
 
 impl HostMemory for KvmShared {
@@ -381,13 +238,21 @@ impl HostMemory for KvmShared {
         self.inner.map.len()
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), HostFault> {
-        map_read(&self.inner.map, offset, buf)
+        self.inner
+            .map
+            .read_checked(offset, buf)
+            .map_err(host_fault(self.len()))
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), HostFault> {
-        map_write(&self.inner.map, offset, data)
+        self.inner
+            .map
+            .write_checked(offset, data)
+            .map_err(host_fault(self.len()))
     }
     fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), HostFault> {
-        map_fill(&self.inner.map, offset, len, byte)
+        let map = &self.inner.map;
+        map.fill_checked(offset, len, byte)
+            .map_err(host_fault(self.len()))
     }
 }
 
@@ -407,52 +272,21 @@ impl SharedMemory for KvmShared {
             return Ok(());
         }
         match (&self.inner.memfd, self.inner.kind) {
-            (Some(fd), SharedKind::Memfd) => {
-                let mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-                // SAFETY: fallocate on a memfd we own; no memory arguments.
-                let r = unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset as i64, len as i64) };
-                if r < 0 {
-                    return Err(os_err("fallocate(PUNCH_HOLE)"));
-                }
-            }
-            _ => {
-                // SAFETY: the range is inside our own shared anonymous mapping
-                // (bounds checked above); MADV_REMOVE frees the pages and later
-                // reads see zeros. No Rust reference points into the mapping.
-                let r = unsafe {
-                    libc::madvise(
-                        self.inner.map.as_ptr().add(offset as usize).cast(),
-                        len as usize,
-                        libc::MADV_REMOVE,
-                    )
-                };
-                if r < 0 {
-                    return Err(os_err("madvise(MADV_REMOVE)"));
-                }
-            }
+            (Some(fd), SharedKind::Memfd) => fd
+                .punch(offset, len)
+                .map_err(|e| backend("fallocate(PUNCH_HOLE)", e)),
+            _ => self
+                .inner
+                .map
+                .discard(offset, len)
+                .map_err(|e| backend("madvise(MADV_REMOVE)", e)),
         }
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clamp_inside_is_whole() {
-        assert_eq!(clamp(8192, 4096, 4096), (4096, None));
-    }
-
-    #[test]
-    fn clamp_straddling_end_faults_at_end() {
-        assert_eq!(clamp(8192, 4096, 8192), (4096, Some(8192)));
-    }
-
-    #[test]
-    fn clamp_past_end_faults_at_offset() {
-        assert_eq!(clamp(8192, 9000, 1), (0, Some(9000)));
-    }
 
     #[test]
     fn shared_anonymous_write_discard_reads_zero() {
@@ -491,5 +325,17 @@ mod tests {
             s.discard(1, PAGE_SIZE),
             Err(BackendError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn mapping_errors_keep_the_kernels_errno() {
+        let e = KvmShared::new(1 << 62, SharedKind::Anonymous).unwrap_err();
+        assert_eq!(e.errno(), Some(Errno::ENOMEM), "{e}");
+        let kvm_run = Mmap::new(0, libc::MAP_SHARED, None, "mmap(kvm_run)").unwrap_err();
+        assert_eq!(
+            kvm_run,
+            BackendError::os("mmap(kvm_run)", Errno::EINVAL),
+            "{kvm_run}"
+        );
     }
 }

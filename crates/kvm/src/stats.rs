@@ -2,70 +2,52 @@
 //! diagnostics: per-vCPU counters such as `exits`, `pf_fixed`,
 //! `insn_emulation` or `io_exits`.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::fs::File;
+use std::mem::{offset_of, size_of};
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::FileExt;
 
-use privmem_core::BackendError;
+use kvm_bindings::{kvm_stats_desc, kvm_stats_header};
+use privmem_core::{BackendError, Errno};
 
-use crate::sys::os_err;
+use crate::sys::get_stats_fd;
 
-/// `KVM_GET_STATS_FD` (`_IO(KVMIO, 0xce)`).
-const KVM_GET_STATS_FD: libc::c_ulong = 0xaece;
 /// Size of `struct kvm_stats_header`.
-const HEADER_LEN: usize = 24;
+const HEADER_LEN: usize = size_of::<kvm_stats_header>();
 /// Size of `struct kvm_stats_desc` without its name.
-const DESC_LEN: usize = 16;
+const DESC_LEN: usize = size_of::<kvm_stats_desc>();
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(off..off + 4)?.try_into().ok()?))
 }
 
-fn pread_all(fd: &OwnedFd, off: usize, len: usize) -> Result<Vec<u8>, BackendError> {
+fn pread_all(file: &File, off: usize, len: usize) -> Result<Vec<u8>, BackendError> {
     let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        // SAFETY: the destination is the unfilled tail of `buf`.
-        let n = unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                buf[done..].as_mut_ptr().cast(),
-                len - done,
-                (off + done) as libc::off_t,
-            )
-        };
-        if n <= 0 {
-            return Err(os_err("pread(kvm stats)"));
-        }
-        done += n as usize;
-    }
+    file.read_exact_at(&mut buf, off as u64)
+        .map_err(|e| BackendError::os("pread(kvm stats)", Errno::from_io(&e)))?;
     Ok(buf)
 }
 
 /// Reads every statistic of a VM or vCPU fd as `(name, first value)`.
-pub fn read_stats(fd: BorrowedFd<'_>) -> Result<Vec<(String, u64)>, BackendError> {
-    // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd.
-    let raw = unsafe { libc::ioctl(fd.as_raw_fd(), KVM_GET_STATS_FD, 0) };
-    if raw < 0 {
-        return Err(os_err("KVM_GET_STATS_FD"));
-    }
-    // SAFETY: the ioctl returned a fresh fd that nothing else owns.
-    let sfd = unsafe { OwnedFd::from_raw_fd(raw) };
+pub(crate) fn read_stats(fd: BorrowedFd<'_>) -> Result<Vec<(String, u64)>, BackendError> {
+    let sfd = File::from(get_stats_fd(fd)?);
     let hdr = pread_all(&sfd, 0, HEADER_LEN)?;
-    let bad = || BackendError::Invalid {
-        op: "KVM_GET_STATS_FD",
-        why: "malformed stats header".into(),
-    };
-    let name_size = u32_at(&hdr, 4).ok_or_else(bad)? as usize;
-    let num_desc = u32_at(&hdr, 8).ok_or_else(bad)? as usize;
-    let desc_offset = u32_at(&hdr, 16).ok_or_else(bad)? as usize;
-    let data_offset = u32_at(&hdr, 20).ok_or_else(bad)? as usize;
+    let bad = || BackendError::invalid("KVM_GET_STATS_FD", "malformed stats header");
+    let field = |off| u32_at(&hdr, off).map(|v| v as usize).ok_or_else(bad);
+    let name_size = field(offset_of!(kvm_stats_header, name_size))?;
+    let num_desc = field(offset_of!(kvm_stats_header, num_desc))?;
+    let desc_offset = field(offset_of!(kvm_stats_header, desc_offset))?;
+    let data_offset = field(offset_of!(kvm_stats_header, data_offset))?;
     let stride = DESC_LEN + name_size;
-    let descs = pread_all(&sfd, desc_offset, stride * num_desc)?;
+    let total = stride.checked_mul(num_desc).ok_or_else(bad)?;
+    let descs = pread_all(&sfd, desc_offset, total)?;
     let mut out = Vec::with_capacity(num_desc);
     for d in descs.chunks_exact(stride) {
-        let offset = u32_at(d, 8).ok_or_else(bad)? as usize;
+        let offset = u32_at(d, offset_of!(kvm_stats_desc, offset)).ok_or_else(bad)? as usize;
         let name = &d[DESC_LEN..];
         let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
-        let value = pread_all(&sfd, data_offset + offset, 8)?;
+        let at = data_offset.checked_add(offset).ok_or_else(bad)?;
+        let value = pread_all(&sfd, at, 8)?;
         let value = u64::from_ne_bytes(value.try_into().map_err(|_| bad())?);
         out.push((String::from_utf8_lossy(&name[..end]).into_owned(), value));
     }

@@ -1,35 +1,32 @@
 //! [`KvmVcpu`]: `KVM_RUN` with exact exit decoding, the guest-protocol
 //! ports, the port-I/O hypercall emulation, and [`KvmKick`].
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuFd;
 use privmem_core::abi::{
     self, RunResult, KVM_EXIT_IO, OFF_EXIT_REASON, OFF_HYPERCALL_RET, RUN_HEADER_LEN,
 };
-use privmem_core::exit::{hc_ret, KVM_HC_MAP_GPA_RANGE};
+use privmem_core::exit::{hc_ret, EXIT_HYPERCALL_MAP_GPA_RANGE, KVM_HC_MAP_GPA_RANGE};
 use privmem_core::{
-    BackendError, Errno, Exit, Gpa, GuestOp, GuestReport, Hypercall, IoExit, Kick, RunError, Vcpu,
+    BackendError, Exit, Gpa, GuestOp, GuestReport, Hypercall, IoExit, Kick, RunError, Vcpu,
     PAGE_SIZE,
 };
 
 use crate::guest::{compile, ports};
+use crate::kick::{immediate_exit, KvmKick};
 use crate::mem::Mmap;
-use crate::sys::fd_of;
-use crate::vm::{RuntimeArea, VmInner};
-
-/// Offset of `kvm_run.immediate_exit`.
-const OFF_IMMEDIATE_EXIT: usize = 1;
+use crate::runtime_area::{self, RuntimeArea};
+use crate::state::{Emulation, VmState};
+use crate::sys::{fd_of, kvm_err as os};
 /// Offset of `kvm_run.mmio.data`.
 const OFF_MMIO_DATA: usize = 40;
 /// `EINTR`.
 const EINTR: i32 = 4;
 /// `EAGAIN`.
 const EAGAIN: i32 = 11;
-/// Bit of `KVM_HC_MAP_GPA_RANGE` in the `KVM_CAP_EXIT_HYPERCALL` mask.
-const MAP_GPA_RANGE_BIT: u64 = 1 << KVM_HC_MAP_GPA_RANGE;
 
 /// A hypercall exit waiting for `complete_hypercall` / the next `run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,83 +39,16 @@ enum Pending {
     PortIo(i64),
 }
 
-fn os(op: &'static str, e: &kvm_ioctls::Error) -> BackendError {
-    BackendError::os(op, Errno(e.errno()))
-}
-
-/// The signal used to kick a vCPU thread out of `KVM_RUN`.
-fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN()
-}
-
-extern "C" fn noop_handler(_: libc::c_int) {}
-
-/// Installs the no-op kick handler once per process. Without a handler
-/// the default action would kill the process; with `SIG_IGN` the signal
-/// would not interrupt `KVM_RUN`.
-fn install_kick_handler() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: an all-zero sigaction is a valid "no flags, empty mask" value.
-        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-        sa.sa_sigaction = noop_handler as extern "C" fn(libc::c_int) as usize;
-        // SAFETY: `sa` is a fully initialized sigaction whose handler is an
-        // async-signal-safe no-op; no SA_RESTART so KVM_RUN returns EINTR.
-        unsafe {
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
-        }
-    });
-}
-
-/// `kvm_run.immediate_exit` as an atomic.
-fn immediate_exit(run: &Mmap) -> &AtomicU8 {
-    // SAFETY: offset 1 lies inside the kvm_run mapping (at least one page),
-    // `AtomicU8` needs no alignment, and the returned reference cannot outlive
-    // `run`. The kernel only reads this byte; all userspace access is atomic.
-    unsafe { &*run.as_ptr().add(OFF_IMMEDIATE_EXIT).cast::<AtomicU8>() }
-}
-
-/// Interrupts a vCPU: sets `immediate_exit` and signals the thread inside
-/// `run`, so the current or next `KVM_RUN` returns EINTR.
-#[derive(Debug)]
-pub struct KvmKick {
-    run: Arc<Mmap>,
-    /// The thread currently inside `run`, if any.
-    thread: Mutex<Option<libc::pthread_t>>,
-}
-
-impl KvmKick {
-    fn set_thread(&self, t: Option<libc::pthread_t>) {
-        *self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = t;
-    }
-}
-
-impl Kick for KvmKick {
-    fn kick(&self) {
-        immediate_exit(&self.run).store(1, Ordering::SeqCst);
-        let guard = self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(t) = *guard {
-            // SAFETY: `t` was recorded by the vCPU thread inside `run` and is
-            // cleared (under this lock) before `run` returns, so the thread
-            // is alive while we hold the lock.
-            unsafe {
-                libc::pthread_kill(t, kick_signal());
-            }
-        }
+impl std::os::fd::AsFd for KvmVcpu {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        crate::sys::fd_of(&self.fd)
     }
 }
 
 /// A KVM vCPU running privmem guest programs.
 #[derive(Debug)]
 pub struct KvmVcpu {
-    vm: Arc<VmInner>,
+    vm: Arc<VmState>,
     fd: VcpuFd,
     index: u32,
     run: Arc<Mmap>,
@@ -129,7 +59,7 @@ pub struct KvmVcpu {
 }
 
 impl KvmVcpu {
-    pub(crate) fn new(vm: Arc<VmInner>, index: u32) -> Result<KvmVcpu, BackendError> {
+    pub(crate) fn new(vm: Arc<VmState>, index: u32) -> Result<KvmVcpu, BackendError> {
         let fd = vm
             .fd
             .create_vcpu(u64::from(index))
@@ -141,14 +71,10 @@ impl KvmVcpu {
             Some(fd_of(&fd)),
             "mmap(kvm_run)",
         )?);
-        if let Some(cpuid) = &vm.cpuid {
+        if let Some(cpuid) = &vm.config.cpuid {
             fd.set_cpuid2(cpuid).map_err(|e| os("KVM_SET_CPUID2", &e))?;
         }
-        install_kick_handler();
-        let kick = Arc::new(KvmKick {
-            run: Arc::clone(&run),
-            thread: Mutex::new(None),
-        });
+        let kick = Arc::new(KvmKick::new(Arc::clone(&run), vm.config.kick_signal));
         Ok(KvmVcpu {
             vm,
             fd,
@@ -159,12 +85,6 @@ impl KvmVcpu {
             pending: Pending::None,
             buf: Vec::new(),
         })
-    }
-
-    /// The vCPU fd and its `kvm_run` mapping, for [`crate::bench`]'s bare
-    /// `KVM_RUN` loop.
-    pub(crate) fn raw_parts(&self) -> (std::os::fd::BorrowedFd<'_>, &Mmap) {
-        (fd_of(&self.fd), &self.run)
     }
 
     /// GPA and size of this vCPU's runtime area, once a program is loaded.
@@ -198,10 +118,9 @@ impl KvmVcpu {
         unsafe {
             std::ptr::write_volatile(self.run.as_ptr().add(OFF_EXIT_REASON).cast::<u32>(), 0)
         };
-        // SAFETY: pthread_self has no preconditions.
-        self.kick.set_thread(Some(unsafe { libc::pthread_self() }));
+        self.kick.set_running(true);
         let r = crate::sys::run(fd_of(&self.fd));
-        self.kick.set_thread(None);
+        self.kick.set_running(false);
         self.snapshot();
         match r {
             Ok(()) => RunResult::Ok,
@@ -294,12 +213,15 @@ impl KvmVcpu {
     }
 
     /// Emulates KVM's `____kvm_emulate_hypercall` for the port-I/O transport
-    /// (kernel-semantics.md §4): synchronous errors go straight into RAX with
-    /// no exit; a valid `MAP_GPA_RANGE` with the exit enabled becomes
-    /// `Exit::Hypercall` with `ret` preset to 0.
+    /// (docs/semantics/hypercall.md, "KVM's checks" and "The exit"):
+    /// synchronous errors go straight into RAX with no exit; a valid
+    /// `MAP_GPA_RANGE` with the exit enabled becomes `Exit::Hypercall` with
+    /// `ret` preset to 0. Recorded as the `hypercall` emulation.
     fn emulate_hypercall(&mut self, r: &kvm_regs) -> Result<Option<Exit>, BackendError> {
+        self.vm.note_emulation(Emulation::PortIoHypercall);
         let (nr, gpa, npages) = (r.rax, r.rbx, r.rcx);
-        let enabled = self.vm.exit_hypercall_mask.load(Ordering::SeqCst) & MAP_GPA_RANGE_BIT != 0;
+        let enabled =
+            self.vm.exit_hypercall_mask.load(Ordering::SeqCst) & EXIT_HYPERCALL_MAP_GPA_RANGE != 0;
         let sync_ret = if nr != KVM_HC_MAP_GPA_RANGE || !enabled {
             Some(hc_ret::ENOSYS)
         } else if !gpa.is_multiple_of(PAGE_SIZE)
@@ -333,9 +255,11 @@ fn op_ranges(ops: &[GuestOp]) -> Result<Vec<(u64, u64)>, BackendError> {
         if len == 0 {
             continue;
         }
-        let end = gpa.checked_add(len).ok_or_else(|| BackendError::Invalid {
-            op: "load_program",
-            why: format!("op range at {gpa} with length {len:#x} wraps"),
+        let end = gpa.checked_add(len).ok_or_else(|| {
+            BackendError::invalid(
+                "load_program",
+                format!("op range at {gpa} with length {len:#x} wraps"),
+            )
         })?;
         v.push((gpa.raw(), end.raw()));
     }
@@ -348,15 +272,11 @@ impl Vcpu for KvmVcpu {
     }
 
     fn load_program(&mut self, ops: &[GuestOp]) -> Result<(), BackendError> {
-        let code = compile(ops, self.vm.transport).map_err(|e| BackendError::Invalid {
-            op: "load_program",
-            why: e.to_string(),
-        })?;
+        let code = compile(ops, self.vm.config.transport)
+            .map_err(|e| BackendError::invalid("load_program", e.to_string()))?;
         let ranges = op_ranges(ops)?;
         let old = self.area.take();
-        let area = self
-            .vm
-            .install_runtime_area(self.index, old, &ranges, &code)?;
+        let area = runtime_area::install(&self.vm, self.index, old, &ranges, &code)?;
         let mut sregs = self.fd.get_sregs().map_err(|e| os("KVM_GET_SREGS", &e))?;
         area.layout.setup_sregs(&mut sregs);
         let regs = area.layout.regs();
@@ -416,22 +336,34 @@ impl Vcpu for KvmVcpu {
                 self.pending = Pending::PortIo(ret);
                 Ok(())
             }
-            Pending::None => Err(BackendError::Invalid {
-                op: "complete_hypercall",
-                why: "no hypercall exit is pending".to_string(),
-            }),
+            Pending::None => Err(BackendError::invalid(
+                "complete_hypercall",
+                "no hypercall exit is pending",
+            )),
         }
     }
 
     fn kicker(&self) -> Arc<dyn Kick> {
         Arc::clone(&self.kick) as Arc<dyn Kick>
     }
+
+    fn pre_fault_memory(
+        &mut self,
+        range: &mut privmem_core::PreFaultRange,
+    ) -> Result<(), BackendError> {
+        // As in `run`: a kick signals this thread, so a pre-fault that the
+        // kernel keeps retrying (6.12, a memslot being deleted) ends EINTR.
+        self.kick.set_running(true);
+        let r = crate::memops::pre_fault_memory(fd_of(&self.fd), range);
+        self.kick.set_running(false);
+        r
+    }
 }
 
 impl Drop for KvmVcpu {
     fn drop(&mut self) {
         if let Some(area) = self.area.take() {
-            self.vm.remove_runtime_area(area);
+            runtime_area::remove(&self.vm, area);
         }
     }
 }

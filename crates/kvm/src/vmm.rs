@@ -28,27 +28,21 @@
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_bindings::{
-    kvm_create_guest_memfd, kvm_memory_attributes, kvm_pre_fault_memory,
-    kvm_userspace_memory_region2, KVM_CAP_PRE_FAULT_MEMORY,
+    kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2,
+    KVM_CAP_PRE_FAULT_MEMORY,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use privmem_core::contract::{Backing, ConversionBackend, PreFault, VmSupport};
 use privmem_core::engine::MemoryFaultExit;
 use privmem_core::slot::SlotDesc;
-use privmem_core::{Attrs, BackendError, Errno, GmemFlags, Gpa, GpaRange, SlotId, VmType};
+use privmem_core::{
+    Attrs, BackendError, Errno, GmemFlags, Gpa, GpaRange, PreFaultRange, SlotId, VmType,
+};
 use vm_memory::mmap::MmapRegion;
-use vmm_sys_util::ioctl::ioctl_with_mut_ref;
-
-mod ioctls {
-    #![allow(missing_docs)]
-    use kvm_bindings::{kvm_pre_fault_memory, KVMIO};
-    vmm_sys_util::ioctl_iowr_nr!(KVM_PRE_FAULT_MEMORY, KVMIO, 0xd5, kvm_pre_fault_memory);
-}
-use ioctls::KVM_PRE_FAULT_MEMORY;
 
 fn os(op: &'static str, e: &kvm_ioctls::Error) -> BackendError {
     BackendError::os(op, Errno(e.errno()))
@@ -397,17 +391,10 @@ impl VcpuPreFault {
 
 impl PreFault for VcpuPreFault {
     fn pre_fault(&mut self, gpa: &mut Gpa, size: &mut u64) -> Result<(), BackendError> {
-        let mut arg = kvm_pre_fault_memory {
-            gpa: gpa.raw(),
-            size: *size,
-            ..Default::default()
-        };
-        // SAFETY: `arg` is a live kvm_pre_fault_memory matching the size the
-        // ioctl number encodes; the kernel reads and writes only it.
-        let ret = unsafe { ioctl_with_mut_ref(&self.fd, KVM_PRE_FAULT_MEMORY(), &mut arg) };
-        let err = (ret < 0).then(|| last_os("KVM_PRE_FAULT_MEMORY"));
-        *gpa = Gpa(arg.gpa);
-        *size = arg.size;
-        err.map_or(Ok(()), Err)
+        let mut range = PreFaultRange::new(gpa.raw(), *size);
+        let r = crate::memops::pre_fault_memory(self.fd.as_fd(), &mut range);
+        *gpa = Gpa(range.gpa);
+        *size = range.size;
+        r
     }
 }

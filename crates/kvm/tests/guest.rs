@@ -244,7 +244,7 @@ fn guest_access_without_memslot_is_mmio_exit() {
         return;
     };
     let g = test_guest(&hv, 2 * MIB);
-    // 1 GiB has no memslot: a shared access there is MMIO (kernel-semantics.md §3).
+    // 1 GiB has no memslot: a shared access there is MMIO (docs/semantics/fault-path.md, step 2).
     let mut vcpu = vcpu_with(&g.vm, 0, &[write(1 << 30, 1, 0x11), GuestOp::Halt]);
 
     let exit = vcpu_next(&mut vcpu);

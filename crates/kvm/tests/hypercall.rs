@@ -4,10 +4,8 @@
 mod common;
 
 use common::*;
-use privmem_core::exit::MapGpaRange;
+use privmem_core::exit::{MapGpaRange, EXIT_HYPERCALL_MAP_GPA_RANGE as EXIT_MAP_GPA_RANGE};
 use privmem_core::{Exit, Gpa, GuestOp, GuestReport, Hypercall, Vcpu, Vm};
-
-const EXIT_MAP_GPA_RANGE: u64 = 1 << 12;
 
 fn map(gpa: u64, pages: u64, attrs: u64, expect_ret: Option<i64>) -> GuestOp {
     GuestOp::Map {

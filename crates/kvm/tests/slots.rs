@@ -89,7 +89,7 @@ fn slots_runtime_slot_id_is_refused() {
     let mem = g.vm.create_shared(2 * MIB, SharedKind::Anonymous).unwrap();
 
     let err = g.vm.set_user_memory_region(&plain(
-        privmem_kvm::vm::RUNTIME_SLOT_BASE,
+        privmem_kvm::runtime_area::RUNTIME_SLOT_BASE,
         1 << 30,
         2 * MIB,
         UserAddr::Backing {
@@ -206,7 +206,7 @@ fn slots_workload_slot_on_runtime_id_makes_load_program_invalid() {
     let vm = vm(&hv);
     let mem = vm.create_shared(2 * MIB, SharedKind::Anonymous).unwrap();
     vm.set_user_memory_region(&plain(
-        privmem_kvm::vm::RUNTIME_SLOT_BASE,
+        privmem_kvm::runtime_area::RUNTIME_SLOT_BASE,
         0,
         2 * MIB,
         UserAddr::Backing {
@@ -220,4 +220,38 @@ fn slots_workload_slot_on_runtime_id_makes_load_program_invalid() {
     let err = privmem_core::Vcpu::load_program(&mut vcpu, &[GuestOp::Halt]);
 
     assert!(matches!(err, Err(BackendError::Invalid { .. })));
+}
+
+/// A gmem-only slot with a NULL `userspace_addr` on a host whose KVM needs
+/// the backend's guest_memfd mapping counts as privmem's emulation
+/// (conformance reports such results as `emulated`); a plain slot does not.
+#[test]
+fn slots_gmem_hva_stand_in_is_counted_as_emulation() {
+    let Some(hv) = shared_gmem_or_skip("slots_gmem_hva_stand_in_is_counted_as_emulation") else {
+        return;
+    };
+    use privmem_core::{Emulation, GmemFlags, Hypervisor};
+    let vm = vm(&hv);
+    let shared = vm.create_shared(2 * MIB, SharedKind::Anonymous).unwrap();
+    let before = hv.emulations();
+    vm.set_user_memory_region(&plain(
+        1,
+        0,
+        2 * MIB,
+        UserAddr::Backing {
+            mem: &shared,
+            offset: 0,
+        },
+    ))
+    .unwrap();
+    assert!(hv.emulations().since(before).is_empty());
+    let g = vm
+        .create_guest_memfd(2 * MIB, GmemFlags::MMAP.union(GmemFlags::INIT_SHARED))
+        .unwrap();
+    let mut r = plain(2, 4 * MIB, 2 * MIB, UserAddr::Raw(0));
+    r.flags = privmem_core::backend::MEM_GUEST_MEMFD;
+    r.gmem = GmemRef::File(&g);
+    vm.set_user_memory_region(&r).unwrap();
+    let used = hv.emulations().since(before).get(Emulation::GmemHva);
+    assert_eq!(used, u64::from(hv.quirks().gmem_hva), "gmem hva uses");
 }

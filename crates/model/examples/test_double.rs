@@ -104,7 +104,7 @@ impl<B: ConversionBackend> Vmm<B> {
 }
 
 fn main() -> Result<(), String> {
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let engine = embed::engine(&hv, VmType::SwProtected, EngineConfig::default())
         .map_err(|e| e.to_string())?;
     let memory = GpaRange::new(Gpa(0), 1 << 20).map_err(|e| e.to_string())?;

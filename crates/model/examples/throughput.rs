@@ -20,7 +20,7 @@ fn run(
     size: u64,
     attrs: impl Fn(&privmem_model::ModelVm),
 ) {
-    let hv = ModelHypervisor::new(KernelProfile::V6_18);
+    let hv = ModelHypervisor::new(KernelProfile::V7_3);
     let vm = hv.create_vm(ty).unwrap();
     let g = vm.create_guest_memfd(size, GmemFlags(0)).unwrap();
     let mem = vm.create_shared(size, SharedKind::Memfd).unwrap();

@@ -33,7 +33,9 @@ impl VmInner {
         attributes: u64,
         flags: u64,
     ) -> Result<(), Errno> {
-        if !self.profile.has_attribute_ioctl(self.ty) {
+        // Without CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES the ioctl is not in
+        // kvm_vm_ioctl(): ENOTTY for every VM type.
+        if !self.build.memory_attributes {
             return Err(Errno::ENOTTY);
         }
         if flags != 0 {
@@ -49,15 +51,21 @@ impl VmInner {
         if !address.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
-        // xa_reserve() is where the kernel can fail with ENOMEM, before
-        // anything changes; the model fires injected failures there.
-        if let Some(e) = self.inject.check(InjectOp::SetMemoryAttributes) {
-            return Err(e);
-        }
         let private = attributes != 0;
         let mut attrs = self.attrs.write().expect("attrs");
-        // A no-op when nothing changes (returns 0): `set` leaves a uniform
-        // range as it was.
+        // kvm_vm_set_mem_attributes: a range that already has `attributes`
+        // everywhere returns 0 before anything is reserved.
+        if attrs.is_uniform(range, private) {
+            return Ok(());
+        }
+        // xa_reserve() is where the kernel can fail with ENOMEM, before
+        // anything changes; the model fires injected failures there. 7.3
+        // reserves only when setting: clearing cannot fail.
+        if private || self.profile.attr_clear_reserves() {
+            if let Some(e) = self.inject.check(InjectOp::SetMemoryAttributes) {
+                return Err(e);
+            }
+        }
         attrs.set(range, private);
         Ok(())
     }

@@ -2,8 +2,8 @@
 //! 1 TiB file costs nothing until written.
 //!
 //! Bytes move through a shared mapping of the file ([`HostMap`], from
-//! `privmem-kvm`, the one crate allowed `unsafe`) where that is both faster
-//! and invisible, and with `pread`/`pwrite` elsewhere:
+//! `privmem-mem`, the memory-mapping crate on rust-vmm's `vm-memory`) where
+//! that is both faster and invisible, and with `pread`/`pwrite` elsewhere:
 //!
 //! - the file is mapped at the first access of at least [`MAP_MIN_IO`]
 //!   bytes that finds data in its range ([`Memfd::mapped`]);
@@ -17,7 +17,7 @@
 //!   crate README), and on this PVM host writing a fresh page with
 //!   `pwrite` is also ~1.7x cheaper than faulting it in, and leaves no page
 //!   table entry for a later `PUNCH_HOLE` to zap;
-//! - files larger than [`privmem_kvm::hostmem::MAX_MAP_LEN`] (1 TiB), or
+//! - files larger than [`privmem_mem::MAX_MAP_LEN`] (1 TiB), or
 //!   beyond the process's mapping budget, or whose mapping fails, are not
 //!   mapped and use `pread`/`pwrite` throughout.
 //!
@@ -36,7 +36,7 @@ use std::sync::{Arc, OnceLock};
 use privmem_core::backend::{HostFault, HostMemory, SharedKind, SharedMemory};
 use privmem_core::error::Result;
 use privmem_core::{BackendError, Errno, PAGE_SIZE};
-use privmem_kvm::hostmem::{HostMap, HostMapError, Residency};
+use privmem_mem::{HostMap, MapError, Residency};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags, SeekFrom};
 
 /// Largest single I/O the model issues (bounds latency of a kick).
@@ -51,8 +51,8 @@ fn errno(e: rustix::io::Errno) -> Errno {
     Errno(e.raw_os_error())
 }
 
-fn map_errno(e: HostMapError) -> Errno {
-    e.errno()
+fn map_errno(e: MapError) -> Errno {
+    Errno(e.errno())
 }
 
 /// A sparse memfd of a fixed size.
@@ -522,10 +522,10 @@ impl ModelShared {
     fn clamp(&self, offset: u64, want: u64) -> (u64, Option<HostFault>) {
         let len = self.inner.mem.size();
         if offset >= len {
-            return (0, (want > 0).then_some(HostFault { offset }));
+            return (0, (want > 0).then_some(HostFault::segv(offset)));
         }
         let ok = want.min(len - offset);
-        let fault = (ok < want).then_some(HostFault { offset: len });
+        let fault = (ok < want).then_some(HostFault::segv(len));
         (ok, fault)
     }
 }
@@ -534,7 +534,7 @@ fn host_io(e: Errno, offset: u64) -> HostFault {
     // An I/O error on the backing memfd is reported as a host fault: the
     // trait has no other error channel, and real loads/stores would SIGBUS.
     let _ = e;
-    HostFault { offset }
+    HostFault::bus(offset)
 }
 
 impl HostMemory for ModelShared {

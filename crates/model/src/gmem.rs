@@ -25,6 +25,7 @@ use privmem_core::backend::{
 };
 use privmem_core::error::Result;
 use privmem_core::{BackendError, Errno, GmemFlags, GuestMemfd, PAGE_SIZE};
+use privmem_core::{MmapOptions, MmapProt, MmapSharing};
 
 use crate::backing::Memfd;
 use crate::inject::{InjectOp, Injector};
@@ -80,6 +81,8 @@ pub(crate) struct GmemFile {
     bindings: Mutex<BTreeMap<u64, Binding>>,
     /// Hardware-poisoned file pages (pgoff).
     poison: Mutex<BTreeSet<u64>>,
+    /// The NUMA policy per file page (7.3 `mbind` through a mapping).
+    pub(crate) policy: Mutex<crate::numa::PolicyTree>,
 }
 
 /// The token stored in a [`GuestMemfd`]: every dup and every mapping holds
@@ -156,6 +159,7 @@ impl GmemFile {
             flags,
             bindings: Mutex::default(),
             poison: Mutex::default(),
+            policy: Mutex::default(),
         });
         registry()
             .lock()
@@ -185,14 +189,14 @@ impl GmemFile {
         self.flags.contains(GmemFlags::INIT_SHARED)
     }
 
-    /// Binds file pages `[start, start+npages)` to `(vm, slot)`; EINVAL if any
-    /// page is already bound (6.18: `xa_find` hit → EINVAL).
+    /// Binds file pages `[start, start+npages)` to `(vm, slot)`; EEXIST if
+    /// any page is already bound (`kvm_gmem_commit_memory_region`).
     pub(crate) fn bind(&self, start: u64, npages: u64, vm_id: u64, slot: u32) -> Result<(), Errno> {
         let end = start + npages;
         let mut b = self.bindings.lock().expect("bindings");
         let before = b.range(..end).next_back();
         if before.is_some_and(|(_, x)| x.end > start) {
-            return Err(Errno::EINVAL);
+            return Err(Errno::EEXIST);
         }
         b.insert(start, Binding { end, vm_id, slot });
         Ok(())
@@ -360,12 +364,16 @@ pub(crate) fn stat(gmem: &GuestMemfd) -> Result<FileStat> {
     })
 }
 
-/// `mmap(NULL, len, RW, shared ? MAP_SHARED : MAP_PRIVATE, gmem, 0)`.
+/// `mmap(NULL, len, prot, flags, gmem, 0)` with the protection and sharing
+/// of `opts`. `do_mmap` first (a zero or overflowing length; 7.3: PROT_EXEC
+/// on the noexec guest_memfd filesystem is EPERM), then `kvm_gmem_mmap`
+/// (no `GUEST_MEMFD_FLAG_MMAP`: ENODEV, which is every 6.12 file; not
+/// `MAP_SHARED`: EINVAL).
 pub(crate) fn mmap(
     inj: &Injector,
     gmem: &GuestMemfd,
     len: u64,
-    shared: bool,
+    opts: MmapOptions,
 ) -> Result<ModelGmemMapping> {
     let file = file_of(gmem).ok_or_else(|| not_model(OP_MMAP))?;
     let err = |e| Err(BackendError::os(OP_MMAP, e));
@@ -379,10 +387,13 @@ pub(crate) fn mmap(
     if len > crate::profile::TASK_SIZE_MAX {
         return err(Errno::ENOMEM);
     }
+    if opts.prot == MmapProt::ReadWriteExec && file.vm.profile.gmem_mmap_noexec() {
+        return err(Errno::EPERM);
+    }
     if !file.supports_mmap() {
         return err(Errno::ENODEV);
     }
-    if !shared {
+    if opts.sharing != MmapSharing::Shared {
         return err(Errno::EINVAL);
     }
     if let Some(e) = inj.check(InjectOp::Mmap) {
@@ -400,35 +411,48 @@ pub(crate) fn mmap(
 ///
 /// Accesses beyond the file size, to a file without `INIT_SHARED`, or to a
 /// poisoned page return [`HostFault`] (the model's SIGBUS); accesses past the
-/// mapping length also fault. Bytes before the faulting one are transferred.
+/// mapping length fault as SIGSEGV. Bytes before the faulting one are transferred.
 #[derive(Debug)]
 pub struct ModelGmemMapping {
     _token: Arc<dyn Any + Send + Sync>,
-    file: Arc<GmemFile>,
-    len: u64,
+    pub(crate) file: Arc<GmemFile>,
+    pub(crate) len: u64,
 }
 
 impl ModelGmemMapping {
     /// How many bytes from `offset` (of `want`) can be accessed before a fault.
+    ///
+    /// The fault is a `SIGSEGV` past the mapping's end (no VMA there) and a
+    /// `SIGBUS` inside it (`kvm_gmem_fault_user_mapping`: beyond `i_size`,
+    /// a file without `INIT_SHARED`; a poisoned page).
     fn accessible(&self, offset: u64, want: u64) -> (u64, Option<HostFault>) {
         if want == 0 {
             return (0, None);
         }
+        if offset >= self.len {
+            return (0, Some(HostFault::segv(offset)));
+        }
         if !self.file.init_shared() {
-            return (0, Some(HostFault { offset }));
+            return (0, Some(HostFault::bus(offset)));
         }
-        let limit = self.len.min(self.file.size());
-        if offset >= limit {
-            return (0, Some(HostFault { offset }));
+        let size = self.file.size();
+        if offset >= size {
+            return (0, Some(HostFault::bus(offset)));
         }
+        let limit = self.len.min(size);
         let mut ok = want.min(limit - offset);
         let first = offset / PAGE_SIZE;
         let last = (offset + ok - 1) / PAGE_SIZE;
+        let mut poisoned = false;
         if let Some(p) = self.file.first_poisoned(first, last - first + 1) {
             ok = (p * PAGE_SIZE).saturating_sub(offset);
+            poisoned = true;
         }
-        let fault = (ok < want).then_some(HostFault {
-            offset: offset + ok,
+        let end = offset + ok;
+        let fault = (ok < want).then_some(if poisoned || end < self.len {
+            HostFault::bus(end)
+        } else {
+            HostFault::segv(end)
         });
         (ok, fault)
     }
@@ -440,7 +464,7 @@ impl ModelGmemMapping {
 }
 
 fn io_fault(offset: u64) -> impl Fn(Errno) -> HostFault {
-    move |_| HostFault { offset }
+    move |_| HostFault::bus(offset)
 }
 
 impl HostMemory for ModelGmemMapping {

@@ -6,7 +6,8 @@
 //! arguments still get their own errno and do not consume the injection),
 //! before any state changes (so a failed call changes nothing, as the kernel
 //! guarantees for e.g. `xa_reserve` failures in `KVM_SET_MEMORY_ATTRIBUTES`).
-//! For `Run`, it fires on entry, before any guest work.
+//! For `Run`, it fires on entry, before any guest work; for
+//! `PreFaultSlotChange`, at the page it names.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -32,6 +33,13 @@ pub enum InjectOp {
     /// Discarding a VM-created shared backing (`fallocate(PUNCH_HOLE)` on
     /// its memfd; e.g. EIO), as a conversion to private does.
     DiscardShared,
+    /// `KVM_PRE_FAULT_MEMORY`: the memslot under the nth pre-faulted page
+    /// that lies in a memslot is being deleted or moved underneath the
+    /// call (`KVM_MEMSLOT_INVALID`), and stays so until the call returns.
+    /// The profile decides the outcome, not the armed errno (ignored):
+    /// 7.3 EAGAIN (0 if earlier pages were mapped), 6.12 a retry loop that
+    /// only a kick (a signal) ends, with EINTR.
+    PreFaultSlotChange,
 }
 
 #[derive(Debug)]

@@ -1,9 +1,9 @@
 //! privmem-model: a deterministic pure-Rust model of Linux KVM guest private
 //! memory (guest_memfd, memory attributes, `KVM_SET_USER_MEMORY_REGION2`,
 //! `KVM_EXIT_MEMORY_FAULT`, `KVM_HC_MAP_GPA_RANGE`), implementing the
-//! `privmem_core` hypervisor traits. It behaves as Linux 6.18 (default) or
-//! 6.12 ([`KernelProfile`]); every rule and errno follows
-//! `kernel-semantics.md`.
+//! `privmem_core` hypervisor traits. It behaves as Linux 7.3 (default) or
+//! 6.12 ([`KernelProfile`]), both checked against real kernels; every rule
+//! and errno follows the kernel source.
 //!
 //! Pages live in sparse memfds (`pread`/`pwrite`/`fallocate`), so a 1 TiB
 //! guest_memfd costs nothing until written and punching a hole really frees
@@ -29,9 +29,12 @@ mod backing;
 pub mod embed;
 mod fault;
 mod gmem;
+mod gmem_mm;
 mod inject;
 mod memslot;
 mod mmio;
+mod numa;
+mod prefault;
 mod profile;
 mod vcpu;
 mod vm;
@@ -43,6 +46,7 @@ use std::sync::Arc;
 
 use privmem_core::backend::{Cap, FileIo, FileStat, Hypervisor};
 use privmem_core::error::Result;
+use privmem_core::{Advice, MemPolicy, MmapOptions, MmapProt, MmapSharing};
 use privmem_core::{BackendError, Errno, GuestMemfd, VmType, PAGE_SIZE};
 
 pub use privmem_core::Quirks;
@@ -51,8 +55,8 @@ pub use backing::ModelShared;
 pub use gmem::ModelGmemMapping;
 pub use inject::InjectOp;
 pub use profile::{
-    host_max_gpa_bits, max_gpa_bits_for, nr_memslot_as_ids, Build, KernelProfile, NR_MEMSLOTS,
-    VM_TYPES,
+    host_max_gpa_bits, max_gpa_bits_for, nr_memslot_as_ids, Build, KernelProfile,
+    PreFaultInvalidSlot, NR_MEMSLOTS, VM_TYPES,
 };
 pub use vcpu::{ModelKick, ModelVcpu};
 pub use vm::ModelVm;
@@ -60,13 +64,21 @@ pub use vm::ModelVm;
 use inject::Injector;
 
 /// The model of `/dev/kvm`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ModelHypervisor {
     profile: KernelProfile,
     inject: Arc<Injector>,
     max_gpa_bits: u32,
     quirks: Quirks,
     build: Build,
+}
+
+impl Default for ModelHypervisor {
+    /// The 7.3 model with the default build (guest_memfd, memory
+    /// attributes, TDP, no SMM), a 52-bit MMU and no host quirks.
+    fn default() -> ModelHypervisor {
+        ModelHypervisor::new(KernelProfile::default())
+    }
 }
 
 impl ModelHypervisor {
@@ -129,6 +141,23 @@ impl ModelHypervisor {
         self.build.guest_memfd
     }
 
+    /// The same model built with (`true`, the default) or without
+    /// `CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES` ([`Build::memory_attributes`]):
+    /// without it `KVM_SET_MEMORY_ATTRIBUTES` gives `ENOTTY`,
+    /// `KVM_CAP_MEMORY_ATTRIBUTES` reads 0 and only default VMs exist.
+    pub fn with_memory_attributes(mut self, on: bool) -> ModelHypervisor {
+        self.build.memory_attributes = on;
+        self
+    }
+
+    /// The same model on a host with (`true`, the default) or without
+    /// two-dimensional paging ([`Build::tdp`]): without it
+    /// `KVM_CAP_PRE_FAULT_MEMORY` is 0 and `KVM_PRE_FAULT_MEMORY` EOPNOTSUPP.
+    pub fn with_tdp(mut self, on: bool) -> ModelHypervisor {
+        self.build.tdp = on;
+        self
+    }
+
     /// The kernel build options.
     pub fn build(&self) -> Build {
         self.build
@@ -166,7 +195,7 @@ impl ModelHypervisor {
     pub fn poison_gmem(&self, gmem: &GuestMemfd, offset: u64) -> Result<()> {
         let file = model_file(gmem, "poison")?;
         if offset >= file.size() {
-            return Err(invalid(
+            return Err(BackendError::invalid(
                 "poison",
                 format!("offset {offset:#x} is beyond the file"),
             ));
@@ -184,7 +213,7 @@ impl ModelHypervisor {
         let file = model_file(gmem, "gmem_read")?;
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > file.size()) {
-            return Err(invalid(
+            return Err(BackendError::invalid(
                 "gmem_read",
                 format!("range at {offset:#x} is beyond the file"),
             ));
@@ -214,12 +243,9 @@ impl ModelHypervisor {
     }
 }
 
-fn invalid(op: &'static str, why: String) -> BackendError {
-    BackendError::Invalid { op, why }
-}
-
 fn model_file(gmem: &GuestMemfd, op: &'static str) -> Result<Arc<gmem::GmemFile>> {
-    gmem::file_of(gmem).ok_or_else(|| invalid(op, "not a guest_memfd created by the model".into()))
+    gmem::file_of(gmem)
+        .ok_or_else(|| BackendError::invalid(op, "not a guest_memfd created by the model"))
 }
 
 impl Hypervisor for ModelHypervisor {
@@ -240,8 +266,8 @@ impl Hypervisor for ModelHypervisor {
 
     fn create_vm_raw(&self, ty: u64) -> Result<ModelVm> {
         let ty = self
-            .profile
-            .vm_type_from_raw(ty)
+            .build
+            .vm_type_from_raw(self.profile, ty)
             .ok_or(BackendError::os("KVM_CREATE_VM", Errno::EINVAL))?;
         Ok(ModelVm::new(vm::VmInner::new(
             ty,
@@ -270,10 +296,61 @@ impl Hypervisor for ModelHypervisor {
     }
 
     fn gmem_mmap(&self, gmem: &GuestMemfd, len: u64, shared: bool) -> Result<ModelGmemMapping> {
-        gmem::mmap(&self.inject, gmem, len, shared)
+        let sharing = if shared {
+            MmapSharing::Shared
+        } else {
+            MmapSharing::Private
+        };
+        let opts = MmapOptions {
+            prot: MmapProt::ReadWrite,
+            sharing,
+        };
+        gmem::mmap(&self.inject, gmem, len, opts)
+    }
+
+    fn gmem_mmap_with(
+        &self,
+        gmem: &GuestMemfd,
+        len: u64,
+        opts: MmapOptions,
+    ) -> Result<ModelGmemMapping> {
+        gmem::mmap(&self.inject, gmem, len, opts)
+    }
+
+    fn gmem_mbind(
+        &self,
+        map: &ModelGmemMapping,
+        offset: u64,
+        len: u64,
+        policy: MemPolicy,
+        flags: u32,
+    ) -> Result<()> {
+        map.mbind(offset, len, policy, flags)
+    }
+
+    fn gmem_get_mempolicy(&self, map: &ModelGmemMapping, offset: u64) -> Result<MemPolicy> {
+        map.get_mempolicy(offset)
+    }
+
+    fn gmem_madvise(
+        &self,
+        map: &ModelGmemMapping,
+        offset: u64,
+        len: u64,
+        advice: Advice,
+    ) -> Result<()> {
+        map.madvise(offset, len, advice)
+    }
+
+    fn gmem_poison(&self, map: &ModelGmemMapping, offset: u64) -> Result<()> {
+        map.poison(offset)
     }
 
     fn quirks(&self) -> Quirks {
         self.quirks
+    }
+
+    fn kernel_release(&self) -> String {
+        self.profile.name().to_string()
     }
 }

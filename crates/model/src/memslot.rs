@@ -398,11 +398,11 @@ impl VmInner {
     }
 
     /// Records the binding of file pages `[offset/4K, +npages)` to slot
-    /// `id`. Where the profile binds in `kvm_gmem_bind()` (6.18) an
-    /// overlap with a live binding is EINVAL, before the arch check that
-    /// fails with `beyond_mmu` (the binding is then undone); where it binds
-    /// in the commit phase (6.12.118, [`KernelProfile::gmem_binds_at_commit`])
-    /// the arch check comes first and an overlap is EEXIST.
+    /// `id`, in the memslot commit phase (`kvm_gmem_commit_memory_region()`
+    /// in 6.12.118, the same order in 7.3): after the arch check that fails
+    /// with `beyond_mmu` (EINVAL), so that an overlap with a live binding
+    /// of the file is EEXIST. (Upstream 6.18 bound in `kvm_gmem_bind()`,
+    /// before the arch check, and answered EINVAL; no profile models it.)
     fn bind_gmem(
         &self,
         file: Arc<GmemFile>,
@@ -412,19 +412,10 @@ impl VmInner {
         beyond_mmu: bool,
     ) -> Result<SlotGmem, Errno> {
         let pgoff = offset >> PAGE_SHIFT;
-        if self.profile.gmem_binds_at_commit() {
-            if beyond_mmu {
-                return Err(Errno::EINVAL);
-            }
-            file.bind(pgoff, npages, self.id, id)
-                .map_err(|_| Errno::EEXIST)?;
-        } else {
-            file.bind(pgoff, npages, self.id, id)?;
-            if beyond_mmu {
-                file.unbind(pgoff, self.id, id);
-                return Err(Errno::EINVAL);
-            }
+        if beyond_mmu {
+            return Err(Errno::EINVAL);
         }
+        file.bind(pgoff, npages, self.id, id)?;
         Ok(SlotGmem {
             file: Arc::downgrade(&file),
             pgoff,

@@ -16,8 +16,10 @@
 //!   write's byte, zeros initially.
 //! - `map` issues `KVM_HC_MAP_GPA_RANGE` with the kernel's checks (§4):
 //!   -1000 when the exit is not enabled, -22 for an unaligned GPA, zero
-//!   pages or a wrapping range, otherwise an exit with `ret` preset to 0;
-//!   the next `run` puts `ret` in RAX. A differing `expect_ret` reports
+//!   pages or a wrapping range, otherwise an exit; the next `run` puts
+//!   `kvm_run.hypercall.ret` in RAX: 0 if userspace did not complete the
+//!   exit on profiles that preset it, else what userspace last wrote
+//!   ([`crate::KernelProfile::presets_hypercall_ret`]; 6.12 does not). A differing `expect_ret` reports
 //!   `RetMismatch` and stops the vCPU.
 //! - `read` reports `CheckPassed`, or `CheckFailed` at the first bad byte and
 //!   stops. A stopped or halted vCPU returns `Hlt` forever. Running past the
@@ -29,7 +31,8 @@ use std::sync::Arc;
 
 use privmem_core::backend::{Access, GuestOp, Kick, RunError, Vcpu};
 use privmem_core::error::Result;
-use privmem_core::exit::{hc_ret, KVM_HC_MAP_GPA_RANGE};
+use privmem_core::exit::{hc_ret, EXIT_HYPERCALL_MAP_GPA_RANGE, KVM_HC_MAP_GPA_RANGE};
+use privmem_core::PreFaultRange;
 use privmem_core::{BackendError, Errno, Exit, Gpa, GuestReport, Hypercall, MmioExit, PAGE_SIZE};
 
 use crate::backing::{FillBuf, Memfd, MAX_IO};
@@ -51,15 +54,22 @@ impl Kick for ModelKick {
     }
 }
 
+impl ModelKick {
+    /// True if a kick is pending (it stays pending for the next `run`).
+    pub(crate) fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
 /// What the vCPU owes the guest on the next entry.
 #[derive(Clone, Copy, Debug)]
 enum Pending {
     None,
-    /// A `KVM_EXIT_HYPERCALL` awaiting completion.
+    /// A `KVM_EXIT_HYPERCALL` awaiting completion: the next entry puts
+    /// `kvm_run.hypercall.ret` in RAX (`complete_hypercall_exit`).
     Hypercall {
         gpa: u64,
         expect: Option<i64>,
-        ret: i64,
     },
     /// A `KVM_EXIT_MMIO` for `len` bytes at the current position.
     Mmio {
@@ -91,6 +101,9 @@ pub struct ModelVcpu {
     pending: Pending,
     done: bool,
     rax: i64,
+    /// `kvm_run.hypercall.ret`: written by userspace (`complete_hypercall`)
+    /// and, where the profile presets it, by the kernel.
+    run_ret: i64,
     kick: Arc<ModelKick>,
     step_limit: Option<u64>,
     fill: FillBuf,
@@ -126,6 +139,7 @@ impl ModelVcpu {
             pending: Pending::None,
             done: false,
             rax: 0,
+            run_ret: 0,
             kick: Arc::default(),
             step_limit: None,
             fill: FillBuf::default(),
@@ -254,7 +268,7 @@ impl ModelVcpu {
     fn complete_pending(&mut self) -> Flow {
         match std::mem::replace(&mut self.pending, Pending::None) {
             Pending::None => Flow::Continue,
-            Pending::Hypercall { gpa, expect, ret } => self.finish_map(gpa, ret, expect),
+            Pending::Hypercall { gpa, expect } => self.finish_map(gpa, self.run_ret, expect),
             Pending::Mmio { len } => {
                 let Some(GuestOp::Read { gpa, expect, .. }) = self.program.get(self.pc).copied()
                 else {
@@ -295,7 +309,7 @@ impl ModelVcpu {
 
     /// `KVM_HC_MAP_GPA_RANGE` as `____kvm_emulate_hypercall` handles it.
     fn map(&mut self, gpa: u64, pages: u64, attrs: u64, expect: Option<i64>) -> Flow {
-        let enabled = self.vm.hc_mask.load(Ordering::Acquire) & (1 << KVM_HC_MAP_GPA_RANGE) != 0;
+        let enabled = self.vm.hc_mask.load(Ordering::Acquire) & EXIT_HYPERCALL_MAP_GPA_RANGE != 0;
         let ret = if !enabled {
             hc_ret::ENOSYS
         } else if !gpa.is_multiple_of(PAGE_SIZE)
@@ -304,17 +318,19 @@ impl ModelVcpu {
         {
             hc_ret::EINVAL
         } else {
-            self.pending = Pending::Hypercall {
-                gpa,
-                expect,
-                ret: hc_ret::OK,
-            };
+            if self.vm.profile.presets_hypercall_ret() {
+                self.run_ret = hc_ret::OK;
+            }
+            self.pending = Pending::Hypercall { gpa, expect };
             let args = [gpa, pages, attrs, 0, 0, 0];
             return Flow::Exit(Exit::Hypercall(Hypercall::decode(
                 KVM_HC_MAP_GPA_RANGE,
                 args,
             )));
         };
+        if self.vm.profile.presets_hypercall_ret() {
+            self.run_ret = ret;
+        }
         self.finish_map(gpa, ret, expect)
     }
 
@@ -483,6 +499,9 @@ impl Vcpu for ModelVcpu {
     }
 
     fn run(&mut self) -> Result<Exit, RunError> {
+        if self.vm.is_dead() {
+            return Err(run_error(Errno::EIO));
+        }
         if self.kick.flag.swap(false, Ordering::AcqRel) {
             return Err(RunError::Interrupted);
         }
@@ -501,8 +520,8 @@ impl Vcpu for ModelVcpu {
     fn complete_hypercall(&mut self, ret: i64) -> Result<()> {
         // As the KVM backend: completing with nothing pending is a caller bug.
         match &mut self.pending {
-            Pending::Hypercall { ret: r, .. } => {
-                *r = ret;
+            Pending::Hypercall { .. } => {
+                self.run_ret = ret;
                 Ok(())
             }
             _ => Err(BackendError::Invalid {
@@ -514,5 +533,9 @@ impl Vcpu for ModelVcpu {
 
     fn kicker(&self) -> Arc<dyn Kick> {
         self.kick.clone()
+    }
+
+    fn pre_fault_memory(&mut self, range: &mut PreFaultRange) -> Result<()> {
+        crate::prefault::pre_fault(&self.vm, &self.kick, range)
     }
 }

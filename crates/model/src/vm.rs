@@ -6,7 +6,7 @@
 //! `slots_lock` (a mutex) serialises memslot updates like `kvm->slots_lock`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use privmem_core::attrmap::AttrMap;
@@ -48,6 +48,8 @@ pub(crate) struct VmInner {
     /// MMIO SPTEs and the memslot generation (sw-protected VMs).
     pub(crate) mmio: MmioSptes,
     vcpus: Mutex<BTreeSet<u32>>,
+    /// `kvm->vm_dead`: every later VM and vCPU ioctl is EIO.
+    dead: AtomicBool,
 }
 
 impl VmInner {
@@ -73,7 +75,21 @@ impl VmInner {
             build,
             mmio: MmioSptes::default(),
             vcpus: Mutex::default(),
+            dead: AtomicBool::new(false),
         }
+    }
+
+    /// True once the VM is dead (`kvm_vm_dead`).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// EIO if the VM is dead (the check at the top of `kvm_vm_ioctl`).
+    fn alive(&self, op: &'static str) -> Result<()> {
+        if self.is_dead() {
+            return Err(BackendError::os(op, Errno::EIO));
+        }
+        Ok(())
     }
 }
 
@@ -167,6 +183,15 @@ impl ModelVm {
         Ok(())
     }
 
+    /// Fault injection: the VM dies, as a `KVM_BUG_ON` makes it
+    /// (`kvm_vm_dead`): every later VM ioctl (`KVM_CHECK_EXTENSION` on the
+    /// VM, memslots, attributes, guest_memfd creation, `KVM_ENABLE_CAP`,
+    /// vCPU creation) and vCPU ioctl (`KVM_RUN`, `KVM_PRE_FAULT_MEMORY`)
+    /// answers EIO. guest_memfd file operations keep working.
+    pub fn mark_dead(&self) {
+        self.inner.dead.store(true, Ordering::Release);
+    }
+
     /// Fault injection: see [`crate::ModelHypervisor::inject_failure`] (the
     /// table is shared by the hypervisor and all its VMs).
     pub fn inject_failure(&self, op: InjectOp, nth: u32, errno: Errno) {
@@ -184,12 +209,14 @@ impl Vm for ModelVm {
 
     fn check_extension(&self, cap: Cap) -> Result<u64> {
         let inner = &self.inner;
+        inner.alive("KVM_CHECK_EXTENSION")?;
         Ok(inner
             .build
             .check_extension(inner.profile, cap, Some(inner.ty)))
     }
 
     fn enable_exit_hypercall(&self, mask: u64) -> Result<()> {
+        self.inner.alive("KVM_ENABLE_CAP")?;
         if mask & !EXIT_HYPERCALL_VALID_MASK != 0 {
             return Err(BackendError::os("KVM_ENABLE_CAP", Errno::EINVAL));
         }
@@ -198,6 +225,7 @@ impl Vm for ModelVm {
     }
 
     fn create_guest_memfd(&self, size: u64, flags: GmemFlags) -> Result<GuestMemfd> {
+        self.inner.alive(OP_CREATE)?;
         // Without CONFIG_KVM_GUEST_MEMFD the ioctl is not in kvm_vm_ioctl()
         // and falls through to kvm_arch_vm_ioctl(): ENOTTY before any check.
         if !self.inner.build.guest_memfd {
@@ -218,6 +246,10 @@ impl Vm for ModelVm {
     }
 
     fn set_user_memory_region(&self, region: &Region<'_, ModelShared>) -> Result<()> {
+        self.inner.alive(match region.api {
+            privmem_core::RegionApi::V1 => "KVM_SET_USER_MEMORY_REGION",
+            privmem_core::RegionApi::V2 => "KVM_SET_USER_MEMORY_REGION2",
+        })?;
         let map = self.gmem_hva_file(region);
         self.inner.set_region(region, map.as_ref())?;
         // As the KVM backend's slot table: a successful call replaces the
@@ -237,6 +269,7 @@ impl Vm for ModelVm {
         attributes: u64,
         flags: u64,
     ) -> Result<()> {
+        self.inner.alive("KVM_SET_MEMORY_ATTRIBUTES")?;
         self.inner.set_attributes(address, size, attributes, flags)
     }
 
@@ -246,6 +279,7 @@ impl Vm for ModelVm {
 
     fn create_vcpu(&self, index: u32) -> Result<ModelVcpu> {
         const OP: &str = "KVM_CREATE_VCPU";
+        self.inner.alive(OP)?;
         if index >= MAX_VCPU_IDS {
             return Err(BackendError::os(OP, Errno::EINVAL));
         }

@@ -10,9 +10,10 @@ use privmem_core::backend::{Cap, Hypervisor, Kick, RunError, SharedKind, Vcpu, V
 use privmem_core::contract::HvBackend;
 use privmem_core::engine::{ConvertError, Engine};
 use privmem_core::error::BackendError;
-use privmem_core::exit::{Exit, EXIT_HYPERCALL_MAP_GPA_RANGE};
+use privmem_core::exit::{Exit, Hypercall, EXIT_HYPERCALL_MAP_GPA_RANGE, MAP_GPA_RANGE_ENCRYPTED};
 use privmem_core::slot::{GmemBinding, SharedBinding, SlotDesc, SlotError};
-use privmem_core::types::{GmemFlags, SlotId};
+use privmem_core::trace::{TraceEvent, TraceSink, VcpuScope};
+use privmem_core::types::{GmemFlags, SlotId, PAGE_SIZE};
 
 use crate::handle::{handle_exit, Decision, ErrorKind, RunState, VcpuError, VcpuState};
 use crate::report::Report;
@@ -263,6 +264,8 @@ pub fn run_vcpu_on<H: Hypervisor>(
     let mut st = VcpuState::new(vcpu.index());
     let mut guard = engine.repeat_guard();
     let mut retries = 0u32;
+    let trace = engine.trace_sink();
+    let _scope = trace.map(|_| VcpuScope::enter(st.index));
     while st.state == RunState::Running {
         if stop.load(Ordering::SeqCst) {
             st.stop(VcpuError::plain(
@@ -280,6 +283,9 @@ pub fn run_vcpu_on<H: Hypervisor>(
             }
         };
         retries = 0;
+        if let Some(t) = trace {
+            trace_exit(t, st.index, &exit);
+        }
         if !matches!(exit, Exit::MemoryFault(_)) {
             guard.reset();
         }
@@ -300,7 +306,39 @@ pub fn run_vcpu_on<H: Hypervisor>(
             }
         }
     }
+    if let Some(t) = trace {
+        t.record(TraceEvent::VcpuDone { vcpu: st.index });
+    }
     st
+}
+
+/// Reports the exits a trace shows: memory faults and `MAP_GPA_RANGE`.
+fn trace_exit(sink: &dyn TraceSink, vcpu: u32, exit: &Exit) {
+    let event = match exit {
+        Exit::MemoryFault(f) => TraceEvent::MemoryFault {
+            vcpu,
+            gpa: f.gpa.raw(),
+            size: f.size,
+            private: f.private,
+            errno: f.errno,
+        },
+        Exit::Hypercall(Hypercall::MapGpaRange(m)) => TraceEvent::MapRequest {
+            vcpu,
+            gpa: m.gpa.raw(),
+            len: m.pages.saturating_mul(PAGE_SIZE),
+            to_private: m.to_private,
+            invalid: None,
+        },
+        Exit::Hypercall(Hypercall::InvalidMapGpaRange { args, error }) => TraceEvent::MapRequest {
+            vcpu,
+            gpa: args[0],
+            len: args[1].saturating_mul(PAGE_SIZE),
+            to_private: args[2] & MAP_GPA_RANGE_ENCRYPTED != 0,
+            invalid: Some(error.to_string()),
+        },
+        _ => return,
+    };
+    sink.record(event);
 }
 
 fn on_run_error(st: &mut VcpuState, e: RunError, retries: &mut u32) {

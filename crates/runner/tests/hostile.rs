@@ -251,7 +251,7 @@ ops = [
 ]
 "#;
     let w = workload::parse("t.toml", text).unwrap();
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let m = Machine::new(hv, &w).unwrap();
     let start = Instant::now();
     let s = m.run(RunOptions {

@@ -150,7 +150,7 @@ fn soak_two_vcpus_random_ops_match_oracle() {
         poison: vec![],
         vcpus,
     };
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let m = Machine::new(hv, &w).expect("setup");
     let engine = m.engine.clone();
     let start = Instant::now();

@@ -14,8 +14,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use privmem_baseline::BareMemfd;
 use privmem_core::{Access, Gpa, GuestOp, Vcpu, VmType};
-use privmem_kvm::bench::BareMemfd;
 use privmem_model::{KernelProfile, ModelHypervisor};
 use privmem_runner::handle::RunState;
 use privmem_runner::runtime::{run_vcpu_on, Machine};
@@ -39,22 +39,6 @@ fn program(size: u64, byte: u8) -> Vec<GuestOp> {
         },
         GuestOp::Halt,
     ]
-}
-
-/// True if every byte of `buf` is `byte` (word-wise, vectorisable).
-fn all_equal(buf: &[u8], byte: u8) -> bool {
-    let pat = u64::from_ne_bytes([byte; 8]);
-    let mut chunks = buf.chunks_exact(64);
-    for c in chunks.by_ref() {
-        let mut diff = 0u64;
-        for w in c.chunks_exact(8) {
-            diff |= u64::from_ne_bytes(w.try_into().expect("8 bytes")) ^ pat;
-        }
-        if diff != 0 {
-            return false;
-        }
-    }
-    chunks.remainder().iter().all(|&b| b == byte)
 }
 
 /// A 64-byte aligned slice of `len` bytes inside `v` (kernel copies are 2x
@@ -96,7 +80,7 @@ fn syscall_floor(file: &std::fs::File, size: u64, byte: u8) -> anyhow::Result<f6
 /// Runs the benchmark.
 pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let size = if ctx.quick { 64 * MIB } else { 256 * MIB };
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let w = workload(
         VmType::Default,
         false,
@@ -107,8 +91,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let (engine, mut vcpus) = m.into_parts();
     let mut vcpu = vcpus.pop().context("one vCPU")?;
     let stop = AtomicBool::new(false);
-    let memfd = BareMemfd::new(size)?;
-    let mut map = memfd.map()?;
+    let map = BareMemfd::new(size)?.map()?;
     let floor_memfd = BareMemfd::new(size)?;
     let floor_file = floor_memfd.file()?;
     let mut floor = Vec::new();
@@ -119,12 +102,11 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         byte = byte.wrapping_add(1).max(1);
         match side {
             Side::Baseline => {
-                let buf = map.as_mut_slice();
-                let (t, ok) = timed(|| {
-                    buf.fill(byte);
-                    all_equal(std::hint::black_box(&*buf), byte)
+                let (t, ok) = timed(|| -> anyhow::Result<bool> {
+                    map.memset(byte)?;
+                    Ok(map.all_equal(std::hint::black_box(byte))?)
                 });
-                if !ok {
+                if !ok? {
                     bail!("memset/compare mismatch");
                 }
                 // Measured next to the baseline, every round.

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use anyhow::bail;
+use privmem_baseline::thread_heap_bytes;
 use privmem_core::attrmap::AttrMap;
 use privmem_core::{Gpa, GpaRange, PAGE_SIZE};
-use privmem_kvm::bench::thread_heap_bytes;
 use rangemap::RangeSet;
 
 use super::util::{timed, Rng};

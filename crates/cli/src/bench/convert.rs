@@ -19,9 +19,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use privmem_baseline::BareMemfd;
 use privmem_core::engine::{ConvertTo, Origin, Outcome};
 use privmem_core::{Access, Gpa, GuestOp, HostMemory, Vcpu, VmType};
-use privmem_kvm::bench::BareMemfd;
 use privmem_model::{KernelProfile, ModelHypervisor};
 use privmem_runner::handle::RunState;
 use privmem_runner::runtime::{run_vcpu_on, HvEngine, Machine, VcpuOf};
@@ -40,7 +40,7 @@ struct Rig {
 
 impl Rig {
     fn new(size: u64) -> anyhow::Result<Rig> {
-        let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+        let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
         let w = workload(VmType::SwProtected, true, vec![slot(0, size)], vec![vec![]]);
         let (engine, mut vcpus) = Machine::new(hv, &w).context("model setup")?.into_parts();
         let vcpu = vcpus.pop().context("one vCPU")?;

@@ -12,9 +12,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use privmem_baseline::raw_run_until_hlt;
 use privmem_core::{GuestOp, Vcpu, VmType};
-use privmem_kvm::bench::raw_run_until_hlt;
-use privmem_kvm::KvmHypervisor;
 use privmem_runner::handle::RunState;
 use privmem_runner::runtime::{run_vcpu_on, Machine};
 
@@ -24,7 +23,10 @@ use super::{Ctx, Row, RowSpec, Side, Target};
 /// Runs the benchmark.
 pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let n: u64 = if ctx.quick { 5_000 } else { 50_000 };
-    let hv = Arc::new(KvmHypervisor::open().context("the exit benchmark needs /dev/kvm")?);
+    let Some(hv) = ctx.kvm_or_skip("exit")? else {
+        return Ok(Vec::new());
+    };
+    let hv = Arc::new(hv);
     let ops: Vec<GuestOp> = (0..n)
         .map(|tag| GuestOp::Sync { tag })
         .chain([GuestOp::Halt])

@@ -19,8 +19,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use privmem_baseline::BareMemfd;
 use privmem_core::{Access, Gpa, GuestOp, Vcpu, VmType, PAGE_SIZE};
-use privmem_kvm::bench::BareMemfd;
 use privmem_model::{KernelProfile, ModelHypervisor};
 use privmem_runner::handle::RunState;
 use privmem_runner::runtime::{run_vcpu_on, Machine};
@@ -37,7 +37,7 @@ fn measure(
     rounds: usize,
 ) -> anyhow::Result<Samples> {
     let size = pages * PAGE_SIZE;
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let write = GuestOp::Write {
         gpa: Gpa(0),
         len: size,

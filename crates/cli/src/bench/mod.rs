@@ -17,6 +17,15 @@
 //! | `access` | [`access`] |
 //! | `scale` | [`scale`] |
 //! | `parallel` | [`parallel`] |
+//!
+//! Exit status: 0 when every benchmark ran (or skipped visibly because the
+//! host lacks what it needs: /dev/kvm; a skip is an error under
+//! `REQUIRE_KVM=1`), 1 when any benchmark failed, 2 for an unknown name.
+//! The JSON lists failures in `errors` and skips in `skipped`.
+//!
+//! Fault injection for tests of that contract, `PRIVMEM_BENCH_INJECT`:
+//! `error:NAME` makes benchmark NAME fail on entry; `no-kvm` makes every
+//! benchmark that needs /dev/kvm find none.
 
 mod access;
 mod attrmap;
@@ -31,12 +40,13 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
+use privmem_kvm::KvmHypervisor;
 use serde::Serialize;
 
 /// Counts heap bytes per thread (for the `attrmap` memory figure); plain
 /// `System` allocation otherwise.
 #[global_allocator]
-static ALLOC: privmem_kvm::bench::CountingAlloc = privmem_kvm::bench::CountingAlloc;
+static ALLOC: privmem_baseline::CountingAlloc = privmem_baseline::CountingAlloc;
 
 /// The benchmarks, in run order.
 pub const ALL: [&str; 7] = [
@@ -55,6 +65,10 @@ pub struct BenchArgs {
     /// Small sizes and few rounds: all seven in under a minute (CI smoke).
     #[arg(long)]
     pub quick: bool,
+    /// Internal (`scale/model-rss`): one model setup of BYTES in this
+    /// fresh process; prints its memory growth as JSON.
+    #[arg(long, hide = true, value_name = "BYTES")]
+    pub rss_probe: Option<u64>,
 }
 
 /// What a row's target compares.
@@ -241,9 +255,40 @@ pub struct Ctx {
     /// `--quick`.
     pub quick: bool,
     progress: Progress,
+    /// Parts that could not run on this host, with why.
+    skipped: Vec<BenchSkip>,
 }
 
 impl Ctx {
+    /// `/dev/kvm` for the benchmark part `what`, or `None` after recording
+    /// a visible skip naming why; under `REQUIRE_KVM=1` a missing /dev/kvm
+    /// is an error instead.
+    ///
+    /// # Errors
+    /// /dev/kvm cannot be opened and `REQUIRE_KVM=1`.
+    pub fn kvm_or_skip(&mut self, what: &str) -> anyhow::Result<Option<KvmHypervisor>> {
+        let opened = if injected("no-kvm") {
+            Err("/dev/kvm hidden by PRIVMEM_BENCH_INJECT=no-kvm".to_string())
+        } else {
+            KvmHypervisor::open(crate::backends::kvm_options()).map_err(|e| e.to_string())
+        };
+        match opened {
+            Ok(h) => Ok(Some(h)),
+            Err(e) if std::env::var("REQUIRE_KVM").as_deref() == Ok("1") => {
+                anyhow::bail!("{what} needs /dev/kvm: {e} (and REQUIRE_KVM=1)")
+            }
+            Err(e) => {
+                let reason = format!("/dev/kvm unavailable: {e}");
+                eprintln!("bench {what}: SKIPPED: {reason}");
+                self.skipped.push(BenchSkip {
+                    name: what.to_string(),
+                    reason,
+                });
+                Ok(None)
+            }
+        }
+    }
+
     /// Rounds per benchmark: 7 normally, 3 with `--quick`.
     pub fn rounds(&self) -> usize {
         if self.quick {
@@ -368,12 +413,31 @@ struct Doc<'a> {
     benches: &'a [Row],
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<BenchError>,
+    #[serde(skip_serializing_if = "<[BenchSkip]>::is_empty")]
+    skipped: &'a [BenchSkip],
 }
 
 #[derive(Serialize)]
 struct BenchError {
     name: String,
     error: String,
+}
+
+/// A benchmark (or part) that could not run on this host.
+#[derive(Serialize)]
+struct BenchSkip {
+    name: String,
+    reason: String,
+}
+
+/// True if `PRIVMEM_BENCH_INJECT` asks for `what` (see the module docs).
+fn injected(what: &str) -> bool {
+    std::env::var("PRIVMEM_BENCH_INJECT").is_ok_and(|v| v.split(',').any(|x| x == what))
+}
+
+/// The exit status for a run with these outcomes: 1 if anything failed.
+fn exit_status(errors: &[BenchError]) -> i32 {
+    i32::from(!errors.is_empty())
 }
 
 /// CPU time used by everything on the machine (`/proc/stat`, all CPUs) and
@@ -403,7 +467,7 @@ impl LoadMark {
         LoadMark {
             wall: Instant::now(),
             system_busy_s: busy / 100.0,
-            own_s: privmem_kvm::bench::process_cpu_time().as_secs_f64(),
+            own_s: privmem_baseline::process_cpu_time().as_secs_f64(),
         }
     }
 
@@ -423,6 +487,9 @@ impl LoadMark {
 
 /// Runs one benchmark by name.
 fn run_one(name: &str, ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+    if injected(&format!("error:{name}")) {
+        anyhow::bail!("injected failure (PRIVMEM_BENCH_INJECT=error:{name})");
+    }
     match name {
         "exit" => exit::run(ctx),
         "fault" => fault::run(ctx),
@@ -435,8 +502,11 @@ fn run_one(name: &str, ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     }
 }
 
-/// The `bench` command. Exit status 0, or 2 for an unknown name.
+/// The `bench` command: the exit status of the module docs.
 pub fn main(args: &BenchArgs) -> i32 {
+    if let Some(bytes) = args.rss_probe {
+        return scale::rss_probe_main(bytes);
+    }
     let names: Vec<&str> = if args.names.is_empty() {
         ALL.to_vec()
     } else {
@@ -460,6 +530,7 @@ pub fn main(args: &BenchArgs) -> i32 {
             start: now,
             bench_start: now,
         },
+        skipped: Vec::new(),
     };
     let mut rows = Vec::new();
     let mut errors = Vec::new();
@@ -468,6 +539,10 @@ pub fn main(args: &BenchArgs) -> i32 {
         let mark = LoadMark::now();
         match run_one(name, &mut ctx) {
             Ok(mut r) => {
+                if r.is_empty() && ctx.skipped.iter().any(|s| s.name == *name) {
+                    ctx.progress.end("skipped");
+                    continue;
+                }
                 // How much of the machine others used meanwhile: figures
                 // taken under load are noisier (see README, Performance).
                 let load = mark.others_since();
@@ -489,20 +564,26 @@ pub fn main(args: &BenchArgs) -> i32 {
     }
     let machine = machine();
     if args.json {
+        let status = exit_status(&errors);
         let doc = Doc {
             machine,
             quick: args.quick,
             benches: &rows,
             errors,
+            skipped: &ctx.skipped,
         };
         match serde_json::to_string_pretty(&doc) {
             Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("privmem bench: {e}"),
+            Err(e) => {
+                eprintln!("privmem bench: {e}");
+                return 1;
+            }
         }
+        status
     } else {
-        print_table(&machine, &rows, &errors);
+        print_table(&machine, &rows, &errors, &ctx.skipped);
+        exit_status(&errors)
     }
-    0
 }
 
 fn fmt_num(x: f64) -> String {
@@ -520,7 +601,7 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
-fn print_table(machine: &str, rows: &[Row], errors: &[BenchError]) {
+fn print_table(machine: &str, rows: &[Row], errors: &[BenchError], skipped: &[BenchSkip]) {
     println!("machine: {machine}");
     println!(
         "{:<26} {:>9} {:>11} {:>11} {:>7} {:>13} {:>14} {:>4}",
@@ -554,7 +635,25 @@ fn print_table(machine: &str, rows: &[Row], errors: &[BenchError]) {
         }
         println!("  {line}");
     }
+    for s in skipped {
+        println!("{}: SKIPPED: {}", s.name, s.reason);
+    }
     for e in errors {
         println!("{}: FAILED: {}", e.name, e.error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_error_fails_the_run() {
+        assert_eq!(exit_status(&[]), 0);
+        let e = BenchError {
+            name: "exit".into(),
+            error: "boom".into(),
+        };
+        assert_eq!(exit_status(&[e]), 1);
     }
 }

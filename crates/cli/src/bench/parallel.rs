@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use privmem_baseline::process_cpu_time;
 use privmem_core::exit::MAP_GPA_RANGE_ENCRYPTED;
 use privmem_core::{GuestOp, VmType, PAGE_SIZE};
-use privmem_kvm::bench::process_cpu_time;
 use privmem_model::{KernelProfile, ModelHypervisor};
 use privmem_runner::handle::RunState;
 use privmem_runner::runtime::{Machine, RunOptions};
@@ -46,7 +46,7 @@ fn program(base: u64, size: u64) -> Vec<GuestOp> {
 /// Runs the benchmark.
 pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let size = if ctx.quick { 16 * MIB } else { 64 * MIB };
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let slots = vec![slot(0, size), slot(size, size)];
     let (a, b) = (program(0, size), program(size, size));
     let halt = [GuestOp::Halt];

@@ -4,7 +4,10 @@
 //! - Model: `Machine::new` of a `sw-protected` VM (one guest_memfd slot,
 //!   initially private, its shared memfd, one vCPU). Baseline: the same
 //!   setup at 1 GiB, measured in the same rounds; target: 64 GiB and 1 TiB
-//!   within 2x of it, in time and in RSS.
+//!   within 2x of it, in time and in memory. The memory figure is the
+//!   growth of `RssAnon` + `RssShmem` around one setup in a fresh privmem
+//!   process ([`rss_probe_main`]), not this process's RSS, which holds
+//!   whatever earlier benchmarks left.
 //! - KVM: privmem's setup of a `default` VM with one `MMAP|INIT_SHARED`
 //!   guest_memfd slot of that size (`Machine::new`: capability checks,
 //!   `KVM_CREATE_VM`, `KVM_ENABLE_CAP`, `KVM_CREATE_GUEST_MEMFD`, the
@@ -18,13 +21,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
+use privmem_baseline::{bare_gmem_vm, bare_memfd_vm, thread_heap_bytes, DevKvm};
 use privmem_core::{GuestOp, Hypervisor, VmType};
-use privmem_kvm::bench::{bare_gmem_vm, bare_memfd_vm, DevKvm};
-use privmem_kvm::KvmHypervisor;
 use privmem_model::{KernelProfile, ModelHypervisor};
 use privmem_runner::runtime::Machine;
 
-use super::util::{rss_kib, size_name, slot, timed, workload, GIB, TIB};
+use super::util::{own_rss_kib, rss_kib, size_name, slot, timed, workload, GIB, TIB};
 use super::{median, Ctx, Row, RowSpec, Samples, Side, Target};
 
 /// Runs the benchmark.
@@ -36,42 +38,102 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
 
 struct SetupFigure {
     ms: f64,
-    rss_after_kib: f64,
-    rss_growth_kib: f64,
 }
 
 /// Model setups per sample: one takes ~10 µs, too short to time alone.
 const MODEL_REPS: usize = 32;
 
-fn model_setup(hv: &Arc<ModelHypervisor>, size: u64) -> anyhow::Result<SetupFigure> {
-    let w = workload(
+fn model_workload(size: u64) -> privmem_runner::workload::Workload {
+    workload(
         VmType::SwProtected,
         true,
         vec![slot(0, size)],
         vec![vec![GuestOp::Halt]],
-    );
+    )
+}
+
+fn model_setup(hv: &Arc<ModelHypervisor>, size: u64) -> anyhow::Result<SetupFigure> {
+    let w = model_workload(size);
     let mut total = 0.0;
-    let (mut before, mut after) = (0, 0);
     for _ in 0..MODEL_REPS {
-        before = rss_kib();
         let (t, m) = timed(|| Machine::new(hv.clone(), &w));
         let m = m.with_context(|| format!("model setup of {}", size_name(size)))?;
-        after = rss_kib();
         total += t;
         drop(m);
     }
     Ok(SetupFigure {
         ms: total * 1e3 / MODEL_REPS as f64,
-        rss_after_kib: after as f64,
-        rss_growth_kib: after.saturating_sub(before) as f64,
     })
+}
+
+/// What one model setup of a given size added to a fresh process.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RssProbe {
+    /// Growth of `RssAnon` + `RssShmem` around the setup, in KiB.
+    pub rss_growth_kib: f64,
+    /// Heap bytes the setup left allocated.
+    pub heap_bytes: f64,
+}
+
+/// `privmem bench --rss-probe BYTES`: one model setup of `size` bytes in
+/// this fresh process; prints its [`RssProbe`] as JSON. Exit status 1 if
+/// the setup fails.
+pub fn rss_probe_main(size: u64) -> i32 {
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
+    let w = model_workload(size);
+    let (rss0, heap0) = (own_rss_kib(), thread_heap_bytes());
+    let m = match Machine::new(hv, &w) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!(
+                "privmem bench --rss-probe: model setup of {}: {e}",
+                size_name(size)
+            );
+            return 1;
+        }
+    };
+    let probe = RssProbe {
+        rss_growth_kib: own_rss_kib().saturating_sub(rss0) as f64,
+        heap_bytes: (thread_heap_bytes() - heap0) as f64,
+    };
+    drop(m);
+    match serde_json::to_string(&probe) {
+        Ok(s) => {
+            println!("{s}");
+            0
+        }
+        Err(e) => {
+            eprintln!("privmem bench --rss-probe: {e}");
+            1
+        }
+    }
+}
+
+/// Runs the probe in a fresh copy of this program: the figure is the
+/// setup's own memory, not what earlier benchmarks left in this process.
+fn rss_probe(size: u64) -> anyhow::Result<RssProbe> {
+    let exe = std::env::current_exe().context("finding privmem's own executable")?;
+    let out = std::process::Command::new(&exe)
+        .args(["bench", "--rss-probe", &size.to_string()])
+        .output()
+        .with_context(|| format!("running {} bench --rss-probe", exe.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "rss probe of {} failed ({}): {}",
+            size_name(size),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("parsing the rss probe's output")
 }
 
 fn model(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let sizes = [GIB, 64 * GIB, TIB];
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let rounds = ctx.rounds();
     let mut figs: [Vec<SetupFigure>; 3] = Default::default();
+    let mut probes: [Vec<RssProbe>; 3] = Default::default();
     ctx.status("scale/model: warm-up");
     for &s in &sizes {
         model_setup(&hv, s)?;
@@ -81,15 +143,23 @@ fn model(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         for i in 0..3 {
             let k = (r + i) % 3;
             figs[k].push(model_setup(&hv, sizes[k])?);
+            probes[k].push(rss_probe(sizes[k])?);
         }
     }
-    let col = |k: usize, f: fn(&SetupFigure) -> f64| figs[k].iter().map(f).collect::<Vec<f64>>();
+    let col = |k: usize| figs[k].iter().map(|f| f.ms).collect::<Vec<f64>>();
+    let rss = |k: usize| {
+        probes[k]
+            .iter()
+            .map(|p| p.rss_growth_kib)
+            .collect::<Vec<f64>>()
+    };
+    let heap = |k: usize| median(&probes[k].iter().map(|p| p.heap_bytes).collect::<Vec<f64>>());
     let mut rows = Vec::new();
     for (k, &size) in sizes.iter().enumerate().skip(1) {
         let name = size_name(size);
         let t = Samples {
-            base: col(0, |f| f.ms),
-            privmem: col(k, |f| f.ms),
+            base: col(0),
+            privmem: col(k),
         };
         rows.push(
             RowSpec {
@@ -104,31 +174,25 @@ fn model(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             }
             .row(&t),
         );
-        let rss = Samples {
-            base: col(0, |f| f.rss_after_kib),
-            privmem: col(k, |f| f.rss_after_kib),
+        let s = Samples {
+            base: rss(0),
+            privmem: rss(k),
         };
         let mut row = RowSpec {
             name: &format!("scale/model-rss/{name}"),
             unit: "KiB",
             target: Target::RatioAtMost(2.0),
-            baseline_is: "process RSS after the same setup at 1 GiB",
-            note: Some(format!(
-                "process VmRSS with the machine alive; setup itself grew RSS by {} KiB at 1 GiB and {} KiB at {name} (medians)",
-                median(&col(0, |f| f.rss_growth_kib)),
-                median(&col(k, |f| f.rss_growth_kib))
-            )),
+            baseline_is: "the same setup at 1 GiB, measured the same way",
+            note: Some(
+                "RssAnon + RssShmem growth around one model setup in a fresh privmem process \
+                 (bench --rss-probe), so earlier benchmarks' memory does not count"
+                    .into(),
+            ),
         }
-        .row(&rss);
+        .row(&s);
         row.context = BTreeMap::from([
-            (
-                "baseline_rss_growth_kib".to_string(),
-                median(&col(0, |f| f.rss_growth_kib)),
-            ),
-            (
-                "privmem_rss_growth_kib".to_string(),
-                median(&col(k, |f| f.rss_growth_kib)),
-            ),
+            ("baseline_heap_bytes".to_string(), heap(0)),
+            ("privmem_heap_bytes".to_string(), heap(k)),
         ]);
         rows.push(row);
     }
@@ -153,9 +217,12 @@ fn kvm(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     } else {
         &[GIB, 64 * GIB, TIB]
     };
-    let hv = Arc::new(KvmHypervisor::open().context("the KVM scale benchmark needs /dev/kvm")?);
+    let Some(hv) = ctx.kvm_or_skip("scale/kvm-setup")? else {
+        return Ok(Vec::new());
+    };
+    let hv = Arc::new(hv);
     let dev = DevKvm::open()?;
-    let map_hva = privmem_kvm::caps::gmem_slots_need_hva();
+    let map_hva = hv.quirks().gmem_hva;
     // Without guest_memfd on the host privmem backs the slot with a memfd
     // (runtime::build_slot); the baseline then makes the same calls.
     let gmem = hv.has_shared_gmem();

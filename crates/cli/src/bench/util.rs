@@ -50,6 +50,13 @@ pub fn rss_kib() -> u64 {
     status_kib("VmRSS:")
 }
 
+/// This process's anonymous and shared-memory resident pages
+/// (`RssAnon` + `RssShmem`) in KiB: its own memory, without the binary's
+/// file-backed pages.
+pub fn own_rss_kib() -> u64 {
+    status_kib("RssAnon:") + status_kib("RssShmem:")
+}
+
 fn status_kib(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -3,7 +3,7 @@
 //! allows (0; MMAP; MMAP|INIT_SHARED), each test on a fresh 4-page file.
 
 use privmem_core::backend::{FileIo, HostMemory, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
-use privmem_core::{Errno, GmemFlags, GuestMemfd, Hypervisor, Vm};
+use privmem_core::{Errno, GmemFlags, GuestMemfd, HostFault, Hypervisor, Vm};
 
 use crate::ctx::{
     ensure, expect_errno, fail, gmem_flag_names, vm_gmem_flags, vm_type_name, Check, Ctx, OrFail,
@@ -111,6 +111,22 @@ pub(crate) fn expect_bytes<M: HostMemory>(
         )));
     }
     Ok(())
+}
+
+/// Checks that a host access failed exactly as `want` says: at that
+/// offset, with that signal.
+pub(crate) fn expect_host_fault(r: Result<(), HostFault>, want: HostFault, what: &str) -> Check {
+    match r {
+        Err(f) if f == want => Ok(()),
+        Err(f) => Err(fail(format!(
+            "{what}: {} at {:#x}, expected {} at {:#x}",
+            f.signal, f.offset, want.signal, want.offset
+        ))),
+        Ok(()) => Err(fail(format!(
+            "{what}: no fault, expected {} at {:#x}",
+            want.signal, want.offset
+        ))),
+    }
 }
 
 /// A1: each single flag bit is accepted iff the VM cap has it, else EINVAL.
@@ -238,8 +254,8 @@ pub(crate) fn a5_mmap_supported<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
     })
 }
 
-/// A6: a 16-page mapping of a 4-page file faults at the file end; the
-/// writes before the fault landed.
+/// A6: a 16-page mapping of a 4-page file faults (SIGBUS) at the file end;
+/// the writes before the fault landed.
 pub(crate) fn a6_fault_overflow<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
     let need = GmemFlags::MMAP.union(GmemFlags::INIT_SHARED);
     for_each_suite(cx, need, GmemFlags(0), |s| {
@@ -248,29 +264,19 @@ pub(crate) fn a6_fault_overflow<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
             .hv
             .gmem_mmap(&g, 16 * PG, true)
             .or_fail(format_args!("{}: mmap 16p", s.label))?;
-        match map.fill(0, 16 * PG, 0xaa) {
-            Err(f) if f.offset == 4 * PG => {}
-            Err(f) => {
-                return Err(fail(format!(
-                    "{}: memset(16p) faulted at {:#x}, expected {:#x}",
-                    s.label,
-                    f.offset,
-                    4 * PG
-                )))
-            }
-            Ok(()) => {
-                return Err(fail(format!(
-                    "{}: memset(16p) over a 4p file did not fault",
-                    s.label
-                )))
-            }
+        expect_host_fault(
+            map.fill(0, 16 * PG, 0xaa),
+            HostFault::bus(4 * PG),
+            &format!("{}: memset(16p) over a 4p file", s.label),
+        )?;
+        let mut b = [0u8; 8];
+        for at in [4 * PG, 4 * PG + 8, 15 * PG] {
+            expect_host_fault(
+                map.read(at, &mut b),
+                HostFault::bus(at),
+                &format!("{}: read at {at:#x}", s.label),
+            )?;
         }
-        let mut b = [0u8; 1];
-        ensure!(
-            map.read(4 * PG, &mut b).is_err(),
-            "{}: read at 4p did not fault",
-            s.label
-        );
         expect_bytes(
             &map,
             0,
@@ -281,7 +287,8 @@ pub(crate) fn a6_fault_overflow<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
     })
 }
 
-/// A7: without INIT_SHARED the mapping exists but every host access faults.
+/// A7: without INIT_SHARED the mapping exists but every host access
+/// faults (SIGBUS), each at its own first byte.
 pub(crate) fn a7_fault_private<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
     for_each_suite(cx, GmemFlags::MMAP, GmemFlags::INIT_SHARED, |s| {
         let g = s.gmem(4)?;
@@ -289,26 +296,19 @@ pub(crate) fn a7_fault_private<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
             .hv
             .gmem_mmap(&g, 4 * PG, true)
             .or_fail(format_args!("{}: mmap", s.label))?;
-        match map.fill(0, 4 * PG, 0xaa) {
-            Err(f) => ensure!(
-                f.offset == 0,
-                "{}: memset faulted at {:#x}, expected 0",
-                s.label,
-                f.offset
-            ),
-            Ok(()) => {
-                return Err(fail(format!(
-                    "{}: memset of private memory did not fault",
-                    s.label
-                )))
-            }
+        expect_host_fault(
+            map.fill(0, 4 * PG, 0xaa),
+            HostFault::bus(0),
+            &format!("{}: memset of private memory", s.label),
+        )?;
+        let mut b = [0u8; 8];
+        for at in [0, 8, PG, 3 * PG + 8] {
+            expect_host_fault(
+                map.read(at, &mut b),
+                HostFault::bus(at),
+                &format!("{}: read of private memory at {at:#x}", s.label),
+            )?;
         }
-        let mut b = [0u8; 1];
-        ensure!(
-            map.read(0, &mut b).is_err(),
-            "{}: read of private memory did not fault",
-            s.label
-        );
         Ok(())
     })
 }

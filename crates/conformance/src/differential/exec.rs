@@ -11,7 +11,7 @@
 //! changes anything run: the kernel's per-page storage makes its outcome a
 //! matter of the host's memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
@@ -21,7 +21,8 @@ use privmem_core::backend::{
     GmemRef, HostMemory, Region, RegionApi, SharedKind, UserAddr, MEM_GUEST_MEMFD,
 };
 use privmem_core::{
-    Access, BackendError, Exit, GmemFlags, Gpa, GuestMemfd, GuestOp, GuestReport, Hypervisor,
+    Access, BackendError, Exit, GmemFlags, Gpa, GuestMemfd, GuestOp, GuestReport, HostFault,
+    Hypervisor,
 };
 use privmem_core::{GpaRange, RunError, Vcpu, Vm, VmType};
 
@@ -35,6 +36,10 @@ const SHARED_SIZE: u64 = 8 << 20;
 const MAX_EXITS: usize = 32;
 /// How long a `Run` step may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a guest `map` whose exit is left uncompleted expects: no kernel
+/// gives it (not 0, a completion value, -1000 or -22), so the guest always
+/// reports the RAX it got.
+const UNCOMPLETED: i64 = 0x5eed_0bad;
 /// `KVM_MEMORY_ATTRIBUTE_PRIVATE`.
 const PRIVATE: u64 = 1 << 3;
 /// Largest attribute set a step makes that changes anything: 1 GiB (the
@@ -59,8 +64,8 @@ pub enum Res {
     Refused,
     /// The backend does not support the call.
     Unsupported,
-    /// A host access faulted (SIGBUS) at this offset.
-    HostFault(u64),
+    /// A host access faulted: where, and with which signal.
+    HostFault(HostFault),
     /// Nothing to operate on (no such file or mapping yet).
     NotApplicable,
     /// A guest run: its exits, in order.
@@ -83,7 +88,7 @@ impl fmt::Debug for Res {
             Res::Err(e) => write!(f, "{}", privmem_core::Errno(*e)),
             Res::Refused => f.write_str("refused by privmem"),
             Res::Unsupported => f.write_str("unsupported"),
-            Res::HostFault(o) => write!(f, "SIGBUS at {o:#x}"),
+            Res::HostFault(h) => write!(f, "{} at {:#x}", h.signal, h.offset),
             Res::NotApplicable => f.write_str("n/a"),
             Res::Exits(e) => write!(f, "{e:x?}"),
         }
@@ -124,6 +129,14 @@ pub enum ExitSum {
     },
     /// A read passed.
     CheckPassed,
+    /// A `map` returned something else than the host completed it with:
+    /// what the guest got in RAX (the guest stops there).
+    Ret {
+        /// a0.
+        gpa: u64,
+        /// RAX.
+        ret: i64,
+    },
     /// A read saw a wrong byte.
     CheckFailed {
         /// Where.
@@ -291,13 +304,13 @@ impl<'h, H: Hypervisor> World<'h, H> {
                 byte,
             } => self.map(*map).map_or(Res::NotApplicable, |m| {
                 m.fill(*offset, *len, *byte)
-                    .map_or_else(|f| Res::HostFault(f.offset), |()| Res::Ok)
+                    .map_or_else(Res::HostFault, |()| Res::Ok)
             }),
             Op::SharedRead { offset, len } => {
                 let mut buf = vec![0u8; *len as usize];
                 match self.shared.read(*offset, &mut buf) {
                     Ok(()) => Res::Bytes(rle(&buf)),
-                    Err(f) => Res::HostFault(f.offset),
+                    Err(f) => Res::HostFault(f),
                 }
             }
             Op::SetRegion(r) => self.set_region(r),
@@ -377,7 +390,7 @@ impl<'h, H: Hypervisor> World<'h, H> {
         let mut buf = vec![0u8; len as usize];
         match m.read(offset, &mut buf) {
             Ok(()) => Res::Bytes(rle(&buf)),
-            Err(f) => Res::HostFault(f.offset),
+            Err(f) => Res::HostFault(f),
         }
     }
 
@@ -397,10 +410,9 @@ impl<'h, H: Hypervisor> World<'h, H> {
         let gmem = match r.gmem {
             // Ignored by the kernel without KVM_MEM_GUEST_MEMFD.
             _ if r.flags & MEM_GUEST_MEMFD == 0 => GmemRef::Raw(-1),
-            GmemSel::File(i) => match self.gmem(i) {
-                Some(g) => GmemRef::File(g),
-                None => return Res::NotApplicable,
-            },
+            // No such file (none created yet, or closed): the kernel gets
+            // fd -1, as a VMM passing a stale handle would send.
+            GmemSel::File(i) => self.gmem(i).map_or(GmemRef::Raw(-1), GmemRef::File),
             GmemSel::Memfd => GmemRef::Fd(self.memfd.as_fd()),
             GmemSel::Raw(fd) => GmemRef::Raw(fd),
         };
@@ -459,10 +471,16 @@ impl<'h, H: Hypervisor> World<'h, H> {
         }
     }
 
+    /// The guest program of a `Run` step: its accesses in order, then its
+    /// `map`s (a `map` changes no kernel state, and a guest that gets an
+    /// unexpected RAX stops; last, it cannot hide the accesses), then `hlt`.
     fn guest_ops(&self, specs: &[GuestSpec]) -> Vec<GuestOp> {
         let access = |p: bool| if p { Access::Private } else { Access::Shared };
-        let mut ops: Vec<GuestOp> = specs
+        let maps_last = specs
             .iter()
+            .filter(|s| !matches!(s, GuestSpec::Map { .. }))
+            .chain(specs.iter().filter(|s| matches!(s, GuestSpec::Map { .. })));
+        let mut ops: Vec<GuestOp> = maps_last
             .filter_map(|s| match *s {
                 GuestSpec::Write {
                     at,
@@ -492,11 +510,16 @@ impl<'h, H: Hypervisor> World<'h, H> {
                         access: access(private),
                     })
                 }
-                GuestSpec::Map { gpa, pages, attrs } => Some(GuestOp::Map {
+                GuestSpec::Map {
                     gpa,
                     pages,
                     attrs,
-                    expect_ret: None,
+                    complete,
+                } => Some(GuestOp::Map {
+                    gpa,
+                    pages,
+                    attrs,
+                    expect_ret: Some(complete.unwrap_or(UNCOMPLETED)),
                 }),
             })
             .collect();
@@ -515,13 +538,25 @@ impl<'h, H: Hypervisor> World<'h, H> {
         if let Err(e) = vcpu.load_program(&ops) {
             return res_err(&e);
         }
+        let completions = specs
+            .iter()
+            .filter_map(|s| match *s {
+                GuestSpec::Map { complete, .. } => Some(complete),
+                _ => None,
+            })
+            .collect();
         let dog = Watchdog::start(vec![vcpu.kicker()], RUN_TIMEOUT);
-        Res::Exits(collect_exits(&mut vcpu, &dog))
+        Res::Exits(collect_exits(&mut vcpu, &dog, completions))
     }
 }
 
-/// Runs until a stopping exit, completing hypercalls with 0.
-fn collect_exits<V: Vcpu>(vcpu: &mut V, dog: &Watchdog) -> Vec<ExitSum> {
+/// Runs until a stopping exit, completing the n-th hypercall exit as the
+/// n-th `map` says (`None`: not at all).
+fn collect_exits<V: Vcpu>(
+    vcpu: &mut V,
+    dog: &Watchdog,
+    mut completions: VecDeque<Option<i64>>,
+) -> Vec<ExitSum> {
     let mut out = Vec::new();
     while out.len() < MAX_EXITS {
         let (sum, stop) = match vcpu.run() {
@@ -539,8 +574,11 @@ fn collect_exits<V: Vcpu>(vcpu: &mut V, dog: &Watchdog) -> Vec<ExitSum> {
         if stop {
             break;
         }
-        if matches!(sum, ExitSum::Hypercall { .. }) && vcpu.complete_hypercall(0).is_err() {
-            break;
+        if matches!(sum, ExitSum::Hypercall { .. }) {
+            let complete = completions.pop_front().flatten();
+            if complete.is_some_and(|ret| vcpu.complete_hypercall(ret).is_err()) {
+                break;
+            }
         }
     }
     out
@@ -586,15 +624,40 @@ fn summarize(exit: &Exit) -> (ExitSum, bool) {
         Exit::Shutdown => (ExitSum::Shutdown, true),
         Exit::InternalError { .. } => (ExitSum::Other(17), true),
         Exit::Io(_) => (ExitSum::Other(2), true),
+        Exit::Report(GuestReport::RetMismatch { gpa, ret, .. }) => (
+            ExitSum::Ret {
+                gpa: gpa.raw(),
+                ret,
+            },
+            true,
+        ),
         Exit::Report(_) => (ExitSum::Other(2), true),
         Exit::Unknown(r) => (ExitSum::Other(r), true),
     }
 }
 
-/// Runs `seq` on `hv`: one result per step.
-pub(crate) fn execute<H: Hypervisor>(hv: &H, seq: &Sequence) -> Result<Vec<Res>, String> {
+/// One backend's results for a sequence.
+pub(crate) struct Executed {
+    /// One result per step.
+    pub(crate) res: Vec<Res>,
+    /// Per step: the backend answered with privmem's own emulation
+    /// ([`Hypervisor::emulations`]), not the kernel.
+    pub(crate) emulated: Vec<bool>,
+}
+
+/// Runs `seq` on `hv`: one result per step, and whether privmem emulated it.
+pub(crate) fn execute<H: Hypervisor>(hv: &H, seq: &Sequence) -> Result<Executed, String> {
     let mut world = World::new(hv, seq.vm_type)?;
-    Ok(seq.ops.iter().map(|op| world.step(op)).collect())
+    let mut out = Executed {
+        res: Vec::with_capacity(seq.ops.len()),
+        emulated: Vec::with_capacity(seq.ops.len()),
+    };
+    for op in &seq.ops {
+        let before = hv.emulations();
+        out.res.push(world.step(op));
+        out.emulated.push(!hv.emulations().since(before).is_empty());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@
 //! and reported with both backends' results side by side; the kernel is the
 //! oracle.
 
+pub mod coverage;
 pub mod exec;
+#[cfg(test)]
+mod exec_tests;
 pub mod ops;
 
 use std::cell::{Cell, RefCell};
@@ -19,6 +22,7 @@ use std::fmt::Write as _;
 use privmem_core::{Cap, Hypervisor, VmType};
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
+pub use coverage::{default_floor, Coverage, KindCoverage, Totals};
 use exec::{execute, Res};
 use ops::{sequence, Sequence};
 
@@ -61,7 +65,10 @@ pub struct DiffReport {
     pub seed: u64,
     /// How often each operation kind gave each kind of result (on backend
     /// A), e.g. `"SetRegion: ok"`: shows what the sequences exercised.
-    pub coverage: BTreeMap<String, u64>,
+    pub results: BTreeMap<String, u64>,
+    /// Per operation kind: steps compared with a kernel result that varies,
+    /// n/a, one constant errno, emulated by privmem.
+    pub coverage: Coverage,
     /// The minimal disagreeing sequence with both results, if any.
     pub difference: Option<String>,
 }
@@ -130,14 +137,22 @@ pub fn run<A: Hypervisor, B: Hypervisor>(
     let mut runner = TestRunner::new_with_rng(config, rng);
     let sequences = Cell::new(0u64);
     let steps = Cell::new(0u64);
-    let coverage = RefCell::new(BTreeMap::new());
+    let results = RefCell::new(BTreeMap::new());
+    let coverage = RefCell::new(Coverage::default());
     let result = runner.run(&sequence(vm_types.clone(), cfg.max_steps), |seq| {
         sequences.set(sequences.get() + 1);
         steps.set(steps.get() + seq.ops.len() as u64);
-        let ra = execute(a, &seq).map_err(TestCaseError::fail)?;
-        let rb = execute(b, &seq).map_err(TestCaseError::fail)?;
-        tally(&mut coverage.borrow_mut(), &seq, &ra);
-        compare(names, &seq, &ra, &rb).map_err(TestCaseError::fail)
+        let ea = execute(a, &seq).map_err(TestCaseError::fail)?;
+        let eb = execute(b, &seq).map_err(TestCaseError::fail)?;
+        tally(&mut results.borrow_mut(), &seq, &ea.res);
+        let emulated: Vec<bool> = ea
+            .emulated
+            .iter()
+            .zip(&eb.emulated)
+            .map(|(x, y)| *x || *y)
+            .collect();
+        coverage.borrow_mut().record(&seq, &ea.res, &emulated);
+        compare(names, &seq, &ea.res, &eb.res).map_err(TestCaseError::fail)
     });
     let difference = match result {
         Ok(()) => None,
@@ -150,6 +165,7 @@ pub fn run<A: Hypervisor, B: Hypervisor>(
         sequences: sequences.get(),
         steps: steps.get(),
         seed: cfg.seed,
+        results: results.into_inner(),
         coverage: coverage.into_inner(),
         difference,
     })
@@ -164,14 +180,13 @@ pub fn run<A: Hypervisor, B: Hypervisor>(
 pub fn check<A: Hypervisor, B: Hypervisor>(a: &A, b: &B, seq: &Sequence) -> Result<(), String> {
     let ra = execute(a, seq)?;
     let rb = execute(b, seq)?;
-    compare((a.name(), b.name()), seq, &ra, &rb)
+    compare((a.name(), b.name()), seq, &ra.res, &rb.res)
 }
 
 /// Counts `"<op kind>: <result kind>"` for every step of `seq`.
 fn tally(cov: &mut BTreeMap<String, u64>, seq: &Sequence, res: &[Res]) {
     for (op, r) in seq.ops.iter().zip(res) {
-        let op = format!("{op:?}");
-        let kind = op.split(['(', ' ', '{']).next().unwrap_or("?");
+        let kind = op.kind();
         let class = match r {
             Res::Err(_) | Res::Refused | Res::Unsupported => format!("{r:?}"),
             Res::Exits(e) => match e.last() {
@@ -183,7 +198,7 @@ fn tally(cov: &mut BTreeMap<String, u64>, seq: &Sequence, res: &[Res]) {
                 None => "no exit".into(),
             },
             Res::NotApplicable => "n/a".into(),
-            Res::HostFault(_) => "SIGBUS".into(),
+            Res::HostFault(h) => h.signal.name().into(),
             _ => "ok".into(),
         };
         *cov.entry(format!("{kind}: {class}")).or_insert(0) += 1;

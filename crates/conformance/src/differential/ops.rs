@@ -103,7 +103,11 @@ pub enum GuestSpec {
         /// Private intent.
         private: bool,
     },
-    /// `KVM_HC_MAP_GPA_RANGE(gpa, pages, attrs)`.
+    /// `KVM_HC_MAP_GPA_RANGE(gpa, pages, attrs)`. The RAX the guest gets
+    /// is compared: if the call exits, the host completes it with
+    /// `complete` (or leaves it uncompleted: `None`, and the guest gets
+    /// what the kernel leaves in `kvm_run.hypercall.ret`); a guest that
+    /// gets anything but `complete` reports its RAX and stops.
     Map {
         /// a0.
         gpa: u64,
@@ -111,8 +115,16 @@ pub enum GuestSpec {
         pages: u64,
         /// a2.
         attrs: u64,
+        /// What the host writes to `hypercall.ret` (never -1000 or -22, the
+        /// kernel's synchronous errors, so each exit pairs with its op).
+        complete: Option<i64>,
     },
 }
+
+/// Values a `Run` step completes hypercall exits with: none is one of the
+/// kernel's synchronous errors (-1000, -22), so a guest that got one of
+/// those reports it, and the n-th exit always belongs to the n-th `map`.
+pub const COMPLETIONS: [i64; 4] = [0, 1, -5, 0x7e57];
 
 /// One step of a sequence.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,11 +239,35 @@ pub enum Op {
         cap: Cap,
     },
     /// Run a small guest on a new vCPU until it halts, faults or exits to
-    /// MMIO; hypercalls are completed with 0.
+    /// MMIO; hypercalls are completed as each `map` says.
     Run {
         /// Its operations.
         ops: Vec<GuestSpec>,
     },
+}
+
+impl Op {
+    /// The operation's kind: its variant name (`SetRegion`, `Run`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::CreateGmem { .. } => "CreateGmem",
+            Op::CloseGmem { .. } => "CloseGmem",
+            Op::Fallocate { .. } => "Fallocate",
+            Op::Stat { .. } => "Stat",
+            Op::FileIo { .. } => "FileIo",
+            Op::Truncate { .. } => "Truncate",
+            Op::Mmap { .. } => "Mmap",
+            Op::Unmap { .. } => "Unmap",
+            Op::HostRead { .. } => "HostRead",
+            Op::HostWrite { .. } => "HostWrite",
+            Op::SharedRead { .. } => "SharedRead",
+            Op::SetRegion(_) => "SetRegion",
+            Op::SetAttributes { .. } => "SetAttributes",
+            Op::EnableExitHypercall { .. } => "EnableExitHypercall",
+            Op::CheckExtension { .. } => "CheckExtension",
+            Op::Run { .. } => "Run",
+        }
+    }
 }
 
 /// A generated sequence: the VM type, then the steps.
@@ -445,8 +481,13 @@ fn guest_spec() -> impl Strategy<Value = GuestSpec> {
             .prop_map(|(at, len, byte, private)| GuestSpec::Write { at, len, byte, private }),
         3 => (target(), len, select(vec![0u8, 0x11, 0x5a, 0xa5]), any::<bool>())
             .prop_map(|(at, len, expect, private)| GuestSpec::Read { at, len, expect, private }),
-        2 => (gpa(), select(vec![0, 1, 2, 512, u64::MAX]), select(vec![0u64, 0x10, 1, 0x11, 0x7]))
-            .prop_map(|(gpa, pages, attrs)| GuestSpec::Map { gpa, pages, attrs }),
+        2 => (
+            gpa(),
+            select(vec![0, 1, 2, 512, u64::MAX]),
+            select(vec![0u64, 0x10, 1, 0x11, 0x7]),
+            prop_oneof![4 => select(COMPLETIONS.to_vec()).prop_map(Some), 1 => Just(None)],
+        )
+            .prop_map(|(gpa, pages, attrs, complete)| GuestSpec::Map { gpa, pages, attrs, complete }),
     ]
 }
 
@@ -483,6 +524,7 @@ fn setup_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => create,
         3 => slot,
+        1 => Just(Op::EnableExitHypercall { mask: 1 << 12 }),
         2 => idx().prop_map(|gmem| Op::Mmap { gmem, len: 4 * PG, shared: true }),
         2 => (select(vec![0, M2, 1 << 32]), select(vec![0u64, 8]))
             .prop_map(|(addr, attrs)| Op::SetAttributes { addr, size: M2, attrs, flags: 0 }),

@@ -2,21 +2,41 @@
 #![allow(dead_code)]
 
 use privmem_conformance::{CaseResult, Outcome};
-use privmem_kvm::KvmHypervisor;
+use privmem_kvm::{sigrtmin, KickSignal, KvmHypervisor, KvmOptions};
 
-/// Opens /dev/kvm, or prints a visible skip and returns `None`; with
-/// `REQUIRE_KVM=1` a missing /dev/kvm fails the test instead.
+/// Opens /dev/kvm with the host's options ([`KvmOptions::probe`]) and a
+/// `SIGRTMIN` kick, as the CLI does, or prints a visible skip and returns
+/// `None`; with `REQUIRE_KVM=1` a missing /dev/kvm fails the test instead.
 pub fn kvm_or_skip(test: &str) -> Option<KvmHypervisor> {
-    match KvmHypervisor::open() {
+    let options = KvmOptions::probe().with_kick(KickSignal::Install(sigrtmin()));
+    match KvmHypervisor::open(options) {
         Ok(h) => Some(h),
         Err(e) => {
             assert!(
                 std::env::var("REQUIRE_KVM").as_deref() != Ok("1"),
                 "{test}: /dev/kvm unavailable ({e}) and REQUIRE_KVM=1"
             );
-            eprintln!("SKIP: {test}: /dev/kvm unavailable ({e})");
+            skip(&format!("{test}: /dev/kvm unavailable ({e})"));
             None
         }
+    }
+}
+
+/// Where skips are recorded for `scripts/test` to print after the run
+/// (libtest hides a passing test's stderr); the KVM tests use the same file.
+pub const SKIP_LOG: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped.txt");
+
+/// A visible skip: on stderr, and appended to [`SKIP_LOG`].
+pub fn skip(line: &str) {
+    use std::io::Write as _;
+    eprintln!("SKIP: {line}");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(SKIP_LOG);
+    if let Ok(mut f) = log {
+        // One write per line: concurrent tests append whole lines.
+        let _ = f.write_all(format!("SKIP: {line}\n").as_bytes());
     }
 }
 

@@ -185,8 +185,21 @@ impl<B: ConversionBackend> Engine<B> {
         vcpu: Option<&mut dyn PreFault>,
     ) -> Result<Outcome, ConvertError> {
         let len = m.pages.saturating_mul(PAGE_SIZE);
-        let range = super::validate(m.gpa, len, self.config.gpa_limit)?;
         let to = ConvertTo::from_private(m.to_private);
+        let result = self.map_and_prefault(m.gpa, len, to, vcpu);
+        self.trace_outcome(m.gpa, len, to, Origin::Explicit, &result);
+        result
+    }
+
+    /// [`map_gpa_range`](Self::map_gpa_range)'s transaction and pre-fault.
+    fn map_and_prefault(
+        &self,
+        gpa: Gpa,
+        len: u64,
+        to: ConvertTo,
+        vcpu: Option<&mut dyn PreFault>,
+    ) -> Result<Outcome, ConvertError> {
+        let range = super::validate(gpa, len, self.config.gpa_limit)?;
         let _guard = self.locks.lock(range);
         let outcome = self.convert_locked(range, to, Origin::Explicit)?;
         let wanted = match self.config.prefault {

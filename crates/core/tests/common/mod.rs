@@ -12,9 +12,9 @@ use privmem_core::{Gpa, GpaRange, VmType};
 use privmem_model::embed::{self, ModelEngine};
 use privmem_model::{KernelProfile, ModelHypervisor};
 
-/// A 6.18 model hypervisor and an engine over a new VM of type `ty`.
+/// A 7.3 model hypervisor and an engine over a new VM of type `ty`.
 pub fn model(ty: VmType, config: EngineConfig) -> (Arc<ModelHypervisor>, ModelEngine) {
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let e = embed::engine(&hv, ty, config).expect("model engine");
     (hv, e)
 }

@@ -42,7 +42,7 @@ impl Bytes<'_> {
 
 /// Runs the exits `data` encodes; `Err` names the first broken rule.
 pub fn check(data: &[u8]) -> Result<(), String> {
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let config = EngineConfig {
         prefault: PrefaultPolicy::Every,
         ..EngineConfig::default()

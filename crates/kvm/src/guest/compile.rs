@@ -17,6 +17,7 @@
 //!
 //! After `CheckFailed` and `RetMismatch` the guest halts forever.
 
+use privmem_core::exit::KVM_HC_MAP_GPA_RANGE;
 use privmem_core::GuestOp;
 
 use super::asm::{Asm, AsmError, Label, Reg};
@@ -37,9 +38,6 @@ pub mod ports {
     pub const ALL: [u16; 5] = [SYNC, CHECK_PASSED, CHECK_FAILED, RET_MISMATCH, HYPERCALL];
 }
 
-/// `KVM_HC_MAP_GPA_RANGE`.
-const HC_MAP_GPA_RANGE: u64 = 12;
-
 /// How the guest issues `KVM_HC_MAP_GPA_RANGE`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Transport {
@@ -59,6 +57,13 @@ impl Transport {
             Transport::Vmmcall => "vmmcall",
             Transport::PortIo => "port-io",
         }
+    }
+
+    /// The transport [`Transport::name`] calls `name`, if any.
+    pub fn from_name(name: &str) -> Option<Transport> {
+        [Transport::Vmcall, Transport::Vmmcall, Transport::PortIo]
+            .into_iter()
+            .find(|t| t.name() == name)
     }
 }
 
@@ -201,7 +206,7 @@ fn byte_check(a: &mut Asm, stubs: &Stubs, top: Label) {
 /// `KVM_HC_MAP_GPA_RANGE(a0, a1, a2)`; with `expect_ret`, a differing RAX
 /// jumps to the `RetMismatch` stub (RBX = a0, RCX = expected).
 fn map(a: &mut Asm, stubs: &Stubs, t: Transport, args: [u64; 3], expect_ret: Option<i64>) {
-    a.mov_imm(Reg::Rax, HC_MAP_GPA_RANGE);
+    a.mov_imm(Reg::Rax, KVM_HC_MAP_GPA_RANGE);
     a.mov_imm(Reg::Rbx, args[0]);
     a.mov_imm(Reg::Rcx, args[1]);
     a.mov_imm(Reg::Rdx, args[2]);

@@ -8,14 +8,28 @@ use privmem_core::{
     Cap, Exit, GmemFlags, GmemRef, GuestMemfd, GuestOp, HostMemory, Hypervisor, Region, RegionApi,
     RunError, UserAddr, Vcpu, Vm, VmType,
 };
-use privmem_kvm::{KvmHypervisor, KvmMapping, KvmShared, KvmVcpu, KvmVm};
+use privmem_kvm::{
+    sigrtmin, KickSignal, KvmHypervisor, KvmMapping, KvmOptions, KvmShared, KvmVcpu, KvmVm,
+};
 
 pub const MIB: u64 = 1 << 20;
 
-/// Opens /dev/kvm, or prints a visible skip and returns `None`.
-/// With `REQUIRE_KVM=1` a missing /dev/kvm is a failure instead.
+/// The options the tests open KVM with: the host's ([`KvmOptions::probe`])
+/// with a `SIGRTMIN` kick, as the CLI uses.
+pub fn test_options() -> KvmOptions {
+    KvmOptions::probe().with_kick(KickSignal::Install(sigrtmin()))
+}
+
+/// Opens /dev/kvm with [`test_options`], or prints a visible skip and
+/// returns `None`. With `REQUIRE_KVM=1` a missing /dev/kvm is a failure
+/// instead.
 pub fn kvm_or_skip(test: &str) -> Option<KvmHypervisor> {
-    match KvmHypervisor::open() {
+    kvm_with_or_skip(test, test_options())
+}
+
+/// [`kvm_or_skip`] with `options`.
+pub fn kvm_with_or_skip(test: &str, options: KvmOptions) -> Option<KvmHypervisor> {
+    match KvmHypervisor::open(options) {
         Ok(h) => Some(h),
         Err(e) => {
             if std::env::var("REQUIRE_KVM").as_deref() == Ok("1") {

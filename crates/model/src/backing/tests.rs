@@ -147,7 +147,7 @@ fn discard_never_exposes_data_through_the_mappings() {
         ops.join(", ")
     );
     let w = workload::parse("t.toml", &text).unwrap();
-    let hv = std::sync::Arc::new(crate::ModelHypervisor::new(crate::KernelProfile::V6_18));
+    let hv = std::sync::Arc::new(crate::ModelHypervisor::new(crate::KernelProfile::V7_3));
     let m = Machine::new(hv, &w).unwrap();
     let engine = m.engine.clone();
     let states = m.run(RunOptions::default());
@@ -254,7 +254,7 @@ fn first_not_handles_tail() {
 fn shared_write_past_end_faults_after_landing_prefix() {
     let s = ModelShared::new(PAGE_SIZE, SharedKind::Memfd).unwrap();
     let r = s.fill(4000, 200, 0x5a);
-    assert_eq!(r, Err(HostFault { offset: 4096 }));
+    assert_eq!(r, Err(HostFault::segv(4096)));
     let mut b = [0u8; 96];
     s.read(4000, &mut b).unwrap();
     assert!(b.iter().all(|&x| x == 0x5a));

@@ -1,6 +1,6 @@
 //! `KVM_SET_MEMORY_ATTRIBUTES` (§2.6).
 
-use privmem_core::backend::{Hypervisor, Vm};
+use privmem_core::backend::{Cap, Hypervisor, Vm};
 use privmem_core::{Errno, GmemFlags, Gpa, VmType};
 
 use super::*;
@@ -8,16 +8,44 @@ use super::*;
 const PRIV: u64 = 8;
 
 #[test]
-fn attributes_on_default_vm_return_enotty() {
+fn attributes_without_generic_memory_attributes_return_enotty() {
+    // A kernel built without CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES (the PVM
+    // hosts): the ioctl does not exist, whatever the arguments.
+    for profile in KernelProfile::ALL {
+        let hv = ModelHypervisor::new(profile).with_memory_attributes(false);
+        let vm = hv.create_vm(VmType::Default).unwrap();
+        assert_eq!(
+            errno(vm.set_memory_attributes(0, PG, PRIV, 0)),
+            Some(Errno::ENOTTY)
+        );
+        assert_eq!(
+            errno(vm.set_memory_attributes(0, PG, 0, 0)),
+            Some(Errno::ENOTTY)
+        );
+        assert_eq!(vm.check_extension(Cap::MemoryAttributes).unwrap(), 0);
+        assert_eq!(hv.check_extension(Cap::MemoryAttributes).unwrap(), 0);
+    }
+}
+
+#[test]
+fn without_generic_memory_attributes_only_default_vms_exist() {
+    let hv = ModelHypervisor::new(KernelProfile::V7_3).with_memory_attributes(false);
+    assert_eq!(hv.check_extension(Cap::VmTypes).unwrap(), 1);
+    assert_eq!(
+        errno(hv.create_vm(VmType::SwProtected)),
+        Some(Errno::EINVAL)
+    );
+    assert_eq!(errno(hv.create_vm(VmType::Coco)), Some(Errno::EINVAL));
+}
+
+#[test]
+fn attributes_on_7_3_default_vm_private_returns_einval_clear_succeeds() {
     let (_hv, vm) = setup_vm(VmType::Default);
     assert_eq!(
         errno(vm.set_memory_attributes(0, PG, PRIV, 0)),
-        Some(Errno::ENOTTY)
+        Some(Errno::EINVAL)
     );
-    assert_eq!(
-        errno(vm.set_memory_attributes(0, PG, 0, 0)),
-        Some(Errno::ENOTTY)
-    );
+    assert!(vm.set_memory_attributes(0, PG, 0, 0).is_ok());
 }
 
 #[test]

@@ -46,7 +46,7 @@ fn create_gmem_2_pow_62_succeeds_without_allocating() {
 
 #[test]
 fn create_gmem_each_supported_flag_succeeds_on_default_vm() {
-    // A1 on a default 6.18 VM: bits 0 and 1 are supported.
+    // A1 on a default 7.3 VM: bits 0 and 1 are supported.
     let (_hv, vm) = setup_vm(VmType::Default);
     assert!(vm.create_guest_memfd(PG, GmemFlags::MMAP).is_ok());
     assert!(vm.create_guest_memfd(PG, GmemFlags::INIT_SHARED).is_ok());
@@ -142,7 +142,7 @@ fn create_vm_types_in_cap_succeed() {
 }
 
 #[test]
-fn system_caps_match_6_18_table() {
+fn system_caps_match_7_3_table() {
     let hv = setup_hv();
     let cap = |c| hv.check_extension(c).unwrap();
     assert_eq!(cap(Cap::UserMemory2), 1);
@@ -153,7 +153,8 @@ fn system_caps_match_6_18_table() {
     assert_eq!(cap(Cap::ExitHypercall), 4096);
     assert_eq!(cap(Cap::NrMemslots), 32764);
     assert_eq!(cap(Cap::ReadonlyMem), 1);
-    assert_eq!(cap(Cap::PreFaultMemory), 0);
+    // tdp_enabled on the default build (the rig's NPT).
+    assert_eq!(cap(Cap::PreFaultMemory), 1);
 }
 
 #[test]

@@ -126,9 +126,11 @@ fn gmem_mapping_access_beyond_file_faults_after_prefix_lands() {
     let (hv, vm) = setup_vm(VmType::Default);
     let g = gmem(&vm, 4 * PG, shared_flags());
     let m = hv.gmem_mmap(&g, 16 * PG, true).unwrap();
-    assert_eq!(m.fill(0, 16 * PG, 0xaa), Err(HostFault { offset: 4 * PG }));
+    assert_eq!(m.fill(0, 16 * PG, 0xaa), Err(HostFault::bus(4 * PG)));
     let mut one = [0u8; 1];
-    assert_eq!(m.read(4 * PG, &mut one), Err(HostFault { offset: 4 * PG }));
+    assert_eq!(m.read(4 * PG, &mut one), Err(HostFault::bus(4 * PG)));
+    // Past the mapping there is no VMA: SIGSEGV, not SIGBUS.
+    assert_eq!(m.read(16 * PG, &mut one), Err(HostFault::segv(16 * PG)));
     let mut buf = vec![0u8; (4 * PG) as usize];
     m.read(0, &mut buf).unwrap();
     assert!(buf.iter().all(|&b| b == 0xaa));
@@ -140,9 +142,9 @@ fn gmem_mapping_without_init_shared_faults_at_byte_zero() {
     let (hv, vm) = setup_vm(VmType::Default);
     let g = gmem(&vm, 4 * PG, GmemFlags::MMAP);
     let m = hv.gmem_mmap(&g, 4 * PG, true).unwrap();
-    assert_eq!(m.fill(0, 4 * PG, 0xaa), Err(HostFault { offset: 0 }));
+    assert_eq!(m.fill(0, 4 * PG, 0xaa), Err(HostFault::bus(0)));
     let mut one = [0u8; 1];
-    assert_eq!(m.read(0, &mut one), Err(HostFault { offset: 0 }));
+    assert_eq!(m.read(0, &mut one), Err(HostFault::bus(0)));
 }
 
 #[test]
@@ -151,7 +153,7 @@ fn gmem_mapping_poisoned_page_faults() {
     let g = gmem(&vm, 4 * PG, shared_flags());
     let m = hv.gmem_mmap(&g, 4 * PG, true).unwrap();
     hv.poison_gmem(&g, 2 * PG).unwrap();
-    assert_eq!(m.fill(0, 4 * PG, 1), Err(HostFault { offset: 2 * PG }));
+    assert_eq!(m.fill(0, 4 * PG, 1), Err(HostFault::bus(2 * PG)));
 }
 
 #[test]

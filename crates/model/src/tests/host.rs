@@ -17,7 +17,7 @@ const S: Access = Access::Shared;
 const MMAP_SHARED: GmemFlags = GmemFlags(GmemFlags::MMAP.0 | GmemFlags::INIT_SHARED.0);
 
 fn hv_with(quirks: Quirks) -> ModelHypervisor {
-    ModelHypervisor::new(KernelProfile::V6_18).with_quirks(quirks)
+    ModelHypervisor::new(KernelProfile::V7_3).with_quirks(quirks)
 }
 
 fn plain<'a>(slot: u32, gpa: u64, size: u64, mem: &'a ModelShared) -> Region<'a, ModelShared> {
@@ -61,6 +61,7 @@ fn bytes_of(hv: &ModelHypervisor, g: &GuestMemfd, len: u64) -> Vec<u8> {
 #[test]
 fn default_width_is_52_bits() {
     assert_eq!(setup_hv().max_gpa_bits(), 52);
+    assert_eq!(ModelHypervisor::default().max_gpa_bits(), 52);
 }
 
 #[test]
@@ -375,7 +376,7 @@ fn gmem_region(gmem: &GuestMemfd) -> Region<'_, ModelShared> {
 
 #[test]
 fn without_guest_memfd_caps_read_zero_at_both_scopes() {
-    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_guest_memfd(false);
+    let hv = ModelHypervisor::new(KernelProfile::V7_3).with_guest_memfd(false);
     assert!(!hv.guest_memfd());
     let vm = hv.create_vm(VmType::Default).unwrap();
     for cap in [Cap::GuestMemfd, Cap::GuestMemfdFlags] {
@@ -396,7 +397,7 @@ fn without_guest_memfd_caps_read_zero_at_both_scopes() {
 
 #[test]
 fn without_guest_memfd_create_is_enotty_before_argument_checks() {
-    for profile in [KernelProfile::V6_12, KernelProfile::V6_18] {
+    for profile in [KernelProfile::V6_12, KernelProfile::V7_3] {
         let hv = ModelHypervisor::new(profile).with_guest_memfd(false);
         for ty in [VmType::Default, VmType::SwProtected] {
             let vm = hv.create_vm(ty).unwrap();
@@ -421,10 +422,10 @@ fn without_guest_memfd_create_is_enotty_before_argument_checks() {
 fn without_guest_memfd_the_memslot_flag_is_einval_and_plain_slots_work() {
     // A guest_memfd from a model that has them, offered to one that does not:
     // the flag check comes first, so the file is never looked at.
-    let donor = ModelHypervisor::new(KernelProfile::V6_18);
+    let donor = ModelHypervisor::new(KernelProfile::V7_3);
     let dvm = donor.create_vm(VmType::Default).unwrap();
     let gmem = dvm.create_guest_memfd(PG, MMAP_SHARED).unwrap();
-    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_guest_memfd(false);
+    let hv = ModelHypervisor::new(KernelProfile::V7_3).with_guest_memfd(false);
     let vm = hv.create_vm(VmType::Default).unwrap();
     let err = vm.set_user_memory_region(&gmem_region(&gmem)).unwrap_err();
     assert_eq!(err.errno(), Some(Errno::EINVAL));

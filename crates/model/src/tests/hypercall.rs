@@ -159,3 +159,34 @@ fn map_on_default_vm_exits_too() {
     let mut v = vcpu(&vm, 0, &[map(0, 1, true, None)]);
     assert!(matches!(v.run().unwrap(), Exit::Hypercall(_)));
 }
+
+/// Two exits on one vCPU: the first completed with -5 (userspace writes
+/// `kvm_run.hypercall.ret`), the second left uncompleted. What the guest
+/// gets for the second, per profile.
+fn uncompleted_after_completed(profile: KernelProfile) -> i64 {
+    let hv = ModelHypervisor::new(profile);
+    let vm = hv.create_vm(VmType::SwProtected).unwrap();
+    vm.enable_exit_hypercall(1 << 12).unwrap();
+    let ops = [
+        map(0, 1, true, Some(-5)),
+        map(PG, 1, true, None),
+        GuestOp::Halt,
+    ];
+    let mut v = vcpu(&vm, 0, &ops);
+    assert!(matches!(v.run().unwrap(), Exit::Hypercall(_)));
+    v.complete_hypercall(-5).unwrap();
+    assert!(matches!(v.run().unwrap(), Exit::Hypercall(_)));
+    assert_eq!(v.run().unwrap(), Exit::Hlt);
+    v.rax()
+}
+
+#[test]
+fn uncompleted_map_on_6_12_gets_what_userspace_last_wrote() {
+    // 6.12 never writes kvm_run.hypercall.ret itself.
+    assert_eq!(uncompleted_after_completed(KernelProfile::V6_12), -5);
+}
+
+#[test]
+fn uncompleted_map_on_6_18_gets_the_preset_zero() {
+    assert_eq!(uncompleted_after_completed(KernelProfile::V7_3), 0);
+}

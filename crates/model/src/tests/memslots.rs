@@ -314,8 +314,8 @@ fn smm_private_memory_vm_has_one_address_space() {
 }
 
 #[test]
-fn smm_gmem_range_bound_in_one_address_space_is_einval_in_the_other() {
-    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_smm(true);
+fn smm_gmem_range_bound_in_one_address_space_is_eexist_in_the_other() {
+    let hv = ModelHypervisor::new(KernelProfile::V7_3).with_smm(true);
     let vm = hv.create_vm(VmType::Default).expect("create_vm");
     let g = gmem(&vm, M2, GmemFlags(0));
     let bind = |slot: u32, gpa: u64| {
@@ -329,7 +329,7 @@ fn smm_gmem_range_bound_in_one_address_space_is_einval_in_the_other() {
         ))
     };
     bind(1 << 16 | 5, 0).expect("bind in as 1");
-    assert_eq!(errno(bind(5, 0)), Some(Errno::EINVAL));
+    assert_eq!(errno(bind(5, 0)), Some(Errno::EEXIST));
     vm.set_user_memory_region(&plain(1 << 16 | 5, MEM_GUEST_MEMFD, 0, 0))
         .expect("delete as 1 slot 5");
     bind(5, 0).expect("bind in as 0 once as 1 let go");
@@ -428,37 +428,48 @@ fn region_gmem_by_raw_fd_number_binds() {
 }
 
 #[test]
-fn region_gmem_overlapping_file_range_returns_einval() {
-    // 6.18: an overlapping binding of one file range is EINVAL (not EEXIST).
-    let (_hv, vm) = setup_vm(VmType::SwProtected);
-    let g = gmem(&vm, 4 * M2, GmemFlags(0));
-    add_gmem_slot(&vm, 10, 0, 2 * M2, &g, 0).unwrap();
-    let r = add_gmem_slot(&vm, 11, 0x1_0000_0000, 2 * M2, &g, M2);
-    assert_eq!(errno(r), Some(Errno::EINVAL));
+fn region_gmem_overlapping_file_range_returns_eexist() {
+    // 6.12.118 and 7.3 record the binding in the commit phase: EEXIST, and
+    // the refused slot does not exist.
+    for profile in KernelProfile::ALL {
+        let hv = ModelHypervisor::new(profile);
+        let vm = hv.create_vm(VmType::SwProtected).unwrap();
+        let g = gmem(&vm, 4 * M2, GmemFlags(0));
+        add_gmem_slot(&vm, 10, 0, 2 * M2, &g, 0).unwrap();
+        let r = add_gmem_slot(&vm, 11, 0x1_0000_0000, 2 * M2, &g, M2);
+        assert_eq!(errno(r), Some(Errno::EEXIST), "{profile:?}");
+        assert_eq!(vm.slot_count(), 1);
+        assert_eq!(hv.gmem_binding_count(&g).unwrap(), 1);
+        // The free half of the file still binds.
+        add_gmem_slot(&vm, 11, 0x1_0000_0000, 2 * M2, &g, 2 * M2).unwrap();
+    }
 }
 
 #[test]
-fn region_gmem_overlapping_file_range_on_6_12_returns_eexist() {
-    // 6.12.118 records the binding in the commit phase: EEXIST, and the
-    // refused slot does not exist.
-    let hv = ModelHypervisor::new(KernelProfile::V6_12);
-    let vm = hv.create_vm(VmType::SwProtected).unwrap();
-    let g = gmem(&vm, 4 * M2, GmemFlags(0));
-    add_gmem_slot(&vm, 10, 0, 2 * M2, &g, 0).unwrap();
-    let r = add_gmem_slot(&vm, 11, 0x1_0000_0000, 2 * M2, &g, M2);
-    assert_eq!(errno(r), Some(Errno::EEXIST));
-    assert_eq!(vm.slot_count(), 1);
-    assert_eq!(hv.gmem_binding_count(&g).unwrap(), 1);
-    // The free half of the file still binds.
-    add_gmem_slot(&vm, 11, 0x1_0000_0000, 2 * M2, &g, 2 * M2).unwrap();
+fn region_gmem_offset_only_overlap_returns_eexist_front_and_back() {
+    // set_memory_region_test (7.3): a 5×2 MiB file, slot 11 holding file
+    // [4, 8) MiB; a slot at a free GPA with file offset 2 MiB (the front)
+    // or 6 MiB (the back) is EEXIST, and is not created.
+    for profile in KernelProfile::ALL {
+        let hv = ModelHypervisor::new(profile);
+        let vm = hv.create_vm(VmType::SwProtected).unwrap();
+        let g = gmem(&vm, 5 * M2, GmemFlags(0));
+        add_gmem_slot(&vm, 11, 0x1_8000_0000, 2 * M2, &g, 2 * M2).unwrap();
+        for off in [M2, 3 * M2] {
+            let r = add_gmem_slot(&vm, 10, 0xc000_0000, 2 * M2, &g, off);
+            assert_eq!(errno(r), Some(Errno::EEXIST), "{profile:?} offset {off:#x}");
+        }
+        assert_eq!(vm.slot_count(), 1);
+        assert_eq!(hv.gmem_binding_count(&g).unwrap(), 1);
+    }
 }
 
 #[test]
 fn file_overlap_and_max_gfn_order_follows_the_profile() {
-    // A slot past kvm_mmu_max_gfn() over a bound file range: 6.18 checks the
-    // binding first (EINVAL, undone), 6.12.118 the arch limit first (EINVAL
-    // too); either way nothing stays bound and the free range still binds.
-    for profile in [KernelProfile::V6_12, KernelProfile::V6_18] {
+    // A slot past kvm_mmu_max_gfn() over a bound file range: the arch
+    // limit comes first (EINVAL, not EEXIST); nothing stays bound and the
+    // free range still binds.
+    for profile in [KernelProfile::V6_12, KernelProfile::V7_3] {
         let hv = ModelHypervisor::new(profile).with_max_gpa_bits(40);
         let vm = hv.create_vm(VmType::SwProtected).unwrap();
         let g = gmem(&vm, 4 * M2, GmemFlags(0));
@@ -624,7 +635,7 @@ fn region_ending_above_mmu_max_gfn_returns_einval() {
 #[test]
 fn region_beyond_narrow_mmu_returns_einval_and_unbinds_gmem() {
     // With TDP the width is the host's physical address bits (here 40).
-    let hv = ModelHypervisor::new(KernelProfile::V6_18).with_max_gpa_bits(40);
+    let hv = ModelHypervisor::new(KernelProfile::V7_3).with_max_gpa_bits(40);
     let vm = hv.create_vm(VmType::SwProtected).expect("vm");
     let g = vm.create_guest_memfd(M2, GmemFlags(0)).expect("gmem");
     let high = region_raw(0, MEM_GUEST_MEMFD, 1 << 40, M2, GmemRef::File(&g), 0);

@@ -13,6 +13,8 @@ mod lifecycle;
 mod memslots;
 mod mmio_sptes;
 mod oracle;
+mod prefault;
+mod profiles;
 mod scenarios;
 
 use privmem_core::backend::{
@@ -31,12 +33,12 @@ pub(crate) const M2: u64 = 2 << 20;
 /// The selftests' favourite GPA (private_mem_kvm_exits_test).
 pub(crate) const GPA_C0: u64 = 0xc000_0000;
 
-/// A 6.18 model.
+/// A 7.3 model.
 pub(crate) fn setup_hv() -> ModelHypervisor {
-    ModelHypervisor::new(KernelProfile::V6_18)
+    ModelHypervisor::new(KernelProfile::V7_3)
 }
 
-/// A 6.18 model VM of type `ty`.
+/// A 7.3 model.VM of type `ty`.
 pub(crate) fn setup_vm(ty: VmType) -> (ModelHypervisor, ModelVm) {
     let hv = setup_hv();
     let vm = hv.create_vm(ty).expect("create_vm");

@@ -7,10 +7,10 @@ use privmem_model::{KernelProfile, ModelHypervisor};
 use privmem_runner::runtime::Machine;
 use privmem_runner::workload;
 
-/// A 6.18 model hypervisor and a machine built from workload `text`.
+/// A 7.3 model hypervisor and a machine built from workload `text`.
 pub fn machine(text: &str) -> (Arc<ModelHypervisor>, Machine<ModelHypervisor>) {
     let w = workload::parse("test.toml", text).expect("valid workload");
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_18));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
     let m = Machine::new(hv.clone(), &w).expect("setup");
     (hv, m)
 }
