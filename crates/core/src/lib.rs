@@ -31,8 +31,8 @@ pub mod types;
 
 pub use backend::{
     Access, Cap, Emulations, FileIo, FileStat, GmemRef, GuestOp, HostFault, HostMemory, HostSignal,
-    Hypervisor,
-    Kick, Quirks, Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr, Vcpu, Vm,
+    Hypervisor, Kick, Quirks, Region, RegionApi, RunError, SharedKind, SharedMemory, UserAddr,
+    Vcpu, Vm,
 };
 pub use decide::{
     decide_fault, decide_hypercall, DiscardPolicy, FaultAction, FaultPolicy, FaultStop,

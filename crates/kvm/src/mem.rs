@@ -157,13 +157,19 @@ impl HostMemory for KvmMapping {
         self.map.len()
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), HostFault> {
-        self.map.read_checked(offset, buf).map_err(host_fault(self.len()))
+        self.map
+            .read_checked(offset, buf)
+            .map_err(host_fault(self.len()))
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), HostFault> {
-        self.map.write_checked(offset, data).map_err(host_fault(self.len()))
+        self.map
+            .write_checked(offset, data)
+            .map_err(host_fault(self.len()))
     }
     fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), HostFault> {
-        self.map.fill_checked(offset, len, byte).map_err(host_fault(self.len()))
+        self.map
+            .fill_checked(offset, len, byte)
+            .map_err(host_fault(self.len()))
     }
 }
 
@@ -232,7 +238,10 @@ impl HostMemory for KvmShared {
         self.inner.map.len()
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), HostFault> {
-        self.inner.map.read_checked(offset, buf).map_err(host_fault(self.len()))
+        self.inner
+            .map
+            .read_checked(offset, buf)
+            .map_err(host_fault(self.len()))
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), HostFault> {
         self.inner
@@ -242,7 +251,8 @@ impl HostMemory for KvmShared {
     }
     fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<(), HostFault> {
         let map = &self.inner.map;
-        map.fill_checked(offset, len, byte).map_err(host_fault(self.len()))
+        map.fill_checked(offset, len, byte)
+            .map_err(host_fault(self.len()))
     }
 }
 

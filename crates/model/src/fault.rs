@@ -1,4 +1,4 @@
-//! The fault path (§3): which backing serves a guest access, or which exit it
+//! The fault path (docs/semantics/fault-path.md): which backing serves a guest access, or which exit it
 //! produces, decided per page in the kernel's order
 //! (`kvm_mmu_faultin_pfn` → `kvm_handle_noslot_fault` /
 //! `kvm_mmu_faultin_pfn_gmem` → `kvm_gmem_get_pfn`).

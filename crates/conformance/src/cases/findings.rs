@@ -355,4 +355,3 @@ fn k4_model<H: Hypervisor>(cx: &Ctx<'_, H>, model: &ModelHypervisor, s: Series) 
         ),
     }
 }
-

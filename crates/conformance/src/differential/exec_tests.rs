@@ -113,11 +113,7 @@ fn maps_run_after_the_accesses_of_their_step() {
         private: false,
     };
     // The map would stop the guest (ENOSYS); the read before it still runs.
-    let r = run_maps(
-        KernelProfile::V7_3,
-        false,
-        vec![map(0x1000, Some(0)), read],
-    );
+    let r = run_maps(KernelProfile::V7_3, false, vec![map(0x1000, Some(0)), read]);
     let Res::Exits(exits) = r else {
         panic!("{r:?}")
     };

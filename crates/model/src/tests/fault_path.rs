@@ -1,4 +1,4 @@
-//! The fault path (§3, selftests D1/D2, §5.F).
+//! The fault path (docs/semantics/fault-path.md, selftests D1/D2, docs/selftests.md F26–F31).
 
 use privmem_core::backend::{
     Access, GmemRef, GuestOp, HostMemory, Hypervisor, Region, RegionApi, UserAddr, Vcpu, Vm,
@@ -283,7 +283,7 @@ fn private_and_shared_are_separate_stores() {
 
 #[test]
 fn gmem_only_slot_on_default_vm_serves_guest_and_host_same_bytes() {
-    // A13 / §5.F 27: gmem as the only backing of a default VM.
+    // A13 / docs/selftests.md F27: gmem as the only backing of a default VM.
     let (hv, vm) = setup_vm(VmType::Default);
     let g = gmem(&vm, PG, GmemFlags::MMAP.union(GmemFlags::INIT_SHARED));
     add_gmem_slot(&vm, 1, 1 << 32, PG, &g, 0).unwrap();
@@ -298,7 +298,7 @@ fn gmem_only_slot_on_default_vm_serves_guest_and_host_same_bytes() {
 
 #[test]
 fn gmem_only_slot_without_init_shared_guest_still_maps() {
-    // §5.F 27: without INIT_SHARED the host faults, the guest maps.
+    // docs/selftests.md F27: without INIT_SHARED the host faults, the guest maps.
     let (hv, vm) = setup_vm(VmType::Default);
     let g = gmem(&vm, PG, GmemFlags::MMAP);
     add_gmem_slot(&vm, 1, 0, PG, &g, 0).unwrap();
@@ -324,7 +324,7 @@ fn gmem_slot_without_mmap_on_default_vm_uses_shared_backing() {
 
 #[test]
 fn punch_hole_on_bound_private_range_reads_zero() {
-    // §5.F 28 / C3.
+    // docs/selftests.md F28 / C3.
     use privmem_core::backend::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
     let (hv, vm) = setup_vm(VmType::SwProtected);
     let g = gmem(&vm, 2 * PG, GmemFlags(0));
@@ -341,7 +341,7 @@ fn punch_hole_on_bound_private_range_reads_zero() {
 
 #[test]
 fn released_gmem_file_faults_efault_and_slot_deletes() {
-    // §5.F 26.
+    // docs/selftests.md F26.
     let (_hv, vm) = setup_vm(VmType::SwProtected);
     let g = gmem(&vm, PG, GmemFlags(0));
     add_gmem_slot(&vm, 10, 0, PG, &g, 0).unwrap();
