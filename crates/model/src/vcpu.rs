@@ -379,6 +379,9 @@ impl ModelVcpu {
             let resolved = resolve(&self.vm, cur, want, access, write);
             match &resolved {
                 Resolved::Fault(f) => return Ok(Flow::Exit(Exit::MemoryFault(*f))),
+                Resolved::BadHva => {
+                    return Err(RunError::Backend(BackendError::os(OP_RUN, Errno::EFAULT)))
+                }
                 Resolved::Mmio { len: n } => {
                     let unit = if self.scan_left > 0 {
                         1
