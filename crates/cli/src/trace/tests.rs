@@ -25,7 +25,7 @@ const TEXT: &str = include_str!("../../../../examples/implicit-convert.toml");
 
 fn traced_run() -> Trace {
     let w = workload::parse(FILE, TEXT).expect("example parses");
-    let profile = model_profile("6.18").expect("profile");
+    let profile = model_profile("7.3").expect("profile");
     let (chosen, reason) = choose(BackendArg::Model, &w, profile).expect("model backend");
     let rec = Arc::new(Recorder::new());
     let report = execute(chosen, reason, &w, RunOptions::default(), Some(&rec)).expect("runs");
