@@ -1,4 +1,4 @@
-//! `privmem`: the command line (shared/docs/workload.md "Commands").
+//! `privmem`: the command line (docs/workload.md).
 #![forbid(unsafe_code)]
 
 mod backends;

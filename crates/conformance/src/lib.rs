@@ -1,5 +1,5 @@
 //! privmem's conformance suite: the KVM selftest checklist of
-//! `kernel-semantics.md` §5 (A1–A13, B1–B5, C1–C5, D1–D2) and the §5.F
+//! `docs/selftests.md` (A1–A20, B1–B6, C1–C5, D1–D2, H1–H2, K1–K4, P1, V1) and the F
 //! invariants (F26–F31), each case written once, generic over
 //! [`privmem_core::Hypervisor`], and run on every backend (the model and
 //! `/dev/kvm`).

@@ -1,4 +1,4 @@
-//! `KVM_SET_MEMORY_ATTRIBUTES` (§2.6, `kvm_vm_ioctl_set_mem_attributes`).
+//! `KVM_SET_MEMORY_ATTRIBUTES` (docs/semantics/attributes.md, `kvm_vm_ioctl_set_mem_attributes`).
 //!
 //! Attributes are per VM and per 4 KiB gfn, independent of memslots: they can
 //! be set where no slot exists and survive slot deletion. They never move,

@@ -1,4 +1,4 @@
-//! The fault path (§3): which backing serves a guest access, or which exit it
+//! The fault path (docs/semantics/fault-path.md): which backing serves a guest access, or which exit it
 //! produces, decided per page in the kernel's order
 //! (`kvm_mmu_faultin_pfn` → `kvm_handle_noslot_fault` /
 //! `kvm_mmu_faultin_pfn_gmem` → `kvm_gmem_get_pfn`).
@@ -38,6 +38,10 @@ pub(crate) enum Resolved {
     Mmio { len: u64 },
     /// `KVM_EXIT_MEMORY_FAULT` for the first page.
     Fault(MemoryFault),
+    /// The slot's `userspace_addr` maps nothing: `hva_to_pfn` fails and
+    /// `kvm_handle_error_pfn` returns `-EFAULT`, so `KVM_RUN` fails with
+    /// EFAULT and no exit reason (measured on 6.12.118 and 7.3.4 in the rig).
+    BadHva,
 }
 
 fn fault(gpa: u64, private: bool, errno: FaultErrno) -> Resolved {
@@ -138,7 +142,16 @@ fn resolve_fault(
     if is_private || (gmem_only && !through_hva) {
         return resolve_gmem(slot, gpa, off_in_slot, len, is_private);
     }
-    resolve_shared(slot, gpa, off_in_slot, len, write)
+    resolve_shared(
+        slot,
+        gpa,
+        off_in_slot,
+        len,
+        Host {
+            write,
+            pvm: vm.quirks.pvm,
+        },
+    )
 }
 
 /// `kvm_mmu_faultin_pfn_gmem` + `kvm_gmem_get_pfn`.
@@ -176,8 +189,17 @@ fn gmem_run(file: Arc<GmemFile>, offset: u64, gpa: u64, len: u64, private: bool)
 }
 
 /// The shared (`userspace_addr`) side.
-fn resolve_shared(slot: &Slot, gpa: u64, off_in_slot: u64, len: u64, write: bool) -> Resolved {
-    if write && slot.readonly() {
+/// What the shared side of a fault needs to know besides the slot.
+#[derive(Clone, Copy)]
+struct Host {
+    /// The access is a write.
+    write: bool,
+    /// The host is PVM ([`privmem_core::Quirks::pvm`]).
+    pvm: bool,
+}
+
+fn resolve_shared(slot: &Slot, gpa: u64, off_in_slot: u64, len: u64, host: Host) -> Resolved {
+    if host.write && slot.readonly() {
         // Writes to read-only memslots exit as MMIO.
         return Resolved::Mmio {
             len: to_page_end(gpa, len),
@@ -199,9 +221,12 @@ fn resolve_shared(slot: &Slot, gpa: u64, off_in_slot: u64, len: u64, write: bool
                 len: len.min(size - hva_off),
             }
         }
-        UserBacking::Raw(_) => Resolved::Mmio {
+        // PVM hosts emulate an access through an unmapped HVA as MMIO
+        // (measured on 6.18.44-fc); upstream KVM_RUN fails with EFAULT.
+        UserBacking::Raw(_) if host.pvm => Resolved::Mmio {
             len: to_page_end(gpa, len),
         },
+        UserBacking::Raw(_) => Resolved::BadHva,
         // A mapping of the guest_memfd (Quirks::gmem_hva). Reached only with
         // Quirks::pvm: otherwise such a slot is gmem-only and faults go to
         // guest_memfd directly. (Poison through the HVA would be SIGBUS on

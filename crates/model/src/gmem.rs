@@ -1,5 +1,5 @@
 //! guest_memfd: the file object (`kvm_gmem` + its inode), its handle token,
-//! file operations (§2.3–2.4) and host mappings.
+//! file operations (docs/semantics/guest-memfd.md) and host mappings.
 //!
 //! Lifetime, as in the kernel:
 //! ```text
@@ -246,7 +246,7 @@ impl GmemFile {
     ///
     /// Punching also clears hardware poison in the range: truncation removes
     /// the poisoned folio from the file, so the next fault gets a fresh page.
-    /// (Not host-verified; see kernel-semantics.md §6.)
+    /// (Not host-verified; see docs/semantics/hwpoison.md.)
     pub(crate) fn fallocate(&self, inj: &Injector, mode: i32, offset: i64, len: i64) -> Result<()> {
         let err = |e| Err(BackendError::os(OP_FALLOCATE, e));
         // vfs_fallocate()

@@ -1,4 +1,4 @@
-//! Memslots: `KVM_SET_USER_MEMORY_REGION{,2}` (§2.5) in the kernel's check
+//! Memslots: `KVM_SET_USER_MEMORY_REGION{,2}` (docs/semantics/memslots.md) in the kernel's check
 //! order (`kvm_vm_ioctl`, `kvm_vm_ioctl_set_memory_region`,
 //! `kvm_set_memory_region`, `kvm_gmem_bind`).
 

@@ -14,7 +14,7 @@
 //!   writes are dropped, reads return `run->mmio.data` as userspace left it —
 //!   privmem's runtime never fills it, so (as on KVM) it holds the last MMIO
 //!   write's byte, zeros initially.
-//! - `map` issues `KVM_HC_MAP_GPA_RANGE` with the kernel's checks (§4):
+//! - `map` issues `KVM_HC_MAP_GPA_RANGE` with the kernel's checks (docs/semantics/hypercall.md):
 //!   -1000 when the exit is not enabled, -22 for an unaligned GPA, zero
 //!   pages or a wrapping range, otherwise an exit; the next `run` puts
 //!   `kvm_run.hypercall.ret` in RAX: 0 if userspace did not complete the
@@ -379,6 +379,9 @@ impl ModelVcpu {
             let resolved = resolve(&self.vm, cur, want, access, write);
             match &resolved {
                 Resolved::Fault(f) => return Ok(Flow::Exit(Exit::MemoryFault(*f))),
+                Resolved::BadHva => {
+                    return Err(RunError::Backend(BackendError::os(OP_RUN, Errno::EFAULT)))
+                }
                 Resolved::Mmio { len: n } => {
                     let unit = if self.scan_left > 0 {
                         1

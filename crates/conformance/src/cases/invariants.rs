@@ -1,4 +1,4 @@
-//! F26–F31: the §5.F invariants, implied by the kernel source but not
+//! F26–F31: the F invariants (docs/selftests.md), implied by the kernel source but not
 //! covered by a selftest. Each runs on every VM type that can show it (a
 //! SW_PROTECTED VM with private pages; a 6.18 default VM with a gmem-only
 //! slot) and skips when the backend has none, or visibly (even if another

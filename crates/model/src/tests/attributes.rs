@@ -1,4 +1,4 @@
-//! `KVM_SET_MEMORY_ATTRIBUTES` (§2.6).
+//! `KVM_SET_MEMORY_ATTRIBUTES` (docs/semantics/attributes.md).
 
 use privmem_core::backend::{Cap, Hypervisor, Vm};
 use privmem_core::{Errno, GmemFlags, Gpa, VmType};

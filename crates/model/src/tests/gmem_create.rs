@@ -1,4 +1,4 @@
-//! `KVM_CREATE_GUEST_MEMFD` (§2.3) and capabilities (§1.4).
+//! `KVM_CREATE_GUEST_MEMFD` (docs/semantics/guest-memfd.md) and capabilities (docs/semantics/caps.md).
 
 use privmem_core::backend::{Cap, Hypervisor, Vm};
 use privmem_core::{Errno, GmemFlags, VmType};

@@ -1,4 +1,4 @@
-//! guest_memfd `fallocate` (§2.4, selftests A11/A12).
+//! guest_memfd `fallocate` (docs/semantics/guest-memfd.md, selftests A11/A12).
 
 use privmem_core::backend::{
     Hypervisor, FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH,

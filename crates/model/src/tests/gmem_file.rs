@@ -1,4 +1,4 @@
-//! guest_memfd file operations, fstat and host mappings (§2.4, A2, A4–A10).
+//! guest_memfd file operations, fstat and host mappings (docs/semantics/guest-memfd.md, A2, A4–A10).
 
 use privmem_core::backend::{
     FileIo, HostFault, HostMemory, Hypervisor, FALLOC_FL_KEEP_SIZE as KEEP,

@@ -317,7 +317,7 @@ fn gmem_hva_alone_keeps_upstream_faults_but_holds_the_file() {
 
 #[test]
 fn without_quirks_null_hva_gmem_only_slot_faults_after_close() {
-    // Upstream §5.F 26 on a default VM, for contrast.
+    // Upstream docs/selftests.md F26 on a default VM, for contrast.
     let (_hv, vm) = setup_vm(VmType::Default);
     let g = gmem(&vm, PG, MMAP_SHARED);
     add_gmem_slot(&vm, 1, 0, PG, &g, 0).unwrap();

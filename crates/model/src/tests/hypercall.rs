@@ -1,4 +1,4 @@
-//! `KVM_HC_MAP_GPA_RANGE` and `KVM_CAP_EXIT_HYPERCALL` (§2.2, §4, §5.F 30–31).
+//! `KVM_HC_MAP_GPA_RANGE` and `KVM_CAP_EXIT_HYPERCALL` (docs/semantics/caps.md, docs/semantics/hypercall.md, docs/selftests.md F30–F31).
 
 use privmem_core::backend::{GuestOp, Vcpu, Vm};
 use privmem_core::exit::MapGpaRange;

@@ -1,4 +1,4 @@
-//! `KVM_SET_USER_MEMORY_REGION{,2}` (§2.5, selftests B1–B4).
+//! `KVM_SET_USER_MEMORY_REGION{,2}` (docs/semantics/memslots.md, selftests B1–B4).
 
 use std::os::fd::AsFd;
 
