@@ -90,8 +90,26 @@ fn pvm_quirked_7_3_model_skips_only_what_pvm_hides() {
         .map(|r| (r.case.id, r.outcome.status()))
         .collect();
     // F26 runs only its private flavor, F27 only its INIT_SHARED one: a
-    // partial naming the quirk, never a pass.
-    assert_eq!(not_passed, [("F26", "partial"), ("F27", "partial")]);
+    // partial naming the quirk, never a pass. Without TDP (as under PVM)
+    // the pre-fault cases P1 and K3 skip, naming the capability.
+    assert_eq!(
+        not_passed,
+        [
+            ("P1", "skip"),
+            ("F26", "partial"),
+            ("F27", "partial"),
+            ("K3", "skip")
+        ]
+    );
+    for id in ["P1", "K3"] {
+        assert!(
+            outcome(&results, id)
+                .reason()
+                .is_some_and(|w| w.contains("KVM_CAP_PRE_FAULT_MEMORY")),
+            "{id}: {:?}",
+            outcome(&results, id)
+        );
+    }
     for id in ["F26", "F27"] {
         assert!(
             outcome(&results, id)

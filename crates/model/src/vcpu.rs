@@ -380,7 +380,11 @@ impl ModelVcpu {
             match &resolved {
                 Resolved::Fault(f) => return Ok(Flow::Exit(Exit::MemoryFault(*f))),
                 Resolved::BadHva => {
-                    return Err(RunError::Backend(BackendError::os(OP_RUN, Errno::EFAULT)))
+                    return Err(RunError::Decode(
+                        privmem_core::exit::DecodeError::RunFailed {
+                            errno: Errno::EFAULT.0,
+                        },
+                    ))
                 }
                 Resolved::Mmio { len: n } => {
                     let unit = if self.scan_left > 0 {

@@ -141,7 +141,7 @@ fn null_hva_slot_shared_access_is_efault_upstream_and_mmio_on_pvm() {
     };
     let upstream = run_on(setup_hv());
     assert!(
-        matches!(&upstream, Err(privmem_core::RunError::Backend(e)) if e.errno() == Some(privmem_core::Errno::EFAULT)),
+        matches!(&upstream, Err(privmem_core::RunError::Decode(privmem_core::exit::DecodeError::RunFailed { errno })) if *errno == privmem_core::Errno::EFAULT.0),
         "{upstream:?}"
     );
     let pvm = setup_hv().with_quirks(privmem_core::Quirks {
