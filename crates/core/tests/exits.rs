@@ -1,7 +1,7 @@
 //! The per-exit calls a VMM's vCPU loop makes, from raw exit fields: on the
 //! model, and pre-faulting on a fake backend that has
-//! `KVM_CAP_PRE_FAULT_MEMORY`, and on the model's own vCPU (the 7.3 profile
-//! on a TDP host answers the capability and models the ioctl).
+//! `KVM_CAP_PRE_FAULT_MEMORY`, and on the model's own vCPU (the model on a
+//! TDP host answers the capability and models the ioctl).
 
 mod common;
 
@@ -370,7 +370,7 @@ fn prefault_on_the_models_vcpu_maps_the_converted_range() {
     let (_hv, e) = model(VmType::SwProtected, config);
     assert!(
         e.support().pre_fault_memory,
-        "the 7.3 model with TDP has the cap"
+        "the model with TDP has the cap"
     );
     add_slot(&e, 0, 0, 1 << 20);
     let mut v = e.vm().create_vcpu(0).expect("vcpu");

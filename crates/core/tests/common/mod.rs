@@ -12,9 +12,12 @@ use privmem_core::{Gpa, GpaRange, VmType};
 use privmem_model::embed::{self, ModelEngine};
 use privmem_model::{KernelProfile, ModelHypervisor};
 
-/// A 7.3 model hypervisor and an engine over a new VM of type `ty`.
+/// A 6.12 model hypervisor and an engine over a new VM of type `ty`. 6.12,
+/// not 7.3: clearing attributes can fail there (`xa_reserve` on every
+/// `KVM_SET_MEMORY_ATTRIBUTES`), so injected failures reach the to-shared
+/// rollback paths; 7.3 reserves only when setting.
 pub fn model(ty: VmType, config: EngineConfig) -> (Arc<ModelHypervisor>, ModelEngine) {
-    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
+    let hv = Arc::new(ModelHypervisor::new(KernelProfile::V6_12));
     let e = embed::engine(&hv, ty, config).expect("model engine");
     (hv, e)
 }
