@@ -121,8 +121,16 @@ pub(crate) fn p1_pre_fault_churn<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
             Err(e) => return Err(e),
         };
         let mut vcpu = s.vm.create_vcpu(0).or_fail("KVM_CREATE_VCPU(0)")?;
-        let steps = [(0, M2, 0), (M2, 2 * PG, PG), (TEST_SIZE, PG, PG)];
-        for (off, size, left) in steps {
+        let all = [(0, M2, 0), (M2, 2 * PG, PG), (TEST_SIZE, PG, PG)];
+        // 6.12.118 in the rig gave no result within 60 s for the steps
+        // that reach past the memslot (a signal every 2 s, EINTR each
+        // time): not explained yet, so only the whole-slot step runs there.
+        let steps = if cx.kernel == crate::kernels::Kernel::V6_12 {
+            &all[..1]
+        } else {
+            &all[..]
+        };
+        for &(off, size, left) in steps {
             churn_pre_fault::<H>(&s, &mut vcpu, off, size, left)
                 .map_err(|e| prefix(e, &format!("{cfg:?} [{off:#x}, +{size:#x})")))?;
         }
@@ -131,7 +139,18 @@ pub(crate) fn p1_pre_fault_churn<H: Hypervisor>(cx: &Ctx<'_, H>) -> Check {
     if ran == 0 {
         return Err(Stop::Skip(skips.join("; ")));
     }
-    Ok(())
+    if cx.kernel == crate::kernels::Kernel::V6_12 {
+        skips.push(
+            "on 6.12 only [0, 2M) ran: the pre-faults past the memslot gave no result \
+             within 60 s on 6.12.118 (unexplained)"
+                .into(),
+        );
+    }
+    if skips.is_empty() {
+        Ok(())
+    } else {
+        Err(Stop::Partial(skips.join("; ")))
+    }
 }
 
 fn prefix(e: Stop, what: &str) -> Stop {
