@@ -350,6 +350,9 @@ impl VmInner {
                 slot.flags = r.flags;
                 slots.insert(slot);
                 self.mmio.memslots_changed();
+                if matches!(change, Change::Move) {
+                    self.flush_shadow_memslot();
+                }
             }
         }
         Ok(())
@@ -362,6 +365,7 @@ impl VmInner {
             return Err(Errno::EINVAL);
         };
         self.mmio.memslots_changed();
+        self.flush_shadow_memslot();
         if let Some(g) = slot.gmem {
             if let Some(file) = g.file.upgrade() {
                 file.unbind(g.pgoff, self.id, id);

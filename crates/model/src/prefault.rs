@@ -21,6 +21,16 @@
 //!   model's slot change is injected ([`InjectOp::PreFaultSlotChange`]) and
 //!   never completes during the call (the kernel's deletion waits for the
 //!   pre-fault's SRCU read side), so on 6.12 only a kick ends it;
+//! - an obsolete MMU root: deleting or moving a default VM's memslot
+//!   invalidates every root (`kvm_mmu_zap_all_fast`). 7.3's
+//!   `kvm_mmu_reload` frees obsolete roots and loads a new one; 6.12's
+//!   only loads a root when there is none, so a vCPU that loaded its root
+//!   before the change finds every fault stale (`is_page_fault_stale`,
+//!   `RET_PF_RETRY`) and spins until a signal (EINTR), on every call,
+//!   until a `KVM_RUN` frees the root. The check comes after the
+//!   memslot lookup and the pfn, so a private fault without a memslot and
+//!   a failing pfn keep their errors; a shared fault without one (an
+//!   MMIO SPTE to install) spins too;
 //! - served from guest_memfd (private, or a gmem-only slot): no
 //!   guest_memfd, or a released file → EFAULT; a poisoned page →
 //!   EHWPOISON; else the page is allocated;
@@ -56,11 +66,21 @@ const RETRY_PAUSE: Duration = Duration::from_millis(1);
 
 /// `KVM_PRE_FAULT_MEMORY(range)` on a vCPU of `vm`; `kick` is the vCPU's
 /// signal.
-pub(crate) fn pre_fault(vm: &VmInner, kick: &ModelKick, range: &mut PreFaultRange) -> Result<()> {
-    pre_fault_errno(vm, kick, range).map_err(|e| BackendError::os(OP, e))
+pub(crate) fn pre_fault(
+    vm: &VmInner,
+    kick: &ModelKick,
+    root: &mut Option<u64>,
+    range: &mut PreFaultRange,
+) -> Result<()> {
+    pre_fault_errno(vm, kick, root, range).map_err(|e| BackendError::os(OP, e))
 }
 
-fn pre_fault_errno(vm: &VmInner, kick: &ModelKick, range: &mut PreFaultRange) -> Result<(), Errno> {
+fn pre_fault_errno(
+    vm: &VmInner,
+    kick: &ModelKick,
+    root: &mut Option<u64>,
+    range: &mut PreFaultRange,
+) -> Result<(), Errno> {
     if vm.is_dead() {
         return Err(Errno::EIO);
     }
@@ -77,7 +97,7 @@ fn pre_fault_errno(vm: &VmInner, kick: &ModelKick, range: &mut PreFaultRange) ->
     let full = range.size;
     let signal = Signal {
         kick,
-        armed: !kick.is_set(),
+        at_entry: kick.count(),
     };
     let mut last = Ok(());
     while range.size > 0 {
@@ -85,7 +105,7 @@ fn pre_fault_errno(vm: &VmInner, kick: &ModelKick, range: &mut PreFaultRange) ->
             last = Err(Errno::EINTR);
             break;
         }
-        match map_page(vm, &signal, range.gpa) {
+        match map_page(vm, &signal, root, range.gpa) {
             Ok(()) => {
                 range.gpa += PAGE_SIZE;
                 range.size -= PAGE_SIZE;
@@ -108,18 +128,24 @@ fn pre_fault_errno(vm: &VmInner, kick: &ModelKick, range: &mut PreFaultRange) ->
 /// the call.
 struct Signal<'k> {
     kick: &'k ModelKick,
-    /// False if a kick was pending at entry (it is the next run's).
-    armed: bool,
+    /// The kicks before the call (one still pending is the next run's).
+    at_entry: u64,
 }
 
 impl Signal<'_> {
     fn pending(&self) -> bool {
-        self.armed && self.kick.is_set()
+        self.kick.count() != self.at_entry
     }
 }
 
-/// `kvm_arch_vcpu_pre_fault_memory` for the page at `gpa`.
-fn map_page(vm: &VmInner, signal: &Signal<'_>, gpa: u64) -> Result<(), Errno> {
+/// `kvm_arch_vcpu_pre_fault_memory` for the page at `gpa`; `root` is the
+/// vCPU's loaded MMU root.
+fn map_page(
+    vm: &VmInner,
+    signal: &Signal<'_>,
+    root: &mut Option<u64>,
+    gpa: u64,
+) -> Result<(), Errno> {
     // kvm->arch.pre_fault_allowed: default and sw-protected VMs only
     // (SNP/TDX after launch).
     if vm.ty == VmType::Coco {
@@ -134,6 +160,7 @@ fn map_page(vm: &VmInner, signal: &Signal<'_>, gpa: u64) -> Result<(), Errno> {
     if !vm.build.tdp {
         return Err(Errno::EOPNOTSUPP);
     }
+    let stale = mmu_reload(vm, root);
     let private = vm.ty.has_private_mem() && vm.attrs.read().expect("attrs").is_private(Gpa(gpa));
     // kvm_tdp_map_page's loop: a signal, then (7.3) a dead VM, then the
     // fault; RET_PF_RETRY goes round again only for an invalid memslot.
@@ -145,7 +172,10 @@ fn map_page(vm: &VmInner, signal: &Signal<'_>, gpa: u64) -> Result<(), Errno> {
         return Err(Errno::EIO);
     }
     match fault_in(vm, gpa, private) {
+        Fault::Done(Ok(())) if stale => retry_until_signal(signal),
         Fault::Done(r) => r,
+        Fault::NoSlotShared if stale => retry_until_signal(signal),
+        Fault::NoSlotShared => Err(Errno::ENOENT),
         Fault::SlotInvalid => match vm.profile.pre_fault_invalid_slot() {
             PreFaultInvalidSlot::Again => Err(Errno::EAGAIN),
             PreFaultInvalidSlot::RetryUntilSignal => retry_until_signal(signal),
@@ -153,10 +183,22 @@ fn map_page(vm: &VmInner, signal: &Signal<'_>, gpa: u64) -> Result<(), Errno> {
     }
 }
 
-/// 6.12: `RET_PF_RETRY` for as long as the slot stays invalid, which the
-/// injected change does for the rest of the call: only a signal ends it
-/// (with a kick pending from before the call, nothing does: the kernel
-/// would spin too).
+/// `kvm_mmu_reload`; true if the vCPU is left with an obsolete root.
+fn mmu_reload(vm: &VmInner, root: &mut Option<u64>) -> bool {
+    let current = vm.mmu_valid_gen();
+    let frees_obsolete = vm.profile == KernelProfile::V7_3;
+    match *root {
+        Some(gen) if gen != current && !frees_obsolete => true,
+        _ => {
+            *root = Some(current);
+            false
+        }
+    }
+}
+
+/// 6.12: `RET_PF_RETRY` for as long as the slot stays invalid (which the
+/// injected change does for the rest of the call) or the root obsolete:
+/// only a signal sent during the call ends it.
 fn retry_until_signal(signal: &Signal<'_>) -> Result<(), Errno> {
     while !signal.pending() {
         std::thread::sleep(RETRY_PAUSE);
@@ -168,6 +210,9 @@ fn retry_until_signal(signal: &Signal<'_>) -> Result<(), Errno> {
 enum Fault {
     /// Mapped (`Ok`) or failed.
     Done(Result<(), Errno>),
+    /// Shared, and no memslot: an MMIO SPTE to install, then
+    /// `RET_PF_EMULATE` (ENOENT).
+    NoSlotShared,
     /// The memslot is being deleted or moved.
     SlotInvalid,
 }
@@ -182,7 +227,7 @@ fn fault_in(vm: &VmInner, gpa: u64, private: bool) -> Fault {
         if vm.ty == VmType::SwProtected {
             vm.mmio.install(gfn);
         }
-        return Fault::Done(Err(Errno::ENOENT));
+        return Fault::NoSlotShared;
     };
     if vm.inject.check(InjectOp::PreFaultSlotChange).is_some() {
         return Fault::SlotInvalid;

@@ -46,18 +46,22 @@ const OP_RUN: &str = "KVM_RUN";
 #[derive(Debug, Default)]
 pub struct ModelKick {
     flag: AtomicBool,
+    /// Kicks so far: a signal sent while another is still pending is
+    /// still a new signal to a call that started after the first one.
+    count: AtomicU64,
 }
 
 impl Kick for ModelKick {
     fn kick(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
         self.flag.store(true, Ordering::Release);
     }
 }
 
 impl ModelKick {
-    /// True if a kick is pending (it stays pending for the next `run`).
-    pub(crate) fn is_set(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
+    /// How many kicks there have been.
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
     }
 }
 
@@ -117,6 +121,9 @@ pub struct ModelVcpu {
     /// A program was loaded (the KVM backend then has a runtime-area
     /// memslot, deleted when the vCPU goes).
     loaded: bool,
+    /// The MMU root this vCPU has loaded: the VM's `mmu_valid_gen` when it
+    /// was loaded, `None` before the first `KVM_RUN` or pre-fault.
+    root: Option<u64>,
 }
 
 impl Drop for ModelVcpu {
@@ -148,6 +155,7 @@ impl ModelVcpu {
             mmio_data: [0; 8],
             scan_left: 0,
             loaded: false,
+            root: None,
         }
     }
 
@@ -515,6 +523,9 @@ impl Vcpu for ModelVcpu {
         if let Some(e) = self.vm.inject.check(InjectOp::Run) {
             return Err(run_error(e));
         }
+        // vcpu_enter_guest: KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, then
+        // kvm_mmu_reload.
+        self.root = Some(self.vm.mmu_valid_gen());
         match self.exec(self.step_limit.unwrap_or(u64::MAX))? {
             Some(exit) => Ok(exit),
             None => {
@@ -543,6 +554,6 @@ impl Vcpu for ModelVcpu {
     }
 
     fn pre_fault_memory(&mut self, range: &mut PreFaultRange) -> Result<()> {
-        crate::prefault::pre_fault(&self.vm, &self.kick, range)
+        crate::prefault::pre_fault(&self.vm, &self.kick, &mut self.root, range)
     }
 }

@@ -50,6 +50,9 @@ pub(crate) struct VmInner {
     vcpus: Mutex<BTreeSet<u32>>,
     /// `kvm->vm_dead`: every later VM and vCPU ioctl is EIO.
     dead: AtomicBool,
+    /// `kvm->arch.mmu_valid_gen`: bumped by `kvm_mmu_zap_all_fast`, which
+    /// makes every vCPU's loaded MMU root obsolete.
+    mmu_valid_gen: AtomicU64,
 }
 
 impl VmInner {
@@ -76,6 +79,22 @@ impl VmInner {
             mmio: MmioSptes::default(),
             vcpus: Mutex::default(),
             dead: AtomicBool::new(false),
+            mmu_valid_gen: AtomicU64::new(0),
+        }
+    }
+
+    /// The generation a freshly loaded MMU root gets.
+    pub(crate) fn mmu_valid_gen(&self) -> u64 {
+        self.mmu_valid_gen.load(Ordering::Acquire)
+    }
+
+    /// `kvm_arch_flush_shadow_memslot` for a memslot deleted or moved: a
+    /// default VM (with `KVM_X86_QUIRK_SLOT_ZAP_ALL`, on by default) zaps
+    /// everything with `kvm_mmu_zap_all_fast`, which invalidates every
+    /// root; other VM types zap only the slot's range.
+    pub(crate) fn flush_shadow_memslot(&self) {
+        if self.ty == VmType::Default {
+            self.mmu_valid_gen.fetch_add(1, Ordering::AcqRel);
         }
     }
 

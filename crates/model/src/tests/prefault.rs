@@ -296,3 +296,95 @@ fn gmem_only_slot_pre_faults_from_guest_memfd() {
     drop(g);
     assert_eq!(pre_fault(&mut v, BASE, PG).0, Some(Errno::EFAULT));
 }
+
+/// Deletes slot 10 of a `DefaultShared` setup and creates it again.
+fn recreate_default_slot(vm: &ModelVm, keep: &Keep) {
+    vm.set_user_memory_region(&Region {
+        api: RegionApi::V2,
+        slot: 10,
+        flags: 0,
+        gpa: BASE,
+        size: 0,
+        userspace: UserAddr::Raw(0),
+        gmem: GmemRef::Raw(-1),
+        gmem_offset: 0,
+    })
+    .unwrap();
+    vm.set_user_memory_region(&Region {
+        api: RegionApi::V2,
+        slot: 10,
+        flags: 0,
+        gpa: BASE,
+        size: TEST_SIZE,
+        userspace: UserAddr::Backing {
+            mem: &keep.0,
+            offset: 0,
+        },
+        gmem: GmemRef::Raw(-1),
+        gmem_offset: 0,
+    })
+    .unwrap();
+}
+
+/// A pre-fault that a kick from another thread ends after `after`.
+fn pre_fault_kicked(v: &mut ModelVcpu, gpa: u64, after: Duration) -> (Option<Errno>, u64) {
+    let kick = v.kicker();
+    let kicker = std::thread::spawn(move || {
+        std::thread::sleep(after);
+        kick.kick();
+    });
+    let (e, left) = pre_fault(v, gpa, PG);
+    kicker.join().unwrap();
+    (e, left.size)
+}
+
+#[test]
+fn after_a_default_vm_slot_deletion_6_12_spins_until_the_vcpu_runs() {
+    let (_h, vm, mut v, keep) = setup(KernelProfile::V6_12, Config::DefaultShared);
+    // The first pre-fault loads the vCPU's root.
+    assert_eq!(pre_fault(&mut v, BASE, PG).0, None);
+    recreate_default_slot(&vm, &keep);
+    // The root is obsolete: every call spins until a signal, with the slot
+    // back, and outside any slot too.
+    let ms = Duration::from_millis(30);
+    assert_eq!(pre_fault_kicked(&mut v, BASE, ms), (Some(Errno::EINTR), PG));
+    assert_eq!(
+        pre_fault_kicked(&mut v, BASE + PG, ms),
+        (Some(Errno::EINTR), PG)
+    );
+    assert_eq!(pre_fault_kicked(&mut v, 0, ms), (Some(Errno::EINTR), PG));
+    // KVM_RUN frees the obsolete root; the next pre-fault loads a new one.
+    v.load_program(&[GuestOp::Halt]).unwrap();
+    let _ = v.run();
+    let _ = v.run();
+    assert_eq!(pre_fault(&mut v, BASE, PG).0, None);
+}
+
+#[test]
+fn after_a_default_vm_slot_deletion_7_3_reloads_the_root() {
+    let (_h, vm, mut v, keep) = setup(KernelProfile::V7_3, Config::DefaultShared);
+    assert_eq!(pre_fault(&mut v, BASE, PG).0, None);
+    recreate_default_slot(&vm, &keep);
+    assert_eq!(pre_fault(&mut v, BASE, PG).0, None);
+    assert_eq!(pre_fault(&mut v, 0, PG).0, Some(Errno::ENOENT));
+}
+
+#[test]
+fn a_sw_protected_slot_deletion_leaves_the_6_12_root_valid() {
+    let (_h, vm, mut v, keep) = setup(KernelProfile::V6_12, Config::SwShared);
+    assert_eq!(pre_fault(&mut v, BASE, PG).0, None);
+    let g = keep.1.as_ref().unwrap();
+    vm.set_user_memory_region(&Region {
+        api: RegionApi::V2,
+        slot: 10,
+        flags: 0,
+        gpa: BASE,
+        size: 0,
+        userspace: UserAddr::Raw(0),
+        gmem: GmemRef::Raw(-1),
+        gmem_offset: 0,
+    })
+    .unwrap();
+    add_gmem_slot_with_shared(&vm, 10, BASE, &keep.0, g, 0).unwrap();
+    assert_eq!(pre_fault(&mut v, BASE, PG).0, None);
+}
