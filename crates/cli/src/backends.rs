@@ -102,7 +102,7 @@ pub fn model_profile(requested: &str) -> Result<KernelProfile, String> {
         "6.18" => Err(
             "--profile 6.18 was retired: it was never checked against a kernel with private \
              memory; use 7.3 (identical but for 6.18's EINVAL on overlapping guest_memfd file \
-             ranges) or auto"
+             ranges)"
                 .into(),
         ),
         other => Err(format!(

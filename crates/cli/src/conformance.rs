@@ -2,8 +2,14 @@
 //! C1–C5, D1–D2, P1, V1, H1–H2, K1–K4, F26–F31) on every available backend, and with
 //! `--differential` the model-vs-KVM differential test; `--findings` lists
 //! the kernel findings and runs their pinned cases (K1–K4).
+//!
+//! The model runs the newest upstream profile verified against a real
+//! kernel unless `--profile` says otherwise ([`profile`]); the report is a
+//! summary line per backend, then what did not pass, grouped ([`report`]).
 
 mod findings;
+mod profile;
+mod report;
 
 use clap::ValueEnum;
 use privmem_conformance::differential::{self, DiffConfig, DiffReport};
@@ -11,6 +17,8 @@ use privmem_conformance::differential::{default_floor, Coverage};
 use privmem_conformance::{host_model, kernel_of, run_suite, CaseResult};
 use privmem_core::Hypervisor;
 use privmem_model::{KernelProfile, ModelHypervisor};
+use profile::{ModelProfile, ProfileDefault};
+use report::BackendRun;
 use serde_json::json;
 
 /// Which backends the suite runs on.
@@ -35,9 +43,16 @@ pub struct ConformanceArgs {
     /// One JSON document on stdout.
     #[arg(long)]
     json: bool,
-    /// Kernel profile for the model: 7.3, 6.12, or auto (the running kernel's).
-    #[arg(long, default_value = "auto")]
-    profile: String,
+    /// What the model behaves as: 7.3 or 6.12 (upstream Linux), or host
+    /// (this host's KVM: the running kernel's profile with the host's
+    /// capabilities and quirks; `auto` is an alias). Default: 7.3, the
+    /// newest profile verified against a real kernel; for --differential,
+    /// host.
+    #[arg(long, value_name = "7.3|6.12|host")]
+    profile: Option<String>,
+    /// Print every case as it finishes, and the model's settings.
+    #[arg(long, short)]
+    verbose: bool,
     /// Run only these case ids (comma-separated, e.g. C1,D2).
     #[arg(long)]
     only: Option<String>,
@@ -86,7 +101,12 @@ fn kvm_required() -> bool {
 
 /// Runs the command; the process exit code.
 pub fn main(args: &ConformanceArgs) -> i32 {
-    let profile = match crate::backends::model_profile(&args.profile) {
+    let default = if args.differential {
+        ProfileDefault::Host
+    } else {
+        ProfileDefault::NewestVerified
+    };
+    let profile = match ModelProfile::parse(args.profile.as_deref(), default) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("privmem: {e}");
@@ -94,7 +114,7 @@ pub fn main(args: &ConformanceArgs) -> i32 {
         }
     };
     if args.differential {
-        return differential_main(args, profile);
+        return differential_main(args, profile.kernel());
     }
     if args.findings {
         return findings::main(args, profile);
@@ -126,70 +146,74 @@ pub fn main(args: &ConformanceArgs) -> i32 {
             .collect()
     });
     let filter = |id: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == id));
+    let verbose = args.verbose && !args.json;
     let print = |r: &CaseResult| {
-        if !args.json {
-            println!("{}", line(r));
+        if verbose {
+            println!("{}", report::case_line(r));
         }
     };
-    let mut results = Vec::new();
+    let mut runs = Vec::new();
     if model {
-        // `--profile auto` models this host: its MMU width and its quirks
-        // (PVM); an explicit profile models upstream.
-        let hv = if args.profile == "auto" {
-            host_model(profile, crate::backends::kvm_options().quirks)
-        } else {
-            ModelHypervisor::new(profile)
-        };
-        if !args.json {
-            eprintln!(
-                "model: kernel profile {}, {}",
-                profile.name(),
-                build_line(&hv)
-            );
+        let hv = profile.build();
+        if verbose {
+            eprintln!("model: {}, {}", profile.describe(), build_line(&hv));
         }
-        results.extend(run_suite(&hv, &filter, print));
+        runs.push(BackendRun {
+            backend: hv.name(),
+            context: profile.describe(),
+            results: run_suite(&hv, &filter, print),
+        });
     }
     if let Some(kvm) = &kvm {
-        if !args.json {
+        let context = format!("/dev/kvm, kernel {}", kvm.kernel_release());
+        if verbose {
             eprintln!(
-                "kvm: kernel {} (expectations of {}), hypercall transport {}",
-                kvm.kernel_release(),
+                "kvm: {context} (expectations of {}), hypercall transport {}",
                 kernel_of(kvm).name(),
                 kvm.transport()
             );
         }
-        results.extend(run_suite(kvm, &filter, print));
+        runs.push(BackendRun {
+            backend: kvm.name(),
+            context,
+            results: run_suite(kvm, &filter, print),
+        });
     }
+    let failed = runs
+        .iter()
+        .flat_map(|r| &r.results)
+        .any(|r| r.outcome.status() == "fail");
     if args.json {
-        println!("{}", to_json(&results));
-    } else {
-        for line in summary(&results) {
+        println!("{}", to_json(&runs, model.then_some(profile)));
+    } else if verbose {
+        for line in report::summary(&runs) {
             println!("{line}");
         }
+    } else {
+        for line in report::human(&runs) {
+            println!("{line}");
+        }
+        println!();
+        println!("{}", hint(model.then_some(profile), kvm.is_some()));
     }
-    i32::from(results.iter().any(|r| r.outcome.status() == "fail"))
+    i32::from(failed)
 }
 
-/// Per backend: "kvm: 2 pass, 0 fail, 26 skip, 1 partial, 2 emulated".
-fn summary(results: &[CaseResult]) -> Vec<String> {
-    let mut backends: Vec<&str> = results.iter().map(|r| r.backend).collect();
-    backends.dedup();
-    backends
-        .into_iter()
-        .map(|b| {
-            let counts: Vec<String> = ["pass", "fail", "skip", "partial", "emulated"]
-                .into_iter()
-                .map(|st| {
-                    let n = results
-                        .iter()
-                        .filter(|r| r.backend == b && r.outcome.status() == st)
-                        .count();
-                    format!("{n} {st}")
-                })
-                .collect();
-            format!("{b}: {}", counts.join(", "))
-        })
-        .collect()
+/// The closing line: what the model ran as, and how to see more.
+fn hint(profile: Option<ModelProfile>, kvm: bool) -> String {
+    let model = match profile {
+        Some(ModelProfile::Upstream(p)) if kvm => format!(
+            "The model ran upstream Linux {}; `--profile host` models this host's KVM instead. ",
+            p.name()
+        ),
+        Some(ModelProfile::Host(_)) => {
+            "The model ran as this host's KVM; without `--profile` it runs the newest upstream \
+             profile. "
+                .to_string()
+        }
+        _ => String::new(),
+    };
+    format!("{model}`--verbose` lists every case, `--json` gives them to scripts.")
 }
 
 /// "pvm, gmem_hva", or "none".
@@ -205,25 +229,12 @@ fn quirk_names(q: privmem_core::Quirks) -> String {
     }
 }
 
-/// "A1   model  pass  guest_memfd flags", with the reason after a colon.
-fn line(r: &CaseResult) -> String {
-    let mut s = format!(
-        "{:<4} {:<6} {:<5} {}",
-        r.case.id,
-        r.backend,
-        r.outcome.status(),
-        r.case.name
-    );
-    if let Some(why) = r.outcome.reason() {
-        s.push_str(": ");
-        s.push_str(why);
-    }
-    s
-}
-
-fn to_json(results: &[CaseResult]) -> serde_json::Value {
-    let cases: Vec<_> = results
+/// Every case's result, and the model's profile (`null` when the model did
+/// not run).
+fn to_json(runs: &[BackendRun], profile: Option<ModelProfile>) -> serde_json::Value {
+    let cases: Vec<_> = runs
         .iter()
+        .flat_map(|run| &run.results)
         .map(|r| {
             json!({
                 "id": r.case.id,
@@ -234,7 +245,11 @@ fn to_json(results: &[CaseResult]) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "cases": cases })
+    json!({
+        "profile": profile.map(ModelProfile::name),
+        "profile_kernel": profile.map(|p| p.kernel().name()),
+        "cases": cases,
+    })
 }
 
 fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {

@@ -3,13 +3,13 @@
 //! kernel, and the result of its pinned case (K1–K4) on each backend run.
 
 use privmem_conformance::findings::{kernel_release, Finding, FINDINGS};
-use privmem_conformance::{host_model, run_suite, CaseResult};
+use privmem_conformance::{run_suite, CaseResult};
 use privmem_core::Hypervisor;
 use privmem_kvm::KvmHypervisor;
-use privmem_model::{KernelProfile, ModelHypervisor};
+use privmem_model::ModelHypervisor;
 use serde_json::json;
 
-use super::{kvm_required, ConformanceArgs, SuiteBackend};
+use super::{kvm_required, ConformanceArgs, ModelProfile, SuiteBackend};
 
 /// A pinned case's result on one backend, with the kernel it behaved as.
 struct Pinned {
@@ -18,7 +18,7 @@ struct Pinned {
 }
 
 /// Runs `--findings`; the process exit code (1 if a pinned case failed).
-pub(super) fn main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
+pub(super) fn main(args: &ConformanceArgs, profile: ModelProfile) -> i32 {
     let (model, kvm) = match backends(args, profile) {
         Ok(b) => b,
         Err(code) => return code,
@@ -41,11 +41,11 @@ pub(super) fn main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
 }
 
 /// The backends `--backend` selects: the model at `profile` (the host's
-/// model for `--profile auto`), and KVM where it opens. `Err` is an exit
+/// model for `--profile host`), and KVM where it opens. `Err` is an exit
 /// code, after a message.
 fn backends(
     args: &ConformanceArgs,
-    profile: KernelProfile,
+    profile: ModelProfile,
 ) -> Result<(Option<ModelHypervisor>, Option<KvmHypervisor>), i32> {
     let (model, kvm, must_kvm) = match args.backend {
         SuiteBackend::Auto => (true, true, kvm_required()),
@@ -53,13 +53,7 @@ fn backends(
         SuiteBackend::Model => (true, false, false),
         SuiteBackend::All => (true, true, true),
     };
-    let model = model.then(|| {
-        if args.profile == "auto" {
-            host_model(profile, crate::backends::kvm_options().quirks)
-        } else {
-            ModelHypervisor::new(profile)
-        }
-    });
+    let model = model.then(|| profile.build());
     let kvm = if kvm {
         match KvmHypervisor::open(crate::backends::kvm_options()) {
             Ok(h) => Some(h),
