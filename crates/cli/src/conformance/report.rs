@@ -179,7 +179,10 @@ mod tests {
 
     #[test]
     fn consecutive_ids_are_ranges() {
-        assert_eq!(id_ranges(&["A1", "A2", "A3", "H1", "F27", "F28"]), "A1–A3, H1, F27, F28");
+        assert_eq!(
+            id_ranges(&["A1", "A2", "A3", "H1", "F27", "F28"]),
+            "A1–A3, H1, F27, F28"
+        );
         assert_eq!(id_ranges(&["A1", "A3", "A4", "A5", "B6"]), "A1, A3–A5, B6");
         assert_eq!(id_ranges(&["A9", "A10", "A11", "B12"]), "A9–A11, B12");
         assert_eq!(id_ranges(&["X", "A1", "A2", "A3"]), "X, A1–A3");
@@ -209,7 +212,9 @@ mod tests {
             "kvm (kernel 6.18)   1 pass,  1 fail,  4 skip,  1 partial,  0 emulated"
         );
         assert!(
-            text.contains("kvm: 4 skipped, by reason:\n  A1–A3: KVM_CAP_GUEST_MEMFD=0\n  C1: no sw-protected"),
+            text.contains(
+                "kvm: 4 skipped, by reason:\n  A1–A3: KVM_CAP_GUEST_MEMFD=0\n  C1: no sw-protected"
+            ),
             "{text}"
         );
         assert!(text.contains("  B1   a case: half"), "{text}");
