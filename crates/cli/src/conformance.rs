@@ -147,16 +147,24 @@ pub fn main(args: &ConformanceArgs) -> i32 {
     });
     let filter = |id: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == id));
     let verbose = args.verbose && !args.json;
+    let per_backend = privmem_conformance::case_list()
+        .iter()
+        .filter(|c| filter(c.id))
+        .count();
+    let backends = usize::from(model) + usize::from(kvm.is_some());
+    let total = u64::try_from(per_backend * backends).unwrap_or(u64::MAX);
+    let bar = crate::progress::bar(total, "conformance", "cases");
     let print = |r: &CaseResult| {
+        bar.inc(1);
         if verbose {
-            println!("{}", report::case_line(r));
+            bar.suspend(|| println!("{}", report::case_line(r)));
         }
     };
     let mut runs = Vec::new();
     if model {
         let hv = profile.build();
         if verbose {
-            eprintln!("model: {}, {}", profile.describe(), build_line(&hv));
+            bar.suspend(|| eprintln!("model: {}, {}", profile.describe(), build_line(&hv)));
         }
         runs.push(BackendRun {
             backend: hv.name(),
@@ -167,11 +175,13 @@ pub fn main(args: &ConformanceArgs) -> i32 {
     if let Some(kvm) = &kvm {
         let context = format!("/dev/kvm, kernel {}", kvm.kernel_release());
         if verbose {
-            eprintln!(
-                "kvm: {context} (expectations of {}), hypercall transport {}",
-                kernel_of(kvm).name(),
-                kvm.transport()
-            );
+            bar.suspend(|| {
+                eprintln!(
+                    "kvm: {context} (expectations of {}), hypercall transport {}",
+                    kernel_of(kvm).name(),
+                    kvm.transport()
+                );
+            });
         }
         runs.push(BackendRun {
             backend: kvm.name(),
@@ -179,6 +189,7 @@ pub fn main(args: &ConformanceArgs) -> i32 {
             results: run_suite(kvm, &filter, print),
         });
     }
+    bar.finish_and_clear();
     let failed = runs
         .iter()
         .flat_map(|r| &r.results)
@@ -271,7 +282,19 @@ fn differential_main(args: &ConformanceArgs, profile: KernelProfile) -> i32 {
     };
     // The model as this host's KVM should look (MMU width, PVM quirks).
     let model = host_model(profile, kvm.quirks());
-    let report = match differential::run(&model, &kvm, &cfg) {
+    let bar = crate::progress::bar(u64::from(cfg.cases), "differential", "sequences");
+    let report = differential::run_with_progress(&model, &kvm, &cfg, &|p| {
+        if p.shrinking {
+            bar.set_message(format!(
+                "sequences; a difference: shrinking it ({} runs)",
+                p.sequences
+            ));
+        } else {
+            bar.set_position(p.sequences.min(p.total));
+        }
+    });
+    bar.finish_and_clear();
+    let report = match report {
         Ok(r) => r,
         Err(e) => {
             eprintln!("privmem: differential: {e}");

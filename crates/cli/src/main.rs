@@ -7,6 +7,7 @@ mod caps;
 mod conformance;
 mod demo;
 mod picture;
+mod progress;
 mod run;
 mod trace;
 

@@ -198,3 +198,48 @@ fn unknown_and_retired_profiles_exit_2() {
         assert!(err.contains(want), "{p}: {err}");
     }
 }
+
+/// `privmem ARGS` under a pseudo-terminal (util-linux `script`): all it
+/// wrote, stdout and stderr together; `None` after a visible skip when
+/// `script` is missing.
+fn on_a_terminal(test: &str, args: &str) -> Option<String> {
+    let cmd = format!("{} {args}", env!("CARGO_BIN_EXE_privmem"));
+    match Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+    {
+        Ok(out) => {
+            assert!(out.status.success(), "{cmd}: {out:?}");
+            Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+        Err(e) => {
+            common::skip(&format!("{test}: util-linux `script` unavailable ({e})"));
+            None
+        }
+    }
+}
+
+#[test]
+fn progress_is_drawn_on_a_terminal_only() {
+    let n = case_list().len();
+    let test = "progress_is_drawn_on_a_terminal_only";
+    if let Some(tty) = on_a_terminal(test, "conformance --backend model") {
+        assert!(tty.contains(&format!("] {n}/{n} cases")), "{tty}");
+    }
+    let (_, out, err) = privmem(&["conformance", "--backend", "model"]);
+    assert!(!err.contains("cases (") && !err.contains('\x1b'), "{err}");
+    assert!(!out.contains('\x1b'), "{out}");
+    if !common::kvm_or_skip(test) {
+        return;
+    }
+    if let Some(tty) = on_a_terminal(test, "conformance --differential --cases 8") {
+        assert!(tty.contains("] 8/8 sequences"), "{tty}");
+    }
+    let (code, out, err) = privmem(&["conformance", "--differential", "--cases", "8"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("sequences (") && !err.contains('\x1b'),
+        "{err}"
+    );
+    assert!(out.contains("differential: "), "{out}");
+}

@@ -6,7 +6,11 @@
 
 mod common;
 
-use privmem_conformance::differential::{default_floor, run, DiffConfig};
+use std::cell::RefCell;
+
+use privmem_conformance::differential::{
+    default_floor, run, run_with_progress, DiffConfig, DiffProgress,
+};
 use privmem_conformance::host_model;
 use privmem_core::VmType;
 use privmem_model::{KernelProfile, ModelHypervisor};
@@ -134,6 +138,48 @@ fn a_run_that_is_mostly_na_and_enotty_fails_the_rig_floor() {
     if let Err(why) = report.coverage.check_floor(floor) {
         panic!("{why}\n{}", report.coverage.table());
     }
+}
+
+/// Progress is told after every sequence: 1 to `cases` when the backends
+/// agree; once they differ, every later call (the shrinking runs) says so.
+#[test]
+fn progress_counts_every_sequence_and_marks_shrinking() {
+    let cfg = DiffConfig {
+        cases: 16,
+        ..config()
+    };
+    let seen: RefCell<Vec<DiffProgress>> = RefCell::new(Vec::new());
+    let m = || ModelHypervisor::new(profile());
+    let report = run_with_progress(&m(), &m(), &cfg, &|p| seen.borrow_mut().push(p))
+        .expect("differential ran");
+    assert!(report.agreed(), "{}", report.difference.unwrap_or_default());
+    let agreed = seen.take();
+    assert_eq!(agreed.len(), 16);
+    for (i, p) in agreed.iter().enumerate() {
+        let want = DiffProgress {
+            sequences: i as u64 + 1,
+            total: 16,
+            shrinking: false,
+        };
+        assert_eq!(*p, want);
+    }
+    // Without guest_memfd, `CreateGmem` is ENOTTY: the backends differ.
+    let bare = m().with_guest_memfd(false);
+    let cfg = DiffConfig { cases: 64, ..cfg };
+    let report = run_with_progress(&m(), &bare, &cfg, &|p| seen.borrow_mut().push(p))
+        .expect("differential ran");
+    assert!(!report.agreed());
+    let differed = seen.take();
+    let first = differed
+        .iter()
+        .position(|p| p.shrinking)
+        .expect("a difference was found");
+    assert!(
+        differed[first..].iter().all(|p| p.shrinking),
+        "{differed:?}"
+    );
+    assert_eq!(differed.last().unwrap().sequences, report.sequences);
+    assert!(differed.iter().all(|p| p.total == 64));
 }
 
 mod pinned {

@@ -116,6 +116,18 @@ fn compare(names: (&str, &str), seq: &Sequence, ra: &[Res], rb: &[Res]) -> Resul
     Err(s)
 }
 
+/// How far a differential run has got, told after every sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiffProgress {
+    /// Sequences run so far, shrinking runs included.
+    pub sequences: u64,
+    /// The sequences asked for ([`DiffConfig::cases`]).
+    pub total: u64,
+    /// True once a difference was found: the runs since then shrink it to
+    /// a minimal sequence.
+    pub shrinking: bool,
+}
+
 /// Runs the differential between `a` and `b`.
 ///
 /// # Errors
@@ -124,6 +136,19 @@ pub fn run<A: Hypervisor, B: Hypervisor>(
     a: &A,
     b: &B,
     cfg: &DiffConfig,
+) -> Result<DiffReport, String> {
+    run_with_progress(a, b, cfg, &|_| {})
+}
+
+/// [`run`], calling `progress` after every sequence (for a progress bar).
+///
+/// # Errors
+/// A message if a backend could not even create the sequence's VMs.
+pub fn run_with_progress<A: Hypervisor, B: Hypervisor>(
+    a: &A,
+    b: &B,
+    cfg: &DiffConfig,
+    progress: &dyn Fn(DiffProgress),
 ) -> Result<DiffReport, String> {
     let names = (a.name(), b.name());
     let vm_types = common_vm_types(a, b);
@@ -139,20 +164,18 @@ pub fn run<A: Hypervisor, B: Hypervisor>(
     let steps = Cell::new(0u64);
     let results = RefCell::new(BTreeMap::new());
     let coverage = RefCell::new(Coverage::default());
+    let shrinking = Cell::new(false);
     let result = runner.run(&sequence(vm_types.clone(), cfg.max_steps), |seq| {
         sequences.set(sequences.get() + 1);
         steps.set(steps.get() + seq.ops.len() as u64);
-        let ea = execute(a, &seq).map_err(TestCaseError::fail)?;
-        let eb = execute(b, &seq).map_err(TestCaseError::fail)?;
-        tally(&mut results.borrow_mut(), &seq, &ea.res);
-        let emulated: Vec<bool> = ea
-            .emulated
-            .iter()
-            .zip(&eb.emulated)
-            .map(|(x, y)| *x || *y)
-            .collect();
-        coverage.borrow_mut().record(&seq, &ea.res, &emulated);
-        compare(names, &seq, &ea.res, &eb.res).map_err(TestCaseError::fail)
+        let outcome = run_one(a, b, &seq, names, &results, &coverage);
+        shrinking.set(shrinking.get() || outcome.is_err());
+        progress(DiffProgress {
+            sequences: sequences.get(),
+            total: u64::from(cfg.cases),
+            shrinking: shrinking.get(),
+        });
+        outcome
     });
     let difference = match result {
         Ok(()) => None,
@@ -169,6 +192,29 @@ pub fn run<A: Hypervisor, B: Hypervisor>(
         coverage: coverage.into_inner(),
         difference,
     })
+}
+
+/// Runs `seq` on both backends, records its results and coverage, and
+/// compares them.
+fn run_one<A: Hypervisor, B: Hypervisor>(
+    a: &A,
+    b: &B,
+    seq: &Sequence,
+    names: (&'static str, &'static str),
+    results: &RefCell<BTreeMap<String, u64>>,
+    coverage: &RefCell<Coverage>,
+) -> Result<(), TestCaseError> {
+    let ea = execute(a, seq).map_err(TestCaseError::fail)?;
+    let eb = execute(b, seq).map_err(TestCaseError::fail)?;
+    tally(&mut results.borrow_mut(), seq, &ea.res);
+    let emulated: Vec<bool> = ea
+        .emulated
+        .iter()
+        .zip(&eb.emulated)
+        .map(|(x, y)| *x || *y)
+        .collect();
+    coverage.borrow_mut().record(seq, &ea.res, &emulated);
+    compare(names, seq, &ea.res, &eb.res).map_err(TestCaseError::fail)
 }
 
 /// Runs one given sequence on `a` and `b` and compares them step by step

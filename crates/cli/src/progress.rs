@@ -1,0 +1,32 @@
+//! Progress of long work on stderr (indicatif), drawn only when stderr is a
+//! terminal: pipes, logs and the JSON a script reads never see it.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// The bar's look: "differential [=====>    ] 12/64 sequences (3s)".
+const TEMPLATE: &str = "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})";
+
+/// A bar of `len` steps named `prefix`, with `msg` after the counts; hidden
+/// when stderr is not a terminal.
+pub fn bar(len: u64, prefix: &'static str, msg: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(TEMPLATE)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_prefix(prefix)
+        .with_message(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_template_parses() {
+        assert!(indicatif::ProgressStyle::with_template(super::TEMPLATE).is_ok());
+    }
+}
