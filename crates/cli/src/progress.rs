@@ -5,8 +5,9 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// The bar's look: "differential [=====>    ] 12/64 sequences (3s)".
-const TEMPLATE: &str = "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})";
+/// The bar's look: "differential [=====>    ] 12/64 (3s) sequences"; the
+/// message is cut to the terminal's width, so the bar stays on one line.
+const TEMPLATE: &str = "{prefix} [{bar:30}] {pos}/{len} ({elapsed}) {wide_msg}";
 
 /// A bar of `len` steps named `prefix`, with `msg` after the counts; hidden
 /// when stderr is not a terminal.

@@ -37,7 +37,6 @@ mod scale;
 mod util;
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 use privmem_kvm::KvmHypervisor;
@@ -335,54 +334,51 @@ impl Ctx {
     }
 }
 
-/// The progress indicator on stderr: a redrawn status line on a terminal,
-/// one line per benchmark otherwise.
+/// The progress indicator on stderr: an indicatif bar (benchmarks done of
+/// all, the current one and what it measures now) on a terminal, one line
+/// per benchmark otherwise.
 struct Progress {
-    tty: bool,
+    bar: indicatif::ProgressBar,
     index: usize,
     total: usize,
     name: String,
-    start: Instant,
     bench_start: Instant,
 }
 
 impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            bar: crate::progress::bar(u64::try_from(total).unwrap_or(u64::MAX), "bench", ""),
+            index: 0,
+            total,
+            name: String::new(),
+            bench_start: Instant::now(),
+        }
+    }
+
     fn begin(&mut self, index: usize, name: &str) {
         self.index = index;
         self.name = name.to_string();
         self.bench_start = Instant::now();
-        if !self.tty {
+        if self.bar.is_hidden() {
             eprintln!("bench [{}/{}] {name} ...", index + 1, self.total);
         }
         self.status("starting");
     }
 
     fn status(&mut self, what: &str) {
-        if !self.tty {
-            return;
-        }
-        let done = self.index as f64 / self.total.max(1) as f64;
-        let width = 20usize;
-        let filled = ((done * width as f64) as usize).min(width);
-        let bar: String = "#".repeat(filled) + &"-".repeat(width - filled);
-        let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[K[{bar}] {}/{} {} | {what} | {:.1}s",
-            self.index + 1,
-            self.total,
-            self.name,
-            self.start.elapsed().as_secs_f64()
-        );
-        let _ = err.flush();
+        self.bar.set_message(format!("{} | {what}", self.name));
     }
 
     fn end(&mut self, outcome: &str) {
         let secs = self.bench_start.elapsed().as_secs_f64();
-        if self.tty {
-            eprint!("\r\x1b[K");
-        }
-        eprintln!("bench {}: {outcome} in {secs:.1} s", self.name);
+        self.bar.inc(1);
+        self.bar
+            .suspend(|| eprintln!("bench {}: {outcome} in {secs:.1} s", self.name));
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
     }
 }
 
@@ -519,17 +515,9 @@ pub fn main(args: &BenchArgs) -> i32 {
         );
         return 2;
     }
-    let now = Instant::now();
     let mut ctx = Ctx {
         quick: args.quick,
-        progress: Progress {
-            tty: std::io::stderr().is_terminal(),
-            index: 0,
-            total: names.len(),
-            name: String::new(),
-            start: now,
-            bench_start: now,
-        },
+        progress: Progress::new(names.len()),
         skipped: Vec::new(),
     };
     let mut rows = Vec::new();
@@ -562,6 +550,7 @@ pub fn main(args: &BenchArgs) -> i32 {
             }
         }
     }
+    ctx.progress.finish();
     let machine = machine();
     if args.json {
         let status = exit_status(&errors);
