@@ -532,7 +532,7 @@ pub fn main(args: &BenchArgs) -> i32 {
                     continue;
                 }
                 // How much of the machine others used meanwhile: figures
-                // taken under load are noisier (see README, Performance).
+                // taken under load are noisier (docs/performance.md).
                 let load = mark.others_since();
                 for row in &mut r {
                     row.context.insert("machine_load_others".into(), load);
