@@ -1,6 +1,6 @@
 //! The memslot table (`struct kvm_memslots`): what each slot maps and
 //! where, looked up by slot number and by gfn. Data only; the ioctls that
-//! change it are in [`crate::memslot`].
+//! change it are in `memslot.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Weak;
