@@ -20,6 +20,7 @@ use privmem_core::{Gpa, GpaRange};
 use privmem_tinyvmm::guest::{self, ports};
 use privmem_tinyvmm::{Conversions, Ended, Flow, TinyVcpu, TinyVmm, VmmConfig};
 
+use super::kvm::{Run, Split, Timed};
 use super::util::{timed, MIB};
 use super::{Ctx, Row, RowSpec, Side, Target};
 
@@ -30,11 +31,12 @@ fn once(
     code: &[u8],
     rounds: u32,
     conv: &mut impl Conversions,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Run> {
     vcpu.start(vmm, code)?;
+    let mut conv = Timed::new(conv);
     let mut reads = 0u32;
     let (t, ended) = timed(|| {
-        vcpu.run(conv, |port, d| match port {
+        vcpu.run(&mut conv, |port, d| match port {
             ports::READ if d[0] == 0 => {
                 reads += 1;
                 Ok(Flow::Continue)
@@ -51,7 +53,11 @@ fn once(
             2 * rounds
         );
     }
-    Ok(t)
+    Ok(Run {
+        secs: t,
+        handler_secs: conv.spent.as_secs_f64(),
+        calls: conv.calls,
+    })
 }
 
 /// Runs the benchmark.
@@ -77,20 +83,22 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let mut bare = vmm.minimal_handler()?;
     let code = guest::round_trips(rounds)?;
     let all = GpaRange::new(Gpa(0), 2 * MIB)?;
+    let mut split = Split::default();
     let s = ctx.alternate("embed", ctx.rounds(), |side| {
-        let t = match side {
+        let run = match side {
             Side::Baseline => once(&mut vcpu, &vmm, &code, rounds, &mut bare)?,
             Side::Privmem => {
-                let t = once(&mut vcpu, &vmm, &code, rounds, &mut privmem)?;
+                let r = once(&mut vcpu, &vmm, &code, rounds, &mut privmem)?;
                 if vmm.engine().attr_map().runs(all).iter().any(|r| r.private) {
                     bail!("privmem's map is not all shared after the guest's round trips");
                 }
-                t
+                r
             }
         };
-        Ok(t * 1e6 / f64::from(rounds))
+        split.push(side, &run);
+        Ok(run.secs * 1e6 / f64::from(rounds))
     })?;
-    Ok(vec![RowSpec {
+    let mut row = RowSpec {
         name: "embed",
         unit: "us/round",
         target: Target::RatioAtMost(1.05),
@@ -99,5 +107,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             "real KVM, sw-protected VM, the example VMM's exit loop: {rounds} rounds of write, to private, read, write, to shared, read (2 vmmcall + 2 port exits each), discard checked"
         )),
     }
-    .row(&s)])
+    .row(&s);
+    row.context = split.context();
+    Ok(vec![row])
 }

@@ -20,6 +20,7 @@ use privmem_tinyvmm::{Conversions, Ended, Flow, TinyVcpu, TinyVmm, VmmConfig};
 
 use super::super::util::{size_name, timed, GIB, MIB};
 use super::super::{Ctx, Row, RowSpec, Side, Target};
+use super::{Run, Split, Timed};
 
 /// Where the converted range starts (above the guest's code page).
 const BASE: u64 = 2 * MIB;
@@ -30,11 +31,12 @@ fn once(
     vmm: &TinyVmm,
     code: &[u8],
     conv: &mut impl Conversions,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Run> {
     vcpu.start(vmm, code)?;
+    let mut conv = Timed::new(conv);
     let mut marks = 0;
     let (t, ended) = timed(|| {
-        vcpu.run(conv, |port, d| match port {
+        vcpu.run(&mut conv, |port, d| match port {
             ports::MARK => {
                 marks += 1;
                 Ok(Flow::Continue)
@@ -47,7 +49,11 @@ fn once(
     if ended != Ended::Halted || marks != 1 {
         bail!("the guest ended {ended:?} after {marks} marks (expected a halt after 1)");
     }
-    Ok(t)
+    Ok(Run {
+        secs: t,
+        handler_secs: conv.spent.as_secs_f64(),
+        calls: conv.calls,
+    })
 }
 
 /// Runs the benchmark.
@@ -77,11 +83,12 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         let code = guest::convert(BASE, size, req)?;
         let label = format!("kvm/convert/{}", size_name(req));
         let conversions = 2 * size / req;
+        let mut split = Split::default();
         let s = ctx.alternate(&label, ctx.rounds(), |side| {
-            let t = match side {
+            let run = match side {
                 Side::Baseline => once(&mut vcpu, &vmm, &code, &mut bare)?,
                 Side::Privmem => {
-                    let t = once(&mut vcpu, &vmm, &code, &mut privmem)?;
+                    let r = once(&mut vcpu, &vmm, &code, &mut privmem)?;
                     if vmm
                         .engine()
                         .attr_map()
@@ -91,13 +98,13 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
                     {
                         bail!("privmem's map is not all shared after the round trip");
                     }
-                    t
+                    r
                 }
             };
-            Ok(t / (2.0 * size as f64 / GIB as f64))
+            split.push(side, &run);
+            Ok(run.secs / (2.0 * size as f64 / GIB as f64))
         })?;
-        rows.push(
-            RowSpec {
+        let mut row = RowSpec {
                 name: &label,
                 unit: "s/GiB",
                 target: Target::RatioAtMost(1.05),
@@ -109,8 +116,9 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
                     if ctx.quick { "; --quick: 16 MiB instead of 64 MiB" } else { "" }
                 )),
             }
-            .row(&s),
-        );
+            .row(&s);
+        row.context = split.context();
+        rows.push(row);
     }
     Ok(rows)
 }
