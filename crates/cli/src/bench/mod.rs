@@ -53,7 +53,7 @@ use serde::Serialize;
 static ALLOC: privmem_baseline::CountingAlloc = privmem_baseline::CountingAlloc;
 
 /// The benchmarks, in run order.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     "exit",
     "fault",
     "convert",
@@ -63,14 +63,16 @@ pub const ALL: [&str; 9] = [
     "parallel",
     "embed",
     "kvm/convert",
+    "kvm/exit",
 ];
 
 /// `privmem bench` arguments.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Benchmarks to run (default: all): exit, fault, convert, attrmap,
-    /// access, scale, parallel, embed, kvm/convert (the last two need a
-    /// sw-protected VM with guest_memfd, i.e. the rig; elsewhere they skip).
+    /// access, scale, parallel, embed, kvm/convert, kvm/exit (the last
+    /// three need a sw-protected VM with guest_memfd, i.e. the rig;
+    /// elsewhere they skip).
     pub names: Vec<String>,
     /// One JSON document on stdout.
     #[arg(long)]
@@ -513,6 +515,7 @@ fn run_one(name: &str, ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         "parallel" => parallel::run(ctx),
         "embed" => embed::run(ctx),
         "kvm/convert" => kvm::convert::run(ctx),
+        "kvm/exit" => exit::run_private(ctx),
         other => anyhow::bail!("unknown benchmark `{other}`"),
     }
 }

@@ -118,6 +118,9 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             }
             .row(&s);
         row.context = split.context();
+        let alone = super::alone::us_per_request(BASE, size, req, 3)?;
+        row.context
+            .insert("engine_alone_us_per_call".to_string(), alone);
         rows.push(row);
     }
     Ok(rows)

@@ -8,8 +8,9 @@
 //! | bench | module |
 //! |---|---|
 //! | `kvm/convert` | [`convert`] |
-//! | `kvm/exit` | `super::exit` on a sw-protected VM |
+//! | `kvm/exit` | `super::exit` ([`super::exit::run_private`]) on a sw-protected VM |
 
+pub mod alone;
 pub mod convert;
 
 use std::collections::BTreeMap;
