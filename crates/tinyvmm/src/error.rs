@@ -26,6 +26,9 @@ pub enum VmmError {
     /// vm-memory refused the region.
     #[error("vm-memory refused the guest memory region")]
     Region,
+    /// The guest_memfd was closed (`Engine::close_gmem`).
+    #[error("the guest_memfd was closed")]
+    GmemClosed,
     /// `dup` of a file failed.
     #[error("dup failed: {0}")]
     Dup(#[source] std::io::Error),

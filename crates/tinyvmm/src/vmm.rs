@@ -38,8 +38,9 @@ pub struct TinyVmm {
     vm: Arc<VmFd>,
     mmap: Arc<MmapRegion>,
     engine: Arc<Engine<VmFdBackend>>,
-    /// Duplicates of the slot's two files, for [`MinimalHandler`].
-    gmem: File,
+    /// A duplicate of the shared memfd, for [`MinimalHandler`]. (Not of
+    /// the guest_memfd: only the engine holds that, so closing it through
+    /// the engine releases the file, as the example shows.)
     shared: File,
 }
 
@@ -71,7 +72,6 @@ impl TinyVmm {
         let fo = FileOffset::new(memfd.file()?, 0);
         let mmap = Arc::new(MmapRegion::build(Some(fo), len, prot, flags)?);
         let gmem = GmemFile::create(&vm, config.mem, GmemFlags(0))?;
-        let gmem_dup = gmem.file().try_clone().map_err(VmmError::Dup)?;
         let engine = Engine::new(
             VmFdBackend::new(vm.clone(), VmType::SwProtected),
             config.engine,
@@ -92,7 +92,6 @@ impl TinyVmm {
             vm,
             mmap,
             engine: Arc::new(engine),
-            gmem: gmem_dup,
             shared,
         })
     }
@@ -133,12 +132,17 @@ impl TinyVmm {
         Ok(PrivmemHandler::new(self.engine.clone(), prefault))
     }
 
-    /// The hand-written minimal handler over the same VM and files.
+    /// The hand-written minimal handler over the same VM and files (it
+    /// holds a duplicate of the guest_memfd while it lives).
     ///
     /// # Errors
-    /// `Dup` if a file cannot be duplicated.
+    /// `Dup` if a file cannot be duplicated, `GmemClosed` if the
+    /// guest_memfd was closed.
     pub fn minimal_handler(&self) -> Result<MinimalHandler, VmmError> {
-        let gmem = self.gmem.try_clone().map_err(VmmError::Dup)?;
+        let slots = self.engine.slots();
+        let binding = slots.first().and_then(|s| s.gmem.as_ref());
+        let gmem = binding.ok_or(VmmError::GmemClosed)?;
+        let gmem = gmem.file.file().try_clone().map_err(VmmError::Dup)?;
         let shared = self.shared.try_clone().map_err(VmmError::Dup)?;
         Ok(MinimalHandler::new(self.vm.clone(), gmem, shared))
     }
