@@ -18,7 +18,7 @@
 //! | `scale` | [`scale`] |
 //! | `parallel` | [`parallel`] |
 //! | `embed` | [`embed`] |
-//! | `kvm/convert`, `kvm/exit` | [`kvm`] |
+//! | `kvm/convert`, `kvm/exit`, `kvm/setup` | [`kvm`] |
 //!
 //! Exit status: 0 when every benchmark ran (or skipped visibly because the
 //! host lacks what it needs: /dev/kvm; a skip is an error under
@@ -62,7 +62,7 @@ use serde::Serialize;
 static ALLOC: privmem_baseline::CountingAlloc = privmem_baseline::CountingAlloc;
 
 /// The benchmarks, in run order.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     "exit",
     "fault",
     "convert",
@@ -73,14 +73,15 @@ pub const ALL: [&str; 10] = [
     "embed",
     "kvm/convert",
     "kvm/exit",
+    "kvm/setup",
 ];
 
 /// `privmem bench` arguments.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Benchmarks to run (default: all): exit, fault, convert, attrmap,
-    /// access, scale, parallel, embed, kvm/convert, kvm/exit (the last
-    /// three need a sw-protected VM with guest_memfd, i.e. the rig;
+    /// access, scale, parallel, embed, kvm/convert, kvm/exit, kvm/setup
+    /// (the last four need a sw-protected VM with guest_memfd, i.e. the rig;
     /// elsewhere they skip).
     pub names: Vec<String>,
     /// One JSON document on stdout.
@@ -567,6 +568,7 @@ fn run_one(name: &str, ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         "embed" => embed::run(ctx),
         "kvm/convert" => kvm::convert::run(ctx),
         "kvm/exit" => exit::run_private(ctx),
+        "kvm/setup" => kvm::setup::run(ctx),
         other => anyhow::bail!("unknown benchmark `{other}`"),
     }
 }

@@ -8,10 +8,12 @@
 //! | bench | module |
 //! |---|---|
 //! | `kvm/convert` | [`convert`] |
+//! | `kvm/setup` | [`setup`] |
 //! | `kvm/exit` | `super::exit` ([`super::exit::run_private`]) on a sw-protected VM |
 
 pub mod alone;
 pub mod convert;
+pub mod setup;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
