@@ -11,6 +11,9 @@ pub enum BaselineError {
     /// `KVM_CREATE_VM` failed.
     #[error("KVM_CREATE_VM failed: {0}")]
     CreateVm(#[source] kvm_ioctls::Error),
+    /// `KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)` failed.
+    #[error("KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL) failed: {0}")]
+    EnableCap(#[source] kvm_ioctls::Error),
     /// `KVM_CREATE_GUEST_MEMFD` failed.
     #[error("KVM_CREATE_GUEST_MEMFD of {size:#x} bytes failed: {source}")]
     CreateGuestMemfd {

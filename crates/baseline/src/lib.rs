@@ -8,7 +8,8 @@
 //!   `fallocate(PUNCH_HOLE)` and `pwrite`, and one mapping of it for `memset`
 //!   and compare (the `fault`, `convert` and `access` baselines);
 //! - [`bare_gmem_vm`], [`bare_memfd_vm`]: a default VM with one slot and
-//!   nothing else (the `scale` baseline);
+//!   nothing else (the `scale` baseline); [`bare_sw_protected_vm`]: a
+//!   sw-protected VM with one guest_memfd + memfd slot (`kvm/setup`);
 //! - [`CountingAlloc`]: a per-thread byte count of live heap memory (the
 //!   `attrmap` memory figure); [`process_cpu_time`].
 #![deny(missing_docs)]
@@ -23,7 +24,7 @@ pub use alloc::{thread_heap_bytes, CountingAlloc};
 pub use error::BaselineError;
 pub use memfd::{BareMap, BareMemfd};
 pub use run::raw_run_until_hlt;
-pub use vm::{bare_gmem_vm, bare_memfd_vm, BareVm, DevKvm};
+pub use vm::{bare_gmem_vm, bare_memfd_vm, bare_sw_protected_vm, BareVm, DevKvm};
 
 /// CPU time consumed so far by the whole process, every thread (live or
 /// exited) included: `clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`.

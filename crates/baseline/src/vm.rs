@@ -33,6 +33,13 @@ impl DevKvm {
             .create_vm_with_type(0)
             .map_err(BaselineError::CreateVm)
     }
+
+    /// `KVM_CREATE_VM(KVM_X86_SW_PROTECTED_VM)`.
+    fn sw_protected_vm(&self) -> Result<VmFd, BaselineError> {
+        self.kvm
+            .create_vm_with_type(1)
+            .map_err(BaselineError::CreateVm)
+    }
 }
 
 /// A VM built by [`bare_gmem_vm`] or [`bare_memfd_vm`]; dropping it
@@ -44,6 +51,8 @@ pub struct BareVm {
     _map: Option<Mapping>,
     _vm: VmFd,
     _file: OwnedFd,
+    /// A sw-protected VM's shared memfd (beside its guest_memfd).
+    _shared: Option<OwnedFd>,
 }
 
 /// `KVM_SET_USER_MEMORY_REGION2` of slot 0 at GPA 0, `size` bytes.
@@ -108,6 +117,7 @@ pub fn bare_gmem_vm(kvm: &DevKvm, size: u64, map_hva: bool) -> Result<BareVm, Ba
         _map: map,
         _vm: vm,
         _file: gmem,
+        _shared: None,
     })
 }
 
@@ -129,5 +139,45 @@ pub fn bare_memfd_vm(kvm: &DevKvm, size: u64) -> Result<BareVm, BaselineError> {
         _map: Some(map),
         _vm: vm,
         _file: memfd.into_fd(),
+        _shared: None,
+    })
+}
+
+/// The kernel's own setup of a sw-protected VM with one private-capable
+/// slot of `size` bytes at GPA 0, the calls privmem's setup makes for it:
+/// `KVM_CREATE_VM(KVM_X86_SW_PROTECTED_VM)`,
+/// `KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)` for `KVM_HC_MAP_GPA_RANGE`,
+/// `KVM_CREATE_GUEST_MEMFD(size, 0)`, a shared memfd of `size` bytes
+/// mapped shared, and `KVM_SET_USER_MEMORY_REGION2` with both.
+///
+/// # Errors
+/// The variant naming the call that failed.
+pub fn bare_sw_protected_vm(kvm: &DevKvm, size: u64) -> Result<BareVm, BaselineError> {
+    let vm = kvm.sw_protected_vm()?;
+    let mut cap = kvm_bindings::kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_EXIT_HYPERCALL,
+        ..Default::default()
+    };
+    cap.args[0] = 1 << 12;
+    vm.enable_cap(&cap).map_err(BaselineError::EnableCap)?;
+    let raw = vm
+        .create_guest_memfd(kvm_create_guest_memfd {
+            size,
+            flags: 0,
+            ..Default::default()
+        })
+        .map_err(|source| BaselineError::CreateGuestMemfd { size, source })?;
+    // SAFETY: KVM_CREATE_GUEST_MEMFD returned a new fd that nothing else owns.
+    let gmem = unsafe { OwnedFd::from_raw_fd(raw) };
+    let memfd = Memfd::create("privmem-bench", size, Seal::None)?;
+    let map = Mapping::file(memfd.as_fd(), 0, size, Share::Shared)?;
+    // SAFETY: `map` covers `size` bytes and is kept in the returned `BareVm`
+    // with the VM, so it outlives the slot; the guest_memfd is this VM's.
+    unsafe { set_slot0(&vm, size, map.host_addr(), Some(&gmem))? };
+    Ok(BareVm {
+        _map: Some(map),
+        _vm: vm,
+        _file: gmem,
+        _shared: Some(memfd.into_fd()),
     })
 }

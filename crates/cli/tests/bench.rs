@@ -131,3 +131,31 @@ fn a_row_twice_worse_than_its_baseline_fails_the_run_by_name() {
         assert!(b["worse_than_baseline"].as_f64().unwrap() <= 2.0, "{b}");
     }
 }
+
+#[test]
+fn private_memory_benchmarks_skip_visibly_without_it() {
+    let args = ["bench", "embed", "kvm/convert", "kvm/exit", "--json"];
+    let inject = ("PRIVMEM_BENCH_INJECT", "no-private-mem");
+    let out = privmem_env(&args, &[inject]);
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["benches"].as_array().unwrap().is_empty(), "{doc}");
+    let skipped = doc["skipped"].as_array().unwrap();
+    let names: Vec<&str> = skipped
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["embed", "kvm/convert", "kvm/exit"]);
+    for s in skipped {
+        let why = s["reason"].as_str().unwrap();
+        assert!(
+            why.contains("no private memory") || why.contains("/dev/kvm unavailable"),
+            "{why}"
+        );
+    }
+    // In the rig a skip is an error.
+    let out = privmem_env(&args, &[inject, ("REQUIRE_PRIVATE_MEM", "1")]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 3, "{doc}");
+}

@@ -1,7 +1,7 @@
 //! `privmem_kvm::vmm` on this host's real KVM: the engine's contract over a
 //! VMM's own `VmFd`. Every host can run a default VM with plain memslots,
 //! which is what these tests need; conversions on a sw-protected VM run in
-//! the rig (`rig/run --example vmm`).
+//! the rig (`rig/run --example vmm`, `crates/tinyvmm/examples/vmm.rs`).
 
 mod common;
 

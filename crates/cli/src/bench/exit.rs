@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use privmem_baseline::raw_run_until_hlt;
 use privmem_core::{GuestOp, Vcpu, VmType};
+use privmem_kvm::KvmHypervisor;
 use privmem_runner::handle::RunState;
 use privmem_runner::runtime::{run_vcpu_on, Machine};
 
@@ -22,21 +23,40 @@ use super::{Ctx, Row, RowSpec, Side, Target};
 
 /// Runs the benchmark.
 pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
-    let n: u64 = if ctx.quick { 5_000 } else { 50_000 };
     let Some(hv) = ctx.kvm_or_skip("exit")? else {
         return Ok(Vec::new());
     };
+    let n: u64 = if ctx.quick { 5_000 } else { 50_000 };
+    measure(ctx, "exit", hv, VmType::Default, n)
+}
+
+/// `kvm/exit`: the same on a sw-protected VM (the rig's nested KVM, where
+/// an exit costs ~100x what it costs on hardware, so fewer of them).
+pub fn run_private(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+    if super::kvm::private_mem_or_skip(ctx, "kvm/exit")?.is_none() {
+        return Ok(Vec::new());
+    }
+    let Some(hv) = ctx.kvm_or_skip("kvm/exit")? else {
+        return Ok(Vec::new());
+    };
+    let n: u64 = if ctx.quick { 1_000 } else { 5_000 };
+    measure(ctx, "kvm/exit", hv, VmType::SwProtected, n)
+}
+
+/// `n` exits per run on a VM of `vm_type`, as row `name`.
+fn measure(
+    ctx: &mut Ctx,
+    name: &str,
+    hv: KvmHypervisor,
+    vm_type: VmType,
+    n: u64,
+) -> anyhow::Result<Vec<Row>> {
     let hv = Arc::new(hv);
     let ops: Vec<GuestOp> = (0..n)
         .map(|tag| GuestOp::Sync { tag })
         .chain([GuestOp::Halt])
         .collect();
-    let w = workload(
-        VmType::Default,
-        false,
-        vec![slot(0, 2 * MIB)],
-        vec![ops.clone()],
-    );
+    let w = workload(vm_type, false, vec![slot(0, 2 * MIB)], vec![ops.clone()]);
     let machine = Machine::new(hv, &w).context("setting up the KVM VM")?;
     let (engine, mut vcpus) = machine.into_parts();
     let mut vcpu = vcpus.pop().context("one vCPU")?;
@@ -44,7 +64,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let exits = n + 1;
     // Rounds are short (~0.3 s); more of them steady the median.
     let rounds = ctx.rounds() * 2;
-    let s = ctx.alternate("exit", rounds, |side| {
+    let s = ctx.alternate(name, rounds, |side| {
         vcpu.load_program(&ops)?;
         match side {
             Side::Baseline => {
@@ -70,12 +90,13 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         }
     })?;
     Ok(vec![RowSpec {
-        name: "exit",
+        name,
         unit: "us/exit",
         target: Target::RatioAtMost(1.05),
         baseline_is: "bare KVM_RUN loop on the same vCPU and guest code",
         note: Some(format!(
-            "{n} port-I/O exits (sync ops) + hlt per run, real KVM"
+            "{n} port-I/O exits (sync ops) + hlt per run, real KVM, {} VM",
+            vm_type.name()
         )),
     }
     .row(&s)])
