@@ -80,6 +80,12 @@ pub(crate) fn poison_mapping(
         return Err(BackendError::os(OP, Errno::EINVAL));
     }
     refuse_quirks(quirks)?;
+    // Fault the page into this mapping first, as `madvise`'s own
+    // get_user_pages_fast would if this process called it: the mapping then
+    // always gets the hwpoison entry (host touches stay SIGBUS through it,
+    // even after PUNCH_HOLE, until MADV_DONTNEED or munmap). A page the host
+    // cannot fault in fails here and in the child alike (EFAULT there).
+    let _ = map.read(offset, &mut [0u8; 1]);
     let inj = map.inject_hwpoison(offset)?;
     match inj.madvise {
         Ok(()) => Ok(()),

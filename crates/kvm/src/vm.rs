@@ -272,6 +272,11 @@ impl Vm for KvmVm {
                 why: format!("no live guest_memfd backs {gpa}"),
             });
         };
-        poison::poison_file_page(gmem, file_offset, &gpa.to_string(), self.inner.config.quirks)
+        poison::poison_file_page(
+            gmem,
+            file_offset,
+            &gpa.to_string(),
+            self.inner.config.quirks,
+        )
     }
 }

@@ -107,8 +107,16 @@ fn child_inject(addr: usize, out: libc::c_int) -> ! {
         {
             libc::_exit(2);
         }
-        let ret = libc::madvise(addr as *mut libc::c_void, PAGE_SIZE as usize, libc::MADV_HWPOISON);
-        let errno = if ret < 0 { *libc::__errno_location() } else { 0 };
+        let ret = libc::madvise(
+            addr as *mut libc::c_void,
+            PAGE_SIZE as usize,
+            libc::MADV_HWPOISON,
+        );
+        let errno = if ret < 0 {
+            *libc::__errno_location()
+        } else {
+            0
+        };
         let rec: [u64; 4] = [
             ret as i64 as u64,
             errno as u64,
@@ -154,7 +162,12 @@ fn decode(rec: [u8; RECORD], base: u64, len: u64) -> Injection {
         w.copy_from_slice(&rec[i * 8..i * 8 + 8]);
         u64::from_ne_bytes(w)
     };
-    let (ret, errno, code, addr) = (word(0) as i64, word(1) as i32, word(2) as i64 as i32, word(3));
+    let (ret, errno, code, addr) = (
+        word(0) as i64,
+        word(1) as i32,
+        word(2) as i64 as i32,
+        word(3),
+    );
     let madvise = if ret == 0 { Ok(()) } else { Err(errno) };
     let sigbus = (code != 0).then(|| Sigbus {
         code,
