@@ -151,3 +151,54 @@ pub(crate) fn poison_file_page(
         other => other,
     }
 }
+
+/// `CAP_SYS_ADMIN`'s bit in `/proc/self/status` `CapEff`.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// True if the calling thread's effective set has `CAP_SYS_ADMIN`
+/// (`CapEff` in `/proc/thread-self/status`); false when unreadable.
+fn has_cap_sys_admin() -> bool {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+impl crate::KvmHypervisor {
+    /// Why [`privmem_core::Vm::poison_page`] cannot poison guest_memfd pages
+    /// of a `ty` VM on this host, probed without poisoning anything, or
+    /// `None` if it can: a default VM with a `MMAP|INIT_SHARED` guest_memfd
+    /// (`KVM_CAP_GUEST_MEMFD_FLAGS`), a kernel with `CONFIG_MEMORY_FAILURE`
+    /// (its `vm.memory_failure_early_kill` sysctl exists), `CAP_SYS_ADMIN`,
+    /// and no PVM quirk. VMs with private memory never qualify: their
+    /// guest_memfd pages cannot be faulted in by the host.
+    pub fn poison_blocker(&self, ty: privmem_core::VmType) -> Option<String> {
+        use privmem_core::{Hypervisor, VmType};
+        if let Err(e) = refuse_quirks(self.options().quirks) {
+            return Some(e.to_string());
+        }
+        if ty != VmType::Default {
+            return Some(format!(
+                "a {} VM's guest_memfd pages are private: the host cannot fault them in, so \
+                 madvise(MADV_HWPOISON) cannot name them (only the model can poison them)",
+                ty.name()
+            ));
+        }
+        if !self.has_shared_gmem() {
+            return Some(
+                "poisoning needs a MMAP|INIT_SHARED guest_memfd (Linux 7.3), which this host's \
+                 KVM_CAP_GUEST_MEMFD_FLAGS lacks"
+                    .into(),
+            );
+        }
+        if !std::path::Path::new("/proc/sys/vm/memory_failure_early_kill").exists() {
+            return Some("the kernel has no CONFIG_MEMORY_FAILURE (MADV_HWPOISON)".into());
+        }
+        if !has_cap_sys_admin() {
+            return Some("madvise(MADV_HWPOISON) needs CAP_SYS_ADMIN, which this process lacks".into());
+        }
+        None
+    }
+}
