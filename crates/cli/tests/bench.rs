@@ -109,3 +109,25 @@ fn rss_probe_reports_one_setups_own_memory() {
     assert!(kib < 8192.0, "{doc}");
     assert!(heap > 0.0, "{doc}");
 }
+
+#[test]
+fn a_row_twice_worse_than_its_baseline_fails_the_run_by_name() {
+    let args = ["bench", "convert", "--quick", "--json"];
+    let out = privmem_env(&args, &[("PRIVMEM_BENCH_INJECT", "regress:convert/4KiB")]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = doc["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{doc}");
+    assert_eq!(errors[0]["name"], "convert/4KiB");
+    assert!(errors[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("regression guard"));
+    // Without the injection the same run passes the guard.
+    let out = privmem_env(&args, &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for b in doc["benches"].as_array().unwrap() {
+        assert!(b["worse_than_baseline"].as_f64().unwrap() <= 2.0, "{b}");
+    }
+}

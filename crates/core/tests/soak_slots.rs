@@ -32,13 +32,34 @@ impl Rng {
     }
 }
 
+/// Hotplug cycles the vCPUs keep converting for.
+const MIN_CYCLES: u64 = 20;
+
+/// True once the soak has raced enough, however the threads were scheduled
+/// on a loaded machine: slots changed [`MIN_CYCLES`] times, and conversions
+/// in the hot slots both succeeded and were refused.
+fn raced_enough(cycles: &AtomicU64, stats: &[AtomicU64; 3]) -> bool {
+    let [refused, ok, implicit] = stats.each_ref().map(|s| s.load(Ordering::Relaxed));
+    cycles.load(Ordering::Relaxed) >= MIN_CYCLES && refused > 0 && ok > 1000 && implicit > 100
+}
+
 /// vCPU `v` owns its own slot `v` ([v MiB, v+1 MiB)) and, in the hotplug
-/// slots, the pages with `page % 2 == v`.
-fn vcpu(e: &ModelEngine, v: u64, ops: u32, stats: &[AtomicU64; 3]) -> Vec<Option<bool>> {
+/// slots, the pages with `page % 2 == v`. It runs at least `ops`
+/// conversions, and on until [`raced_enough`] (at most 100 times `ops`).
+fn vcpu(
+    e: &ModelEngine,
+    v: u64,
+    ops: u32,
+    cycles: &AtomicU64,
+    stats: &[AtomicU64; 3],
+) -> Vec<Option<bool>> {
     let mut oracle = vec![None; PAGES];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (v + 1));
     let mut guard = e.repeat_guard();
-    for _ in 0..ops {
+    for i in 0..ops * 100 {
+        if i >= ops && raced_enough(cycles, stats) {
+            break;
+        }
         let r = rng.next();
         let private = r & 1 == 0;
         // A run of 1-8 pages in the own slot, or one own page in a hot slot.
@@ -104,8 +125,9 @@ fn two_vcpus_convert_while_slots_come_and_go() {
     let e = Arc::new(e);
     let done = Arc::new(AtomicBool::new(false));
     let stats: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+    let hot_cycles = Arc::new(AtomicU64::new(0));
     let plugger = {
-        let (e, done) = (e.clone(), done.clone());
+        let (e, done, hot_cycles) = (e.clone(), done.clone(), hot_cycles.clone());
         std::thread::spawn(move || {
             let mut cycles = 0u64;
             while !done.load(Ordering::SeqCst) {
@@ -118,14 +140,15 @@ fn two_vcpus_convert_while_slots_come_and_go() {
                     e.remove_slot(SlotId(id)).unwrap();
                 }
                 cycles += 1;
+                hot_cycles.store(cycles, Ordering::Relaxed);
             }
             cycles
         })
     };
     let workers: Vec<_> = (0..2u64)
         .map(|v| {
-            let (e, stats) = (e.clone(), stats.clone());
-            std::thread::spawn(move || vcpu(&e, v, 4000, &stats))
+            let (e, stats, hot_cycles) = (e.clone(), stats.clone(), hot_cycles.clone());
+            std::thread::spawn(move || vcpu(&e, v, 4000, &hot_cycles, &stats))
         })
         .collect();
     let oracles: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();

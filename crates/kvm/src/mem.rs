@@ -24,14 +24,7 @@ fn backend(op: &'static str, e: MapError) -> BackendError {
     match e {
         MapError::Os { op: "mmap", errno } => BackendError::os(op, Errno(errno)),
         MapError::Os { op, errno } => BackendError::os(op, Errno(errno)),
-        other => invalid(op, &other.to_string()),
-    }
-}
-
-fn invalid(op: &'static str, why: &str) -> BackendError {
-    BackendError::Invalid {
-        op,
-        why: why.to_string(),
+        other => BackendError::invalid(op, other.to_string()),
     }
 }
 
@@ -204,7 +197,7 @@ impl KvmShared {
     /// Allocates `size` bytes (page-aligned, nonzero).
     pub(crate) fn new(size: u64, kind: SharedKind) -> Result<Self, BackendError> {
         if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
-            return Err(invalid(
+            return Err(BackendError::invalid(
                 "create_shared",
                 "size must be a nonzero multiple of 4 KiB",
             ));
@@ -274,10 +267,16 @@ impl SharedMemory for KvmShared {
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         if !offset.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
-            return Err(invalid("discard", "offset and length must be page-aligned"));
+            return Err(BackendError::invalid(
+                "discard",
+                "offset and length must be page-aligned",
+            ));
         }
         if offset.checked_add(len).is_none_or(|e| e > self.len()) {
-            return Err(invalid("discard", "range exceeds the backing"));
+            return Err(BackendError::invalid(
+                "discard",
+                "range exceeds the backing",
+            ));
         }
         if len == 0 {
             return Ok(());

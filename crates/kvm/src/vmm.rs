@@ -52,10 +52,6 @@ fn last_os(op: &'static str) -> BackendError {
     BackendError::os(op, Errno::from_io(&std::io::Error::last_os_error()))
 }
 
-fn invalid(op: &'static str, why: String) -> BackendError {
-    BackendError::Invalid { op, why }
-}
-
 /// A guest_memfd file the VMM created (or handed over), with its size.
 #[derive(Debug)]
 pub struct GmemFile {
@@ -134,7 +130,7 @@ impl SharedRegion {
     fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
         let end = offset.checked_add(len);
         if end.is_none_or(|e| e > self.size()) {
-            return Err(invalid(
+            return Err(BackendError::invalid(
                 "discard",
                 format!("{offset:#x}+{len:#x} reaches past the region"),
             ));
@@ -145,7 +141,7 @@ impl SharedRegion {
                 let off = fo
                     .start()
                     .checked_add(offset)
-                    .ok_or_else(|| invalid("fallocate", "file offset overflows".into()))?;
+                    .ok_or_else(|| BackendError::invalid("fallocate", "file offset overflows"))?;
                 punch(fo.file(), off, len, "fallocate(shared backing)")
             }
             (Some(_), false) => Err(BackendError::Unsupported {
@@ -166,7 +162,8 @@ impl SharedRegion {
         advice: libc::c_int,
         op: &'static str,
     ) -> Result<(), BackendError> {
-        let len = usize::try_from(len).map_err(|_| invalid(op, "length overflows".into()))?;
+        let len =
+            usize::try_from(len).map_err(|_| BackendError::invalid(op, "length overflows"))?;
         // SAFETY: [hva(offset), +len) lies inside the mapping (checked by the
         // caller) that `self` keeps alive; MADV_REMOVE/MADV_DONTNEED only
         // drop its pages (later reads see zeros) and touch no Rust object.
@@ -187,8 +184,10 @@ impl Backing for SharedRegion {
 
 /// `fallocate(file, PUNCH_HOLE | KEEP_SIZE, offset, len)`.
 fn punch(file: &File, offset: u64, len: u64, op: &'static str) -> Result<(), BackendError> {
-    let off = libc::off_t::try_from(offset).map_err(|_| invalid(op, "offset overflows".into()))?;
-    let len = libc::off_t::try_from(len).map_err(|_| invalid(op, "length overflows".into()))?;
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| BackendError::invalid(op, "offset overflows"))?;
+    let len =
+        libc::off_t::try_from(len).map_err(|_| BackendError::invalid(op, "length overflows"))?;
     let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     // SAFETY: fallocate takes only integers and a file descriptor we borrow.
     let ret = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) };
@@ -303,7 +302,7 @@ impl<V: Borrow<VmFd> + Send + Sync + 'static> ConversionBackend for VmFdBackend<
 
     fn set_memslot(&self, slot: &SlotDesc<GmemFile, SharedRegion>) -> Result<(), BackendError> {
         slot.validate()
-            .map_err(|e| invalid("KVM_SET_USER_MEMORY_REGION2", e.to_string()))?;
+            .map_err(|e| BackendError::invalid("KVM_SET_USER_MEMORY_REGION2", e.to_string()))?;
         let f = slot.region2();
         let region = kvm_userspace_memory_region2 {
             slot: f.slot,
@@ -320,7 +319,7 @@ impl<V: Borrow<VmFd> + Send + Sync + 'static> ConversionBackend for VmFdBackend<
         };
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         if slots.contains_key(&slot.id.0) {
-            return Err(invalid(
+            return Err(BackendError::invalid(
                 "KVM_SET_USER_MEMORY_REGION2",
                 format!("memslot {} exists: delete it first", slot.id.0),
             ));

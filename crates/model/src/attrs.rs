@@ -9,7 +9,7 @@ use privmem_core::error::Result;
 use privmem_core::{BackendError, Errno, Gpa, GpaRange, PAGE_SIZE};
 
 use crate::inject::InjectOp;
-use crate::vm::VmInner;
+use crate::state::VmInner;
 
 const OP: &str = "KVM_SET_MEMORY_ATTRIBUTES";
 

@@ -15,9 +15,9 @@ use privmem_core::{FaultErrno, Gpa, GpaRange, MemoryFault, VmType, PAGE_SIZE};
 
 use crate::backing::ModelShared;
 use crate::gmem::GmemFile;
-use crate::memslot::{Slot, UserBacking};
 use crate::mmio::Spte;
-use crate::vm::VmInner;
+use crate::slots::{Slot, UserBacking};
+use crate::state::VmInner;
 
 /// Where `[gpa, gpa+len)` lives, or what exit the first page produces.
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 //!
 //! Lifetime, as in the kernel:
 //! ```text
-//!   GuestMemfd (fd) ──token──▶ GmemHandle ──Arc──▶ GmemFile ──Arc──▶ VmInner
+//!   GuestMemfd (fd) ──token──▶ GmemHandle ──Arc──▶ GmemFile ──GmemOwner──▶ VmInner
 //!   ModelGmemMapping ─────────────────────────┘ (a mapping holds the file)
 //!   memslot ────Weak──────────────────────────▶ GmemFile   (no reference)
 //! ```
@@ -30,7 +30,7 @@ use privmem_core::{MmapOptions, MmapProt, MmapSharing};
 use crate::backing::Memfd;
 use crate::gmem_ptes::{self, Ptes, SharedPtes};
 use crate::inject::{InjectOp, Injector};
-use crate::vm::VmInner;
+use crate::profile::KernelProfile;
 
 /// `EFBIG`.
 const EFBIG: Errno = Errno(27);
@@ -70,12 +70,27 @@ struct Binding {
     slot: u32,
 }
 
+/// The VM a guest_memfd belongs to. The file holds a reference on it, as
+/// the kernel's holds its `struct kvm` (`kvm_get_kvm` in
+/// `__kvm_gmem_create`); only the VM's id and profile are read here, so
+/// this module does not depend on the VM's state (which refers back to
+/// its files).
+#[derive(Debug)]
+pub(crate) struct GmemOwner {
+    /// The VM's id (a binding to another VM's memslot is refused).
+    pub(crate) id: u64,
+    /// The VM's kernel profile.
+    pub(crate) profile: KernelProfile,
+    /// The reference that keeps the VM alive while the file is open.
+    pub(crate) _vm: Arc<dyn std::any::Any + Send + Sync>,
+}
+
 /// The kernel-side guest_memfd file and inode.
 #[derive(Debug)]
 pub(crate) struct GmemFile {
     ino: u64,
     identity: (u64, u64),
-    pub(crate) vm: Arc<VmInner>,
+    pub(crate) owner: GmemOwner,
     pub(crate) mem: Memfd,
     pub(crate) flags: GmemFlags,
     /// start pgoff → binding (`gmem->bindings` xarray, coalesced).
@@ -148,7 +163,7 @@ pub(crate) fn resolve_raw(fd: i32) -> Result<Option<Arc<GmemFile>>, Errno> {
 impl GmemFile {
     /// `__kvm_gmem_create`: the file and the `GuestMemfd` handle for it.
     /// Arguments are already validated.
-    pub(crate) fn create(vm: Arc<VmInner>, size: u64, flags: GmemFlags) -> Result<GuestMemfd> {
+    pub(crate) fn create(owner: GmemOwner, size: u64, flags: GmemFlags) -> Result<GuestMemfd> {
         let os = |e| BackendError::os(OP_CREATE, e);
         let mem = Memfd::create("privmem-gmem", size).map_err(os)?;
         let identity = mem.identity().map_err(os)?;
@@ -158,7 +173,7 @@ impl GmemFile {
         let file = Arc::new(GmemFile {
             ino: NEXT_INO.fetch_add(1, Ordering::Relaxed),
             identity,
-            vm,
+            owner,
             mem,
             flags,
             bindings: Mutex::default(),
@@ -413,7 +428,7 @@ pub(crate) fn mmap(
     if len > crate::profile::TASK_SIZE_MAX {
         return err(Errno::ENOMEM);
     }
-    if opts.prot == MmapProt::ReadWriteExec && file.vm.profile.gmem_mmap_noexec() {
+    if opts.prot == MmapProt::ReadWriteExec && file.owner.profile.gmem_mmap_noexec() {
         return err(Errno::EPERM);
     }
     if !file.supports_mmap() {

@@ -32,11 +32,15 @@ mod gmem;
 mod gmem_mm;
 mod gmem_ptes;
 mod inject;
+mod kick;
 mod memslot;
 mod mmio;
 mod numa;
 mod prefault;
 mod profile;
+mod slots;
+mod state;
+mod userspace;
 mod vcpu;
 mod vm;
 
@@ -55,11 +59,12 @@ pub use privmem_core::Quirks;
 pub use backing::ModelShared;
 pub use gmem::ModelGmemMapping;
 pub use inject::InjectOp;
+pub use kick::ModelKick;
 pub use profile::{
     host_max_gpa_bits, max_gpa_bits_for, nr_memslot_as_ids, Build, KernelProfile,
     PreFaultInvalidSlot, NR_MEMSLOTS, VM_TYPES,
 };
-pub use vcpu::{ModelKick, ModelVcpu};
+pub use vcpu::ModelVcpu;
 pub use vm::ModelVm;
 
 use inject::Injector;
@@ -270,7 +275,7 @@ impl Hypervisor for ModelHypervisor {
             .build
             .vm_type_from_raw(self.profile, ty)
             .ok_or(BackendError::os("KVM_CREATE_VM", Errno::EINVAL))?;
-        Ok(ModelVm::new(vm::VmInner::new(
+        Ok(ModelVm::new(state::VmInner::new(
             ty,
             self.profile,
             self.inject.clone(),

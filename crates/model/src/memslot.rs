@@ -2,8 +2,7 @@
 //! order (`kvm_vm_ioctl`, `kvm_vm_ioctl_set_memory_region`,
 //! `kvm_set_memory_region`, `kvm_gmem_bind`).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use privmem_core::backend::{
     GmemRef, HostMemory, Region, RegionApi, UserAddr, MEM_GUEST_MEMFD, MEM_LOG_DIRTY_PAGES,
@@ -18,136 +17,8 @@ use crate::backing::ModelShared;
 use crate::gmem::{self, GmemFile};
 use crate::inject::InjectOp;
 use crate::profile::{nr_memslot_as_ids, MEM_MAX_NR_PAGES, NR_MEMSLOTS, TASK_SIZE_MAX};
-use crate::vm::VmInner;
-
-/// What backs a slot's `userspace_addr`.
-#[derive(Clone, Debug)]
-pub(crate) enum UserBacking {
-    /// A raw address with nothing mapped there (0 = NULL).
-    Raw(u64),
-    /// An offset into a model shared backing.
-    Shared {
-        /// The backing.
-        mem: ModelShared,
-        /// Byte offset of the slot's first page.
-        offset: u64,
-    },
-    /// [`privmem_core::Quirks::gmem_hva`]: a `MAP_SHARED` mapping of the
-    /// slot's guest_memfd range that the KVM backend passed instead of the
-    /// caller's NULL (the VM's `Userspace` holds the file).
-    GmemMap {
-        /// The file.
-        file: Weak<GmemFile>,
-        /// File page the mapping (the slot's first page) starts at.
-        pgoff: u64,
-    },
-}
-
-impl UserBacking {
-    /// Identity of the `userspace_addr` value, for the MODIFY comparison.
-    fn key(&self) -> (u64, u64) {
-        match self {
-            UserBacking::Raw(v) => (0, *v),
-            UserBacking::Shared { mem, offset } => (mem.id(), *offset),
-            UserBacking::GmemMap { pgoff, .. } => (u64::MAX, *pgoff),
-        }
-    }
-}
-
-/// A slot's guest_memfd binding (`slot->gmem`).
-#[derive(Clone, Debug)]
-pub(crate) struct SlotGmem {
-    /// The file; dead once the file is released.
-    pub(crate) file: Weak<GmemFile>,
-    /// First file page.
-    pub(crate) pgoff: u64,
-    /// `KVM_MEMSLOT_GMEM_ONLY`: every fault is served from gmem.
-    pub(crate) gmem_only: bool,
-}
-
-/// A memslot.
-#[derive(Clone, Debug)]
-pub(crate) struct Slot {
-    /// Slot number: `as_id << 16 | id`.
-    pub(crate) id: u32,
-    pub(crate) flags: u32,
-    pub(crate) base_gfn: u64,
-    pub(crate) npages: u64,
-    pub(crate) user: UserBacking,
-    /// Set iff `flags` has `KVM_MEM_GUEST_MEMFD`.
-    pub(crate) gmem: Option<SlotGmem>,
-}
-
-impl Slot {
-    /// One past the last gfn.
-    pub(crate) fn end_gfn(&self) -> u64 {
-        self.base_gfn + self.npages
-    }
-
-    /// True for `KVM_MEM_READONLY`.
-    pub(crate) fn readonly(&self) -> bool {
-        self.flags & MEM_READONLY != 0
-    }
-}
-
-/// The memslots of every address space, indexed by slot number (`as_id <<
-/// 16 | id`) and, per address space, by base gfn.
-#[derive(Debug, Default)]
-pub(crate) struct Slots {
-    by_id: BTreeMap<u32, Slot>,
-    by_gfn: BTreeMap<(u16, u64), u32>,
-}
-
-impl Slots {
-    /// The slot of address space 0 containing `gfn` (guests never run in
-    /// SMM here, so their faults see address space 0 only).
-    pub(crate) fn find(&self, gfn: u64) -> Option<&Slot> {
-        let (_, id) = self.by_gfn.range((0, 0)..=(0, gfn)).next_back()?;
-        let s = &self.by_id[id];
-        (gfn < s.end_gfn()).then_some(s)
-    }
-
-    /// The slot numbered `id` (address space in the high 16 bits).
-    pub(crate) fn get(&self, id: u32) -> Option<&Slot> {
-        self.by_id.get(&id)
-    }
-
-    /// Number of slots.
-    pub(crate) fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    /// `kvm_check_memslot_overlap`: another slot of `id`'s address space
-    /// intersects `[base, base+n)`.
-    fn overlaps(&self, id: u32, base: u64, npages: u64) -> bool {
-        let space = as_id(id);
-        let end = base + npages;
-        // Slots are disjoint: only the other slot with the highest base
-        // below `end` can reach into the range.
-        self.by_gfn
-            .range((space, 0)..(space, end))
-            .rev()
-            .map(|(_, i)| &self.by_id[i])
-            .find(|s| s.id != id)
-            .is_some_and(|s| s.end_gfn() > base)
-    }
-
-    fn insert(&mut self, slot: Slot) {
-        self.by_gfn.insert((as_id(slot.id), slot.base_gfn), slot.id);
-        self.by_id.insert(slot.id, slot);
-    }
-
-    fn remove(&mut self, id: u32) -> Option<Slot> {
-        let s = self.by_id.remove(&id)?;
-        self.by_gfn.remove(&(as_id(id), s.base_gfn));
-        Some(s)
-    }
-}
-
-/// The address space of slot number `slot`.
-fn as_id(slot: u32) -> u16 {
-    (slot >> 16) as u16
-}
+use crate::slots::{as_id, Slot, SlotGmem, UserBacking};
+use crate::state::VmInner;
 
 /// `access_ok(addr, size)` on x86-64 (4-level paging).
 fn access_ok(addr: u64, size: u64) -> bool {
@@ -391,7 +262,7 @@ impl VmInner {
             GmemRef::Raw(fd) => gmem::resolve_raw(fd)?,
         };
         let file: Arc<GmemFile> = file.ok_or(Errno::EINVAL)?;
-        if file.vm.id != self.id {
+        if file.owner.id != self.id {
             return Err(Errno::EINVAL);
         }
         let size = npages << PAGE_SHIFT;
@@ -431,48 +302,6 @@ impl VmInner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn slot(id: u32, base_gfn: u64, npages: u64) -> Slot {
-        Slot {
-            id,
-            flags: 0,
-            base_gfn,
-            npages,
-            user: UserBacking::Raw(0),
-            gmem: None,
-        }
-    }
-
-    #[test]
-    fn slots_find_returns_containing_slot() {
-        let mut s = Slots::default();
-        s.insert(slot(1, 10, 5));
-        s.insert(slot(2, 20, 5));
-        assert_eq!(s.find(14).map(|x| x.id), Some(1));
-        assert!(s.find(15).is_none());
-        assert!(s.find(9).is_none());
-        assert_eq!(s.find(20).map(|x| x.id), Some(2));
-    }
-
-    #[test]
-    fn slots_overlap_detects_front_and_back() {
-        let mut s = Slots::default();
-        s.insert(slot(1, 10, 10));
-        assert!(s.overlaps(2, 5, 6));
-        assert!(s.overlaps(2, 19, 6));
-        assert!(s.overlaps(2, 0, 100));
-        assert!(!s.overlaps(2, 20, 6));
-        assert!(!s.overlaps(2, 0, 10));
-        assert!(!s.overlaps(1, 12, 3));
-    }
-
-    #[test]
-    fn slots_overlap_sees_large_slot_far_below() {
-        let mut s = Slots::default();
-        s.insert(slot(1, 0, 1000));
-        s.insert(slot(2, 2000, 1));
-        assert!(s.overlaps(3, 500, 1));
-    }
 
     #[test]
     fn access_ok_rejects_wrap_and_kernel_half() {

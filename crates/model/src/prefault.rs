@@ -54,10 +54,10 @@ use privmem_core::types::PAGE_SHIFT;
 use privmem_core::{BackendError, Errno, Gpa, PreFaultRange, VmType, PAGE_SIZE};
 
 use crate::inject::InjectOp;
-use crate::memslot::{Slot, UserBacking};
+use crate::kick::ModelKick;
 use crate::profile::{KernelProfile, PreFaultInvalidSlot};
-use crate::vcpu::ModelKick;
-use crate::vm::VmInner;
+use crate::slots::{Slot, UserBacking};
+use crate::state::VmInner;
 
 const OP: &str = "KVM_PRE_FAULT_MEMORY";
 

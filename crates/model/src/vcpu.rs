@@ -26,7 +26,7 @@
 //!   last op is a halt; an access whose range wraps the address space is a
 //!   `Shutdown` (triple fault) and stops the vCPU.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use privmem_core::backend::{Access, GuestOp, Kick, RunError, Vcpu};
@@ -38,32 +38,11 @@ use privmem_core::{BackendError, Errno, Exit, Gpa, GuestReport, Hypercall, MmioE
 use crate::backing::{FillBuf, Memfd, MAX_IO};
 use crate::fault::{resolve, Resolved};
 use crate::inject::InjectOp;
-use crate::vm::{Userspace, VmInner};
+use crate::kick::ModelKick;
+use crate::state::VmInner;
+use crate::userspace::Userspace;
 
 const OP_RUN: &str = "KVM_RUN";
-
-/// The [`Kick`] handle of a [`ModelVcpu`].
-#[derive(Debug, Default)]
-pub struct ModelKick {
-    flag: AtomicBool,
-    /// Kicks so far: a signal sent while another is still pending is
-    /// still a new signal to a call that started after the first one.
-    count: AtomicU64,
-}
-
-impl Kick for ModelKick {
-    fn kick(&self) {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        self.flag.store(true, Ordering::Release);
-    }
-}
-
-impl ModelKick {
-    /// How many kicks there have been.
-    pub(crate) fn count(&self) -> u64 {
-        self.count.load(Ordering::Acquire)
-    }
-}
 
 /// What the vCPU owes the guest on the next entry.
 #[derive(Clone, Copy, Debug)]

@@ -1,127 +1,23 @@
-//! The model VM: shared state behind an `Arc`, used concurrently by vCPU
-//! threads and by the runtime (attributes, slots, fallocate).
-//!
-//! Locks: `attrs` and `slots` are `RwLock`s taken for reading on every guest
-//! access and never held across an exit or across I/O on page contents;
-//! `slots_lock` (a mutex) serialises memslot updates like `kvm->slots_lock`.
+//! The model VM handle ([`ModelVm`]): the `Vm` trait over the kernel state
+//! in [`crate::state`], shared behind an `Arc` by vCPU threads and by the
+//! runtime (attributes, slots, fallocate).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use privmem_core::attrmap::AttrMap;
 use privmem_core::backend::{Cap, Region, SharedKind, Vm};
 use privmem_core::error::Result;
 use privmem_core::types::PAGE_SHIFT;
-use privmem_core::{BackendError, Errno, GmemFlags, Gpa, GuestMemfd, Quirks, VmType, PAGE_SIZE};
+use privmem_core::{BackendError, Errno, GmemFlags, Gpa, GuestMemfd, VmType, PAGE_SIZE};
 
 use crate::backing::ModelShared;
-use crate::gmem::{self, GmemFile, OP_CREATE};
-use crate::inject::{InjectOp, Injector};
-use crate::memslot::Slots;
-use crate::mmio::MmioSptes;
-use crate::profile::{
-    Build, KernelProfile, EXIT_HYPERCALL_VALID_MASK, MAX_VCPU_IDS, TASK_SIZE_MAX,
-};
+use crate::gmem::{self, GmemFile, GmemOwner, OP_CREATE};
+use crate::inject::InjectOp;
+use crate::profile::{KernelProfile, EXIT_HYPERCALL_VALID_MASK, MAX_VCPU_IDS, TASK_SIZE_MAX};
+use crate::state::VmInner;
+use crate::userspace::Userspace;
 use crate::vcpu::ModelVcpu;
-
-static NEXT_VM_ID: AtomicU64 = AtomicU64::new(1);
-
-/// The VM's kernel state (`struct kvm`).
-#[derive(Debug)]
-pub(crate) struct VmInner {
-    pub(crate) id: u64,
-    pub(crate) ty: VmType,
-    pub(crate) profile: KernelProfile,
-    pub(crate) inject: Arc<Injector>,
-    pub(crate) slots: RwLock<Slots>,
-    pub(crate) attrs: RwLock<AttrMap>,
-    /// `kvm->arch.hypercall_exit_enabled`.
-    pub(crate) hc_mask: AtomicU64,
-    pub(crate) slots_lock: Mutex<()>,
-    /// `kvm_mmu_max_gfn()`.
-    pub(crate) max_gfn: u64,
-    /// Host quirks (not upstream; see README.md).
-    pub(crate) quirks: Quirks,
-    /// Kernel build options (`CONFIG_KVM_SMM`, `CONFIG_KVM_GUEST_MEMFD`).
-    pub(crate) build: Build,
-    /// MMIO SPTEs and the memslot generation (sw-protected VMs).
-    pub(crate) mmio: MmioSptes,
-    vcpus: Mutex<BTreeSet<u32>>,
-    /// `kvm->vm_dead`: every later VM and vCPU ioctl is EIO.
-    dead: AtomicBool,
-    /// `kvm->arch.mmu_valid_gen`: bumped by `kvm_mmu_zap_all_fast`, which
-    /// makes every vCPU's loaded MMU root obsolete.
-    mmu_valid_gen: AtomicU64,
-}
-
-impl VmInner {
-    pub(crate) fn new(
-        ty: VmType,
-        profile: KernelProfile,
-        inject: Arc<Injector>,
-        max_gpa_bits: u32,
-        quirks: Quirks,
-        build: Build,
-    ) -> VmInner {
-        VmInner {
-            id: NEXT_VM_ID.fetch_add(1, Ordering::Relaxed),
-            ty,
-            profile,
-            inject,
-            slots: RwLock::default(),
-            attrs: RwLock::default(),
-            hc_mask: AtomicU64::new(0),
-            slots_lock: Mutex::new(()),
-            max_gfn: (1u64 << (max_gpa_bits - PAGE_SHIFT)) - 1,
-            quirks,
-            build,
-            mmio: MmioSptes::default(),
-            vcpus: Mutex::default(),
-            dead: AtomicBool::new(false),
-            mmu_valid_gen: AtomicU64::new(0),
-        }
-    }
-
-    /// The generation a freshly loaded MMU root gets.
-    pub(crate) fn mmu_valid_gen(&self) -> u64 {
-        self.mmu_valid_gen.load(Ordering::Acquire)
-    }
-
-    /// `kvm_arch_flush_shadow_memslot` for a memslot deleted or moved: a
-    /// default VM (with `KVM_X86_QUIRK_SLOT_ZAP_ALL`, on by default) zaps
-    /// everything with `kvm_mmu_zap_all_fast`, which invalidates every
-    /// root; other VM types zap only the slot's range.
-    pub(crate) fn flush_shadow_memslot(&self) {
-        if self.ty == VmType::Default {
-            self.mmu_valid_gen.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    /// True once the VM is dead (`kvm_vm_dead`).
-    pub(crate) fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::Acquire)
-    }
-
-    /// EIO if the VM is dead (the check at the top of `kvm_vm_ioctl`).
-    fn alive(&self, op: &'static str) -> Result<()> {
-        if self.is_dead() {
-            return Err(BackendError::os(op, Errno::EIO));
-        }
-        Ok(())
-    }
-}
-
-/// What privmem's userspace, not the kernel, holds for a VM: with
-/// [`Quirks::gmem_hva`], the guest_memfd mapping that stands in for a slot's
-/// NULL `userspace_addr`, by raw slot id (the KVM backend's
-/// `SlotEntry::_gmem_map`). Shared by the VM's handles and its vCPUs, as the
-/// KVM backend's slot table is; outside [`VmInner`] because a file holds its
-/// VM (a reference from the VM would be a cycle).
-#[derive(Debug, Default)]
-pub(crate) struct Userspace {
-    gmem_maps: Mutex<BTreeMap<u32, Arc<GmemFile>>>,
-}
 
 /// A model VM. Cheap to clone (all clones are the same VM).
 #[derive(Clone, Debug)]
@@ -208,7 +104,7 @@ impl ModelVm {
     /// vCPU creation) and vCPU ioctl (`KVM_RUN`, `KVM_PRE_FAULT_MEMORY`)
     /// answers EIO. guest_memfd file operations keep working.
     pub fn mark_dead(&self) {
-        self.inner.dead.store(true, Ordering::Release);
+        self.inner.mark_dead();
     }
 
     /// Fault injection: see [`crate::ModelHypervisor::inject_failure`] (the
@@ -261,7 +157,12 @@ impl Vm for ModelVm {
         if let Some(e) = self.inner.inject.check(InjectOp::CreateGuestMemfd) {
             return Err(BackendError::os(OP_CREATE, e));
         }
-        GmemFile::create(self.inner.clone(), size, flags)
+        let owner = GmemOwner {
+            id: self.inner.id,
+            profile: self.inner.profile,
+            _vm: self.inner.clone(),
+        };
+        GmemFile::create(owner, size, flags)
     }
 
     fn set_user_memory_region(&self, region: &Region<'_, ModelShared>) -> Result<()> {

@@ -23,9 +23,17 @@
 //! `REQUIRE_KVM=1`), 1 when any benchmark failed, 2 for an unknown name.
 //! The JSON lists failures in `errors` and skips in `skipped`.
 //!
+//! The regression guard: a row where privmem does more than
+//! [`GUARD_FACTOR`] times worse than its own same-run baseline (slower,
+//! bigger, or that many times fewer per second) is a failure named after
+//! the row, whatever its target. Targets are goals a run may miss on a
+//! noisy machine; the guard checks only the sign of the comparison, with
+//! room for noise, so `bench --quick` in CI catches an engine that broke.
+//!
 //! Fault injection for tests of that contract, `PRIVMEM_BENCH_INJECT`:
 //! `error:NAME` makes benchmark NAME fail on entry; `no-kvm` makes every
-//! benchmark that needs /dev/kvm find none.
+//! benchmark that needs /dev/kvm find none; `regress:ROW` makes row ROW's
+//! privmem figure 10 times worse.
 
 mod access;
 mod attrmap;
@@ -34,6 +42,7 @@ mod exit;
 mod fault;
 mod parallel;
 mod scale;
+mod scaling;
 mod util;
 
 use std::collections::BTreeMap;
@@ -69,6 +78,10 @@ pub struct BenchArgs {
     /// fresh process; prints its memory growth as JSON.
     #[arg(long, hide = true, value_name = "BYTES")]
     pub rss_probe: Option<u64>,
+    /// Internal (`parallel`): a child of the machine-scaling probe over a
+    /// slot of BYTES (see `bench::scaling`).
+    #[arg(long, hide = true, value_name = "BYTES")]
+    pub scaling_probe: Option<u64>,
 }
 
 /// What a row's target compares.
@@ -86,7 +99,20 @@ pub enum Target {
     PrivmemAtMost(f64),
 }
 
+/// How many times worse than its baseline a row may be before the
+/// regression guard fails the run.
+pub const GUARD_FACTOR: f64 = 2.0;
+
 impl Target {
+    /// How many times worse than the baseline privmem did, by this
+    /// target's direction (lower is better for `<=`/`<`, higher for `>=`).
+    fn worse_by(self, ratio: f64) -> f64 {
+        match self {
+            Target::RatioAtMost(_) | Target::RatioBelow(_) | Target::PrivmemAtMost(_) => ratio,
+            Target::RatioAtLeast(_) | Target::PrivmemAtLeast(_) => 1.0 / ratio,
+        }
+    }
+
     fn text(self, unit: &str) -> String {
         match self {
             Target::RatioAtMost(x) => format!("<= {x}"),
@@ -124,6 +150,10 @@ pub struct Row {
     pub ratio: f64,
     /// The target, as text.
     pub target: String,
+    /// How many times worse than the baseline privmem did, in the
+    /// target's direction (below 1 = better); the regression guard fails
+    /// the run above [`GUARD_FACTOR`].
+    pub worse_than_baseline: f64,
     /// Whether the target is met.
     pub met: bool,
     /// What the baseline is.
@@ -230,6 +260,10 @@ impl RowSpec<'_> {
     /// The row for `s` with an explicitly computed ratio.
     pub fn row_with_ratio(self, s: &Samples, ratio: f64) -> Row {
         let privmem = median(&s.privmem);
+        let mut worse = self.target.worse_by(ratio);
+        if injected(&format!("regress:{}", self.name)) {
+            worse *= 10.0;
+        }
         Row {
             name: self.name.to_string(),
             unit: self.unit,
@@ -237,6 +271,7 @@ impl RowSpec<'_> {
             privmem,
             ratio,
             target: self.target.text(self.unit),
+            worse_than_baseline: worse,
             met: self.target.met(privmem, ratio),
             baseline_is: self.baseline_is.to_string(),
             rounds: s.base.len().min(s.privmem.len()),
@@ -435,6 +470,22 @@ fn injected(what: &str) -> bool {
     std::env::var("PRIVMEM_BENCH_INJECT").is_ok_and(|v| v.split(',').any(|x| x == what))
 }
 
+/// The regression guard's failures among `rows`: privmem more than
+/// [`GUARD_FACTOR`] times worse than its baseline, or no figure at all.
+fn guard(rows: &[Row]) -> Vec<BenchError> {
+    rows.iter()
+        .filter(|r| r.worse_than_baseline.is_nan() || r.worse_than_baseline > GUARD_FACTOR)
+        .map(|r| BenchError {
+            name: r.name.clone(),
+            error: format!(
+                "regression guard: privmem is {:.2}x worse than its same-run baseline \
+                 (ratio {:.3}, target {}); the guard allows {GUARD_FACTOR}x",
+                r.worse_than_baseline, r.ratio, r.target
+            ),
+        })
+        .collect()
+}
+
 /// The exit status for a run with these outcomes: 1 if anything failed.
 fn exit_status(errors: &[BenchError]) -> i32 {
     i32::from(!errors.is_empty())
@@ -507,6 +558,9 @@ pub fn main(args: &BenchArgs) -> i32 {
     if let Some(bytes) = args.rss_probe {
         return scale::rss_probe_main(bytes);
     }
+    if let Some(bytes) = args.scaling_probe {
+        return scaling::probe_main(bytes);
+    }
     let names: Vec<&str> = if args.names.is_empty() {
         ALL.to_vec()
     } else {
@@ -562,6 +616,7 @@ pub fn main(args: &BenchArgs) -> i32 {
             }
         }
     }
+    errors.extend(guard(&rows));
     let machine = machine();
     if args.json {
         let status = exit_status(&errors);
@@ -655,5 +710,40 @@ mod tests {
             error: "boom".into(),
         };
         assert_eq!(exit_status(&[e]), 1);
+    }
+
+    fn row(target: Target, base: f64, privmem: f64) -> Row {
+        let s = Samples {
+            base: vec![base],
+            privmem: vec![privmem],
+        };
+        RowSpec {
+            name: "t",
+            unit: "u",
+            target,
+            baseline_is: "b",
+            note: None,
+        }
+        .row(&s)
+    }
+
+    #[test]
+    fn the_guard_follows_each_targets_direction() {
+        // Lower is better: 2.5x the baseline's time fails, 1.9x passes.
+        assert_eq!(guard(&[row(Target::RatioAtMost(1.05), 1.0, 2.5)]).len(), 1);
+        assert!(guard(&[row(Target::RatioAtMost(1.05), 1.0, 1.9)]).is_empty());
+        assert_eq!(guard(&[row(Target::RatioBelow(1.0), 1.0, 2.1)]).len(), 1);
+        // Higher is better: 0.4x the baseline's rate fails, 0.6x passes.
+        assert_eq!(guard(&[row(Target::RatioAtLeast(0.9), 1.0, 0.4)]).len(), 1);
+        assert!(guard(&[row(Target::RatioAtLeast(0.9), 1.0, 0.6)]).is_empty());
+        assert_eq!(
+            guard(&[row(Target::PrivmemAtLeast(10.0), 4.0, 1.0)]).len(),
+            1
+        );
+        // A missed target alone is not a regression.
+        assert!(guard(&[row(Target::RatioAtMost(1.05), 1.0, 1.5)]).is_empty());
+        // No figure at all is.
+        let e = guard(&[row(Target::RatioAtMost(1.05), 0.0, 0.0)]);
+        assert!(e[0].error.contains("regression guard"), "{}", e[0].error);
     }
 }
