@@ -197,7 +197,9 @@ impl crate::KvmHypervisor {
             return Some("the kernel has no CONFIG_MEMORY_FAILURE (MADV_HWPOISON)".into());
         }
         if !has_cap_sys_admin() {
-            return Some("madvise(MADV_HWPOISON) needs CAP_SYS_ADMIN, which this process lacks".into());
+            return Some(
+                "madvise(MADV_HWPOISON) needs CAP_SYS_ADMIN, which this process lacks".into(),
+            );
         }
         None
     }
