@@ -35,7 +35,9 @@ pub fn kvm_blocker(kvm: &KvmHypervisor, ty: VmType, needs_poison: bool) -> Optio
         ));
     }
     if needs_poison {
-        return Some("the workload poisons pages, which only the model can inject safely".into());
+        return kvm
+            .poison_blocker(ty)
+            .map(|why| format!("the workload poisons pages: {why}"));
     }
     None
 }

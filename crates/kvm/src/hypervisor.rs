@@ -4,7 +4,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
 use kvm_ioctls::Kvm;
-use privmem_core::backend::unsupported;
 use privmem_core::{
     Advice, BackendError, Cap, EmulationCounts, Errno, FileIo, FileStat, GuestMemfd, Hypervisor,
     MemPolicy, MmapOptions, Quirks, VmType,
@@ -53,6 +52,7 @@ impl KvmHypervisor {
             config: VmConfig {
                 transport: options.resolved_transport(),
                 gmem_hva: options.quirks.gmem_hva,
+                quirks: options.quirks,
                 cpuid,
                 kick_signal,
                 emulation: Arc::default(),
@@ -226,16 +226,11 @@ impl Hypervisor for KvmHypervisor {
         memops::madvise(map, offset, len, advice)
     }
 
-    fn gmem_poison(&self, _map: &KvmMapping, offset: u64) -> Result<(), BackendError> {
-        // MADV_HWPOISON on guest_memfd answers -1 EBUSY and sends the
-        // caller a SIGBUS (BUS_MCEERR_AR), which would kill this process
-        // without a handler; the backend has none yet.
-        Err(unsupported(
-            "madvise(MADV_HWPOISON)",
-            format!(
-                "hardware-poison injection at mapping offset {offset:#x}: privmem's KVM backend \
-                 has no SIGBUS handler for MADV_HWPOISON yet"
-            ),
-        ))
+    /// `madvise(MADV_HWPOISON)` on the page, from a forked child whose
+    /// `SIGBUS` never reaches this process (`privmem_mem::hwpoison`).
+    /// `Unsupported` where the kernel or host cannot inject (no
+    /// `CAP_SYS_ADMIN`, no `CONFIG_MEMORY_FAILURE`, PVM).
+    fn gmem_poison(&self, map: &KvmMapping, offset: u64) -> Result<(), BackendError> {
+        crate::poison::poison_mapping(map, offset, self.options.quirks)
     }
 }

@@ -107,6 +107,7 @@ pub mod kick;
 pub mod mem;
 pub mod memops;
 pub mod options;
+mod poison;
 pub mod runtime_area;
 mod state;
 mod stats;

@@ -134,6 +134,17 @@ impl KvmMapping {
         Ok(KvmMapping { map })
     }
 
+    /// `madvise(MADV_HWPOISON)` on the page at `offset`, from a forked child
+    /// ([`privmem_mem::hwpoison`]): what the kernel answered it.
+    pub(crate) fn inject_hwpoison(
+        &self,
+        offset: u64,
+    ) -> Result<privmem_mem::Injection, BackendError> {
+        self.map
+            .inject_hwpoison(offset)
+            .map_err(|e| backend("madvise(MADV_HWPOISON)", e))
+    }
+
     /// The host virtual address of the mapping, for a memslot's
     /// `userspace_addr`. The caller keeps `self` alive until KVM no longer
     /// uses the slot (the VM stores it in the slot's entry).

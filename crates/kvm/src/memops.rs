@@ -87,7 +87,7 @@ pub fn mmap_gmem(
 
 /// The address of `[offset, offset+len)` of `map`, or `Invalid` if the
 /// range reaches past the mapping.
-fn range_in(
+pub(crate) fn range_in(
     map: &KvmMapping,
     offset: u64,
     len: u64,

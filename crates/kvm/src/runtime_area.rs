@@ -167,6 +167,7 @@ pub(crate) fn install(
             _backing: None,
             _gmem_map: None,
             runtime: true,
+            gmem: None,
         },
     );
     Ok(RuntimeArea {

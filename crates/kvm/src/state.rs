@@ -28,6 +28,9 @@ pub(crate) struct SlotEntry {
     pub(crate) _gmem_map: Option<KvmMapping>,
     /// A runtime area (privmem's own slot), not the caller's.
     pub(crate) runtime: bool,
+    /// The slot's guest_memfd, when bound through a [`privmem_core::GuestMemfd`]
+    /// (for [`privmem_core::Vm::poison_page`]).
+    pub(crate) gmem: Option<crate::poison::SlotGmem>,
 }
 
 /// What a VM inherits from its hypervisor's options.
@@ -37,6 +40,8 @@ pub(crate) struct VmConfig {
     pub(crate) transport: Transport,
     /// The opt-in `gmem_hva` emulation ([`privmem_core::Quirks::gmem_hva`]).
     pub(crate) gmem_hva: bool,
+    /// The host's quirks, as the hypervisor was opened with.
+    pub(crate) quirks: privmem_core::Quirks,
     /// `KVM_GET_SUPPORTED_CPUID`, set on every vCPU.
     pub(crate) cpuid: Option<Arc<CpuId>>,
     /// The signal kicks send ([`crate::KickSignal`]), already prepared.

@@ -9,12 +9,14 @@ use kvm_bindings::{
     kvm_enable_cap, kvm_memory_attributes, kvm_userspace_memory_region2, KVM_CAP_EXIT_HYPERCALL,
 };
 use kvm_ioctls::VmFd;
+use privmem_core::backend::MEM_GUEST_MEMFD;
 use privmem_core::{
     Attrs, BackendError, Cap, Emulations, GmemFlags, GmemRef, Gpa, GpaRange, GuestMemfd,
     HostMemory, Region, SharedKind, UserAddr, Vm, VmType, PAGE_SIZE,
 };
 
 use crate::mem::{KvmMapping, KvmShared};
+use crate::poison::{self, SlotGmem};
 use crate::state::{Emulation, SlotEntry, VmConfig, VmState};
 use crate::sys::{self, fd_of, kvm_err};
 use crate::vcpu::KvmVcpu;
@@ -78,6 +80,24 @@ fn gmem_raw(g: GmemRef<'_>) -> u32 {
         GmemRef::Fd(fd) => fd.as_raw_fd() as u32,
         GmemRef::Raw(fd) => fd as u32,
     }
+}
+
+/// The guest_memfd a `KVM_MEM_GUEST_MEMFD` slot is bound to, kept for
+/// [`Vm::poison_page`]: a duplicate descriptor (`None` if `dup` fails or
+/// the request named the file by a raw fd, whose flags privmem does not
+/// know).
+fn slot_gmem(region: &Region<'_, KvmShared>) -> Option<SlotGmem> {
+    let GmemRef::File(g) = region.gmem else {
+        return None;
+    };
+    if region.flags & MEM_GUEST_MEMFD == 0 {
+        return None;
+    }
+    Some(SlotGmem {
+        file: g.as_fd().try_clone_to_owned().ok()?,
+        offset: region.gmem_offset,
+        flags: g.flags(),
+    })
 }
 
 impl KvmVm {
@@ -174,6 +194,7 @@ impl Vm for KvmVm {
                     _backing: backing,
                     _gmem_map: gmem_map,
                     runtime: false,
+                    gmem: slot_gmem(region),
                 },
             );
         }
@@ -229,5 +250,33 @@ impl Vm for KvmVm {
     /// was replaced by a guest_memfd mapping.
     fn emulations(&self) -> Emulations {
         self.inner.emulations()
+    }
+
+    /// Poisons the guest_memfd page behind `gpa` with
+    /// `madvise(MADV_HWPOISON)` on a one-page mapping of it (from a forked
+    /// child: this process gets no signal). Works where the kernel lets the
+    /// host fault the page in: a `MMAP|INIT_SHARED` file on Linux 7.3, as
+    /// root. Elsewhere `Unsupported`, naming the file's flags and the
+    /// kernel's refusal (`mmap` `ENODEV`: no `MMAP`, as on 6.12; `madvise`
+    /// `EFAULT`: private memory, as a SW_PROTECTED VM's).
+    fn poison_page(&self, gpa: Gpa) -> Result<(), BackendError> {
+        let slots = self.inner.slots();
+        let hit = slots.values().find_map(|e| {
+            let inside = gpa.raw().checked_sub(e.gpa).filter(|d| *d < e.size)?;
+            let g = e.gmem.as_ref()?;
+            Some((g, g.offset.checked_add(inside)?))
+        });
+        let Some((gmem, file_offset)) = hit else {
+            return Err(BackendError::Invalid {
+                op: "poison",
+                why: format!("no live guest_memfd backs {gpa}"),
+            });
+        };
+        poison::poison_file_page(
+            gmem,
+            file_offset,
+            &gpa.to_string(),
+            self.inner.config.quirks,
+        )
     }
 }

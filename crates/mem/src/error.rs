@@ -50,12 +50,21 @@ pub enum MapError {
         /// The mapping's length.
         size: u64,
     },
+    /// A helper process privmem forked (e.g. for
+    /// [`crate::Mapping::inject_hwpoison`]) did not finish its job.
+    #[error("{op}: the helper process {how}")]
+    Helper {
+        /// The helper's job, e.g. "madvise(MADV_HWPOISON)".
+        op: &'static str,
+        /// What happened to it, e.g. "was killed by signal 7".
+        how: String,
+    },
 }
 
 impl MapError {
     /// The errno closest to the error, for callers that report errnos:
     /// `Os`'s own, `EFAULT` for `OutOfRange`, `EFBIG` for `Length`, `ENOMEM`
-    /// for `Budget`, `EPERM` for `NotSealed`.
+    /// for `Budget`, `EPERM` for `NotSealed`, `ECHILD` for `Helper`.
     pub fn errno(&self) -> i32 {
         match self {
             MapError::Os { errno, .. } => *errno,
@@ -63,6 +72,7 @@ impl MapError {
             MapError::Length { .. } => libc::EFBIG,
             MapError::Budget { .. } => libc::ENOMEM,
             MapError::NotSealed { .. } => libc::EPERM,
+            MapError::Helper { .. } => libc::ECHILD,
         }
     }
 

@@ -16,6 +16,9 @@
 //!   a word-wise compare, `mincore` residency, all within a process-wide
 //!   address-space budget.
 //! - [`Memfd`]: the anonymous files behind them.
+//! - [`Mapping::inject_hwpoison`]: `madvise(MADV_HWPOISON)` on a page, from
+//!   a forked child, so its `SIGBUS` never reaches this process
+//!   ([`hwpoison`]).
 //!
 //! Nothing here hands out a Rust reference (`&[u8]`, `&mut [u8]`) into
 //! mapped memory: other threads, a guest or the kernel may change it at any
@@ -24,6 +27,7 @@
 
 mod error;
 pub mod hostmap;
+pub mod hwpoison;
 mod kernel_copy;
 pub mod mapping;
 pub mod memfd;
@@ -31,6 +35,7 @@ mod scan;
 
 pub use error::{Fault, MapError};
 pub use hostmap::{HostMap, MAP_BUDGET, MAX_MAP_LEN};
+pub use hwpoison::{Injection, Sigbus};
 pub use mapping::{Exec, Mapping, Residency, Share, PAGE_SIZE};
 pub use memfd::{Memfd, Seal};
 pub use vm_memory;

@@ -28,6 +28,7 @@ use privmem_core::{BackendError, Errno, GmemFlags, GuestMemfd, PAGE_SIZE};
 use privmem_core::{MmapOptions, MmapProt, MmapSharing};
 
 use crate::backing::Memfd;
+use crate::gmem_ptes::{self, Ptes, SharedPtes};
 use crate::inject::{InjectOp, Injector};
 use crate::profile::KernelProfile;
 
@@ -98,6 +99,9 @@ pub(crate) struct GmemFile {
     poison: Mutex<BTreeSet<u64>>,
     /// The NUMA policy per file page (7.3 `mbind` through a mapping).
     pub(crate) policy: Mutex<crate::numa::PolicyTree>,
+    /// The page tables of the file's live host mappings (`i_mmap`), for
+    /// hardware poison and punch-hole.
+    maps: Mutex<Vec<Weak<Mutex<Ptes>>>>,
 }
 
 /// The token stored in a [`GuestMemfd`]: every dup and every mapping holds
@@ -175,6 +179,7 @@ impl GmemFile {
             bindings: Mutex::default(),
             poison: Mutex::default(),
             policy: Mutex::default(),
+            maps: Mutex::default(),
         });
         registry()
             .lock()
@@ -232,9 +237,27 @@ impl GmemFile {
         self.bindings.lock().expect("bindings").len()
     }
 
-    /// Marks file page `pgoff` hardware-poisoned.
+    /// Marks file page `pgoff` hardware-poisoned (`memory_failure`): the
+    /// folio stays, poisoned, and every mapping's present entry for it
+    /// becomes a hwpoison entry ([`crate::gmem_ptes`]).
     pub(crate) fn poison_page(&self, pgoff: u64) {
         self.poison.lock().expect("poison").insert(pgoff);
+        self.each_map(|p| p.poison(pgoff));
+    }
+
+    /// Registers a new mapping's page tables.
+    fn add_map(&self, ptes: &SharedPtes) {
+        let mut maps = self.maps.lock().expect("gmem maps");
+        maps.retain(|w| w.strong_count() > 0);
+        maps.push(Arc::downgrade(ptes));
+    }
+
+    /// Applies `f` to every live mapping's page tables.
+    fn each_map(&self, mut f: impl FnMut(&mut Ptes)) {
+        let maps = self.maps.lock().expect("gmem maps");
+        for p in maps.iter().filter_map(Weak::upgrade) {
+            f(&mut gmem_ptes::lock(&p));
+        }
     }
 
     /// The first poisoned page in `[first, first+npages)`.
@@ -260,8 +283,9 @@ impl GmemFile {
     /// `vfs_fallocate` + `kvm_gmem_fallocate` with raw arguments.
     ///
     /// Punching also clears hardware poison in the range: truncation removes
-    /// the poisoned folio from the file, so the next fault gets a fresh page.
-    /// (Not host-verified; see docs/semantics/hwpoison.md.)
+    /// the poisoned folio from the file, so the next fault gets a fresh page
+    /// (verified in the 7.3 rig, conformance H1). Host mappings keep their
+    /// hwpoison entries ([`crate::gmem_ptes`]).
     pub(crate) fn fallocate(&self, inj: &Injector, mode: i32, offset: i64, len: i64) -> Result<()> {
         let err = |e| Err(BackendError::os(OP_FALLOCATE, e));
         // vfs_fallocate()
@@ -301,7 +325,9 @@ impl GmemFile {
             self.mem
                 .punch(off, len)
                 .map_err(|e| BackendError::os(OP_FALLOCATE, e))?;
-            self.clear_poison(off / PAGE_SIZE, (off + len) / PAGE_SIZE);
+            let (first, end) = (off / PAGE_SIZE, (off + len) / PAGE_SIZE);
+            self.clear_poison(first, end);
+            self.each_map(|p| p.zap_present(first, end));
             Ok(())
         } else {
             self.mem
@@ -415,10 +441,13 @@ pub(crate) fn mmap(
         return err(e);
     }
     let token = gmem.token().expect("file_of succeeded").clone();
+    let ptes = SharedPtes::default();
+    file.add_map(&ptes);
     Ok(ModelGmemMapping {
         _token: token,
         file,
         len,
+        ptes,
     })
 }
 
@@ -432,6 +461,8 @@ pub struct ModelGmemMapping {
     _token: Arc<dyn Any + Send + Sync>,
     pub(crate) file: Arc<GmemFile>,
     pub(crate) len: u64,
+    /// This mapping's page tables (present and hwpoison entries).
+    pub(crate) ptes: SharedPtes,
 }
 
 impl ModelGmemMapping {
@@ -439,7 +470,8 @@ impl ModelGmemMapping {
     ///
     /// The fault is a `SIGSEGV` past the mapping's end (no VMA there) and a
     /// `SIGBUS` inside it (`kvm_gmem_fault_user_mapping`: beyond `i_size`,
-    /// a file without `INIT_SHARED`; a poisoned page).
+    /// a file without `INIT_SHARED`; a poisoned page or a hwpoison entry).
+    /// The pages before the fault are faulted in (present entries).
     fn accessible(&self, offset: u64, want: u64) -> (u64, Option<HostFault>) {
         if want == 0 {
             return (0, None);
@@ -459,9 +491,15 @@ impl ModelGmemMapping {
         let first = offset / PAGE_SIZE;
         let last = (offset + ok - 1) / PAGE_SIZE;
         let mut poisoned = false;
-        if let Some(p) = self.file.first_poisoned(first, last - first + 1) {
+        let in_file = self.file.first_poisoned(first, last - first + 1);
+        let in_ptes = gmem_ptes::lock(&self.ptes).first_hwpoison(first, last + 1);
+        if let Some(p) = in_file.into_iter().chain(in_ptes).min() {
             ok = (p * PAGE_SIZE).saturating_sub(offset);
             poisoned = true;
+        }
+        if ok > 0 {
+            let end = (offset + ok).div_ceil(PAGE_SIZE);
+            gmem_ptes::lock(&self.ptes).fault_in(first, end);
         }
         let end = offset + ok;
         let fault = (ok < want).then_some(if poisoned || end < self.len {

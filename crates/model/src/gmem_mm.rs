@@ -11,6 +11,7 @@ use privmem_core::error::Result;
 use privmem_core::{Advice, BackendError, Errno, MemPolicy, PAGE_SIZE};
 
 use crate::gmem::ModelGmemMapping;
+use crate::gmem_ptes;
 use crate::numa;
 
 const OP_MBIND: &str = "mbind";
@@ -74,13 +75,18 @@ impl ModelGmemMapping {
         if advice == Advice::Collapse {
             return err(Errno::EINVAL);
         }
+        if advice == Advice::DontNeed {
+            let end = offset.saturating_add(len).min(self.len) / PAGE_SIZE;
+            gmem_ptes::lock(&self.ptes).zap_all(offset / PAGE_SIZE, end);
+        }
         Ok(())
     }
 
     /// `madvise(map + offset, PAGE_SIZE, MADV_HWPOISON)`: the page must be
-    /// faultable from the host (`get_user_pages_fast`): inside the file, in
-    /// an `INIT_SHARED` file; otherwise EFAULT. Then `memory_failure` →
-    /// `kvm_gmem_error_folio` keeps the folio, poisoned.
+    /// faultable from the host (`get_user_pages_fast`, which faults it into
+    /// this mapping): inside the file, in an `INIT_SHARED` file; otherwise
+    /// EFAULT. Then `memory_failure` → `kvm_gmem_error_folio` keeps the
+    /// folio, poisoned, and this mapping's entry becomes a hwpoison entry.
     pub(crate) fn poison(&self, offset: u64) -> Result<()> {
         self.inside(offset, PAGE_SIZE, OP_HWPOISON)?;
         let err = |e| Err(BackendError::os(OP_HWPOISON, e));
@@ -90,7 +96,9 @@ impl ModelGmemMapping {
         if offset >= self.file.size() || !self.file.init_shared() {
             return err(Errno::EFAULT);
         }
-        self.file.poison_page(offset / PAGE_SIZE);
+        let pg = offset / PAGE_SIZE;
+        gmem_ptes::lock(&self.ptes).fault_in(pg, pg + 1);
+        self.file.poison_page(pg);
         Ok(())
     }
 }

@@ -30,6 +30,7 @@ pub mod embed;
 mod fault;
 mod gmem;
 mod gmem_mm;
+mod gmem_ptes;
 mod inject;
 mod kick;
 mod memslot;
