@@ -26,7 +26,8 @@
 //! there with a `SIGBUS` to the vCPU thread (`kvm_send_hwpoison_signal`)
 //! instead of an `EHWPOISON` exit, which would kill the VMM: refused.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 
 use privmem_core::backend::unsupported;
 use privmem_core::{BackendError, Errno, GmemFlags, HostMemory, Quirks, PAGE_SIZE};
@@ -38,13 +39,53 @@ use crate::memops;
 const OP: &str = "madvise(MADV_HWPOISON)";
 
 /// The guest_memfd behind a memslot, as the VM keeps it for
-/// [`privmem_core::Vm::poison_page`]: a duplicate of the file's descriptor,
-/// the slot's offset into it and the file's creation flags.
+/// [`privmem_core::Vm::poison_page`]: the caller's descriptor number and
+/// the file's identity, the slot's offset into it and the file's creation
+/// flags. It holds no reference: as in the kernel, a binding does not keep
+/// the file open, so closing the caller's guest_memfd still releases it.
 #[derive(Debug)]
 pub(crate) struct SlotGmem {
-    pub(crate) file: OwnedFd,
+    pub(crate) fd: RawFd,
+    /// `(st_dev, st_ino)` of the bound file.
+    pub(crate) identity: (u64, u64),
     pub(crate) offset: u64,
     pub(crate) flags: GmemFlags,
+}
+
+impl SlotGmem {
+    /// Records `file` for a slot; `None` if it cannot be `fstat`ed.
+    pub(crate) fn new(file: BorrowedFd<'_>, offset: u64, flags: GmemFlags) -> Option<SlotGmem> {
+        Some(SlotGmem {
+            fd: file.as_raw_fd(),
+            identity: identity(file)?,
+            offset,
+            flags,
+        })
+    }
+
+    /// A descriptor of the bound file while the caller still holds it: a
+    /// fresh duplicate of the recorded descriptor, checked to be the same
+    /// file (the number may have been closed and reused).
+    fn open(&self) -> Option<OwnedFd> {
+        // SAFETY: F_DUPFD_CLOEXEC reads no memory; on an invalid or closed
+        // descriptor it fails with EBADF.
+        let raw = unsafe { libc::fcntl(self.fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if raw < 0 {
+            return None;
+        }
+        // SAFETY: `raw` is a descriptor this call just created and nothing
+        // else owns.
+        let dup = unsafe { OwnedFd::from_raw_fd(raw) };
+        (identity(dup.as_fd())? == self.identity).then_some(dup)
+    }
+}
+
+/// `(st_dev, st_ino)` of an open file.
+fn identity(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+    let md = std::fs::File::from(fd.try_clone_to_owned().ok()?)
+        .metadata()
+        .ok()?;
+    Some((md.dev(), md.ino()))
 }
 
 /// Refuses injection where a poisoned guest_memfd page would be reached
@@ -124,7 +165,13 @@ pub(crate) fn poison_file_page(
     refuse_quirks(quirks)?;
     let page = file_offset - file_offset % PAGE_SIZE;
     let flags = gmem.flags.0;
-    let map = match KvmMapping::new_at(gmem.file.as_fd(), page, PAGE_SIZE) {
+    let Some(file) = gmem.open() else {
+        return Err(BackendError::invalid(
+            "poison_page",
+            format!("no live guest_memfd backs {what}: the slot's file was closed"),
+        ));
+    };
+    let map = match KvmMapping::new_at(file.as_fd(), page, PAGE_SIZE) {
         Ok(m) => m,
         Err(e) if e.errno() == Some(Errno::ENODEV) => {
             return Err(unsupported(

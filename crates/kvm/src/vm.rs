@@ -82,10 +82,10 @@ fn gmem_raw(g: GmemRef<'_>) -> u32 {
     }
 }
 
-/// The guest_memfd a `KVM_MEM_GUEST_MEMFD` slot is bound to, kept for
-/// [`Vm::poison_page`]: a duplicate descriptor (`None` if `dup` fails or
-/// the request named the file by a raw fd, whose flags privmem does not
-/// know).
+/// The guest_memfd a `KVM_MEM_GUEST_MEMFD` slot is bound to, recorded for
+/// [`Vm::poison_page`] without holding it open (`None` if it cannot be
+/// `fstat`ed or the request named the file by a raw fd, whose flags
+/// privmem does not know).
 fn slot_gmem(region: &Region<'_, KvmShared>) -> Option<SlotGmem> {
     let GmemRef::File(g) = region.gmem else {
         return None;
@@ -93,11 +93,7 @@ fn slot_gmem(region: &Region<'_, KvmShared>) -> Option<SlotGmem> {
     if region.flags & MEM_GUEST_MEMFD == 0 {
         return None;
     }
-    Some(SlotGmem {
-        file: g.as_fd().try_clone_to_owned().ok()?,
-        offset: region.gmem_offset,
-        flags: g.flags(),
-    })
+    SlotGmem::new(g.as_fd(), region.gmem_offset, g.flags())
 }
 
 impl KvmVm {
