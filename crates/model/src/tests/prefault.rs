@@ -297,9 +297,9 @@ fn gmem_only_slot_pre_faults_from_guest_memfd() {
     assert_eq!(pre_fault(&mut v, BASE, PG).0, Some(Errno::EFAULT));
 }
 
-/// Deletes slot 10 of a `DefaultShared` setup and creates it again.
-fn recreate_default_slot(vm: &ModelVm, keep: &Keep) {
-    vm.set_user_memory_region(&Region {
+/// Deletes slot 10.
+fn delete_slot_10(vm: &ModelVm) {
+    vm.set_user_memory_region(&Region::<ModelShared> {
         api: RegionApi::V2,
         slot: 10,
         flags: 0,
@@ -310,6 +310,11 @@ fn recreate_default_slot(vm: &ModelVm, keep: &Keep) {
         gmem_offset: 0,
     })
     .unwrap();
+}
+
+/// Deletes slot 10 of a `DefaultShared` setup and creates it again.
+fn recreate_default_slot(vm: &ModelVm, keep: &Keep) {
+    delete_slot_10(vm);
     vm.set_user_memory_region(&Region {
         api: RegionApi::V2,
         slot: 10,
@@ -374,17 +379,7 @@ fn a_sw_protected_slot_deletion_leaves_the_6_12_root_valid() {
     let (_h, vm, mut v, keep) = setup(KernelProfile::V6_12, Config::SwShared);
     assert_eq!(pre_fault(&mut v, BASE, PG).0, None);
     let g = keep.1.as_ref().unwrap();
-    vm.set_user_memory_region(&Region {
-        api: RegionApi::V2,
-        slot: 10,
-        flags: 0,
-        gpa: BASE,
-        size: 0,
-        userspace: UserAddr::Raw(0),
-        gmem: GmemRef::Raw(-1),
-        gmem_offset: 0,
-    })
-    .unwrap();
+    delete_slot_10(&vm);
     add_gmem_slot_with_shared(&vm, 10, BASE, &keep.0, g, 0).unwrap();
     assert_eq!(pre_fault(&mut v, BASE, PG).0, None);
 }
