@@ -1,5 +1,6 @@
 //! Progress of long work on stderr (indicatif), drawn only when stderr is a
-//! terminal: pipes, logs and the JSON a script reads never see it.
+//! terminal that can redraw a line (not `TERM=dumb`, as the rig's serial
+//! console is): pipes, logs and the JSON a script reads never see it.
 
 use std::io::IsTerminal;
 
@@ -10,9 +11,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 const TEMPLATE: &str = "{prefix} [{bar:30}] {pos}/{len} ({elapsed}) {wide_msg}";
 
 /// A bar of `len` steps named `prefix`, with `msg` after the counts; hidden
-/// when stderr is not a terminal.
+/// when stderr is not a terminal or the terminal is dumb.
 pub fn bar(len: u64, prefix: &'static str, msg: &'static str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
+    let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+    if dumb || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let style = ProgressStyle::with_template(TEMPLATE)

@@ -37,11 +37,14 @@ mod slots;
 
 pub use exits::{HypercallExit, MemoryFaultExit, StopReason, VcpuAction};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use arc_swap::ArcSwap;
 
 use crate::attrmap::{AttrMap, Run};
 use crate::contract::{ConversionBackend, VmSupport};
+use crate::counter::Counter;
 use crate::decide::{DiscardPolicy, FaultPolicy, RepeatGuard};
 use crate::error::BackendError;
 use crate::listener::{ConversionListener, ListenerPanic};
@@ -187,32 +190,36 @@ pub struct EngineConfig {
     pub prefault: PrefaultPolicy,
 }
 
-/// Conversion and discard counters.
+/// Conversion and discard counters, read with `load(Ordering::Relaxed)`.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Pages converted to private.
-    pub to_private_pages: AtomicU64,
+    pub to_private_pages: Counter,
     /// Pages converted to shared.
-    pub to_shared_pages: AtomicU64,
+    pub to_shared_pages: Counter,
     /// Explicit conversions that changed something.
-    pub explicit: AtomicU64,
+    pub explicit: Counter,
     /// Implicit conversions that changed something.
-    pub implicit: AtomicU64,
+    pub implicit: Counter,
     /// guest_memfd pages punched.
-    pub discarded_gmem: AtomicU64,
+    pub discarded_gmem: Counter,
     /// Shared pages discarded.
-    pub discarded_shared: AtomicU64,
+    pub discarded_shared: Counter,
     /// Discards that failed after the attributes changed and were deferred.
-    pub deferred_discards: AtomicU64,
+    pub deferred_discards: Counter,
     /// Conversions to shared a listener refused.
-    pub listener_refusals: AtomicU64,
+    pub listener_refusals: Counter,
     /// Listener calls that panicked (caught).
-    pub listener_panics: AtomicU64,
+    pub listener_panics: Counter,
     /// `KVM_PRE_FAULT_MEMORY` calls made.
-    pub prefault_calls: AtomicU64,
+    pub prefault_calls: Counter,
     /// `KVM_PRE_FAULT_MEMORY` calls that failed (ignored).
-    pub prefault_errors: AtomicU64,
+    pub prefault_errors: Counter,
 }
+
+/// The engine's slots, sorted by address.
+type SlotList<B> =
+    Vec<Arc<SlotDesc<<B as ConversionBackend>::Gmem, <B as ConversionBackend>::Shared>>>;
 
 /// The conversion engine of one VM.
 pub struct Engine<B: ConversionBackend> {
@@ -220,7 +227,9 @@ pub struct Engine<B: ConversionBackend> {
     support: VmSupport,
     config: EngineConfig,
     /// The slots, sorted; replaced whole when one is added or removed.
-    slots: RwLock<SlotTable<B::Gmem, B::Shared>>,
+    /// Read without a shared write: every conversion reads it, and a lock
+    /// or a reference count would bounce its cache line between vCPUs.
+    slots: ArcSwap<SlotList<B>>,
     /// Serialises slot changes (check, kernel call, table swap).
     slot_edit: Mutex<()>,
     map: Mutex<AttrMap>,
@@ -301,7 +310,7 @@ impl<B: ConversionBackend> Engine<B> {
             backend,
             support,
             config,
-            slots: RwLock::new(Arc::new(Vec::new())),
+            slots: ArcSwap::from_pointee(Vec::new()),
             slot_edit: Mutex::new(()),
             map: Mutex::new(AttrMap::new()),
             locks: RangeLocks::new(),
@@ -336,10 +345,7 @@ impl<B: ConversionBackend> Engine<B> {
 
     /// A snapshot of the slots, sorted by address.
     pub fn slots(&self) -> SlotTable<B::Gmem, B::Shared> {
-        self.slots
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.slots.load_full()
     }
 
     /// A snapshot of the attribute map.
@@ -386,9 +392,9 @@ impl<B: ConversionBackend> Engine<B> {
         to: ConvertTo,
         origin: Origin,
     ) -> Result<Outcome, ConvertError> {
-        // A snapshot, not the lock: listeners may read the slots, and a slot
+        // A snapshot, not a lock: listeners may read the slots, and a slot
         // change elsewhere must not wait for this transaction's syscalls.
-        let slots = self.slots();
+        let slots = self.slots.load();
         self.settle_pending(&slots, range)?;
         // The runs that change (usually one; no allocation for up to two).
         // One walk of the map: no run to change means a no-op.

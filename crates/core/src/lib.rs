@@ -83,6 +83,7 @@ pub mod abi;
 pub mod attrmap;
 pub mod backend;
 pub mod contract;
+pub mod counter;
 pub mod decide;
 pub mod emulation;
 pub mod engine;

@@ -379,7 +379,7 @@ fn prefault_on_the_models_vcpu_maps_the_converted_range() {
         e.handle_hypercall(&mut g, map(0x10000, 4, 0x10), Some(&mut v)),
         0
     );
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let load = |c: &privmem_core::counter::Counter| c.load(std::sync::atomic::Ordering::Relaxed);
     // The model maps the whole range in one call (Vcpu::pre_fault_memory
     // through the blanket PreFault), and nothing failed.
     assert_eq!(load(&e.stats.prefault_calls), 1);

@@ -107,7 +107,7 @@ impl Report {
         elapsed: Duration,
     ) -> Report {
         let s = &engine.stats;
-        let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let ld = |a: &privmem_core::counter::Counter| a.load(Ordering::Relaxed);
         let vcpus: Vec<VcpuReport> = states
             .into_iter()
             .map(|v| VcpuReport {

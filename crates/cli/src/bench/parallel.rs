@@ -117,7 +117,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             conversions
         )),
     }
-    .row_with_ratio(&s, normalized(&s, machine));
+    .row_guarded_by(&s, normalized(&s, machine), s.ratio());
     row.context = BTreeMap::from([
         ("raw_speedup".to_string(), s.ratio()),
         ("machine_scaling".to_string(), median(machine)),

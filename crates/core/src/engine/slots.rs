@@ -188,7 +188,7 @@ impl<B: ConversionBackend> Engine<B> {
     }
 
     fn publish(&self, next: Vec<Arc<SlotDesc<B::Gmem, B::Shared>>>) {
-        *self.slots.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        self.slots.store(Arc::new(next));
     }
 }
 
