@@ -66,8 +66,9 @@ pub struct ConformanceArgs {
     /// Differential: number of generated sequences.
     #[arg(long, default_value_t = 64)]
     cases: u32,
-    /// Differential: RNG seed (default: a fixed seed, so runs repeat).
-    #[arg(long)]
+    /// Differential: RNG seed, decimal or 0x-prefixed hex as the report
+    /// prints it (default: a fixed seed, so runs repeat).
+    #[arg(long, value_parser = parse_seed)]
     seed: Option<u64>,
     /// Differential: longest sequence, in steps.
     #[arg(long, default_value_t = 16)]
@@ -92,6 +93,16 @@ fn percent(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("{v} is not between 0 and 100"))
     }
+}
+
+/// A seed in decimal or, as the differential's report prints it, in
+/// 0x-prefixed hex.
+fn parse_seed(s: &str) -> Result<u64, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|e| format!("`{s}` is not a seed (decimal, or hex with 0x): {e}"))
 }
 
 /// True when `REQUIRE_KVM=1`: a missing /dev/kvm is an error, not a skip.
@@ -422,5 +433,20 @@ fn print_diff(r: &DiffReport, profile: KernelProfile, model: &ModelHypervisor) {
     match &r.difference {
         None => println!("no difference"),
         Some(d) => println!("DIFFERENCE (minimal sequence):\n{d}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_seed;
+
+    #[test]
+    fn a_seed_is_decimal_or_the_reports_hex() {
+        assert_eq!(parse_seed("7"), Ok(7));
+        assert_eq!(parse_seed("0x5eedc0de00000001"), Ok(0x5eed_c0de_0000_0001));
+        assert_eq!(parse_seed("0X1f"), Ok(31));
+        assert!(parse_seed("0x5eedg").unwrap_err().contains("not a seed"));
+        assert!(parse_seed("").is_err());
+        assert!(parse_seed("-1").is_err());
     }
 }
