@@ -3,9 +3,8 @@
 //!
 //! Every conversion bumps a few counters. With one `AtomicU64` each, two
 //! vCPUs converting disjoint ranges would bounce those lines between their
-//! cores on every exit (measured: the `parallel` bench's two vCPUs did less
-//! than one). A `Counter` keeps one padded cell per shard; a thread always
-//! adds to the same shard, and [`Counter::load`] sums them.
+//! cores on every exit. A `Counter` keeps one padded cell per shard; a
+//! thread always adds to the same shard, and [`Counter::load`] sums them.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
