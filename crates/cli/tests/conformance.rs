@@ -7,21 +7,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 
+use common::privmem;
 use privmem_conformance::case_list;
-
-fn privmem(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_privmem"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn json(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["conformance", "--json"];
@@ -204,7 +192,7 @@ fn unknown_and_retired_profiles_exit_2() {
 /// `script` is missing.
 fn on_a_terminal(test: &str, args: &str) -> Option<String> {
     let cmd = format!("{} {args}", env!("CARGO_BIN_EXE_privmem"));
-    match Command::new("script")
+    match std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
         .output()
     {

@@ -2,22 +2,12 @@
 //! measured results and its write-up, and the pinned case's result per
 //! backend run, in human and JSON form.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
+use common::privmem;
 use privmem_conformance::findings::FINDINGS;
-
-fn privmem(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_privmem"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn json(profile: &str) -> serde_json::Value {
     let (code, out, err) = privmem(&[

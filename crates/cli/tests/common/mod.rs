@@ -39,3 +39,17 @@ pub fn kvm_or_skip(test: &str) -> bool {
         }
     }
 }
+
+/// Runs the privmem binary under test: (exit code, stdout, stderr); -1
+/// when a signal ended it.
+pub fn privmem(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_privmem"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
