@@ -23,6 +23,7 @@
 //! MiB) takes ~10 MiB, 10 B per range; leaves with a block cost up to
 //! 320 B per 3 to 14 ranges.
 
+pub mod striped;
 mod tree;
 
 use crate::types::{Gpa, GpaRange, PAGE_SHIFT};

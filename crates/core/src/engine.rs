@@ -38,17 +38,17 @@ mod slots;
 pub use exits::{HypercallExit, MemoryFaultExit, StopReason, VcpuAction};
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
+use crate::attrmap::striped::StripedMap;
 use crate::attrmap::{AttrMap, Run};
 use crate::contract::{ConversionBackend, VmSupport};
 use crate::counter::Counter;
 use crate::decide::{DiscardPolicy, FaultPolicy, RepeatGuard};
 use crate::error::BackendError;
 use crate::listener::{ConversionListener, ListenerPanic};
-use crate::rangelock::RangeLocks;
 use crate::slot::{SlotDesc, SlotTable};
 use crate::trace::{self, TraceEvent, TraceSink};
 use crate::types::{Attrs, Gpa, GpaLimit, GpaRange};
@@ -232,8 +232,9 @@ pub struct Engine<B: ConversionBackend> {
     slots: ArcSwap<SlotList<B>>,
     /// Serialises slot changes (check, kernel call, table swap).
     slot_edit: Mutex<()>,
-    map: Mutex<AttrMap>,
-    locks: RangeLocks,
+    /// The attribute map and the range locks, striped by address: vCPUs
+    /// converting different parts of memory share no lock.
+    attrs: StripedMap,
     /// Discards deferred after a partial failure: (pages, direction).
     pending: Mutex<Vec<(GpaRange, ConvertTo)>>,
     /// `!pending.is_empty()`, readable without the lock: conversions on
@@ -312,8 +313,7 @@ impl<B: ConversionBackend> Engine<B> {
             config,
             slots: ArcSwap::from_pointee(Vec::new()),
             slot_edit: Mutex::new(()),
-            map: Mutex::new(AttrMap::new()),
-            locks: RangeLocks::new(),
+            attrs: StripedMap::new(),
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
             listeners: notify::Listeners::default(),
@@ -350,21 +350,17 @@ impl<B: ConversionBackend> Engine<B> {
 
     /// A snapshot of the attribute map.
     pub fn attr_map(&self) -> AttrMap {
-        self.lock_map().clone()
-    }
-
-    fn lock_map(&self) -> std::sync::MutexGuard<'_, AttrMap> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+        self.attrs.snapshot()
     }
 
     /// Sets `ranges` private in the kernel and the map (initial state: no
     /// discard, no listener).
     pub fn init_private(&self, ranges: &[GpaRange]) -> Result<(), ConvertError> {
         for &range in ranges {
-            let _guard = self.locks.lock(range);
+            let _guard = self.attrs.lock(range);
             self.set_kernel_attrs(range, ConvertTo::Private)
                 .map_err(|source| ConvertError::Kernel { range, source })?;
-            self.lock_map().set(range, true);
+            self.attrs.set(range, true);
         }
         Ok(())
     }
@@ -378,7 +374,7 @@ impl<B: ConversionBackend> Engine<B> {
         origin: Origin,
     ) -> Result<Outcome, ConvertError> {
         let result = validate(gpa, len, self.config.gpa_limit).and_then(|range| {
-            let _guard = self.locks.lock(range);
+            let _guard = self.attrs.lock(range);
             self.convert_locked(range, to, origin)
         });
         self.trace_outcome(gpa, len, to, origin, &result);
@@ -399,10 +395,11 @@ impl<B: ConversionBackend> Engine<B> {
         // The runs that change (usually one; no allocation for up to two).
         // One walk of the map: no run to change means a no-op.
         let mut changed = Runs::new(range);
-        self.lock_map()
-            .runs_iter(range)
-            .filter(|r| r.private != to.is_private())
-            .for_each(|r| changed.push(r));
+        self.attrs.for_each_run(range, |r| {
+            if r.private != to.is_private() {
+                changed.push(r);
+            }
+        });
         let runs = changed.as_slice();
         if runs.is_empty() {
             slots::refuse_partly_outside(&slots, range)?;
@@ -461,7 +458,7 @@ impl<B: ConversionBackend> Engine<B> {
                 self.defer(&rest, ConvertTo::Shared);
             }
         }
-        let pages = self.lock_map().set(range, false);
+        let pages = self.attrs.set(range, false);
         self.committed(&event);
         Ok(pages)
     }
@@ -476,7 +473,7 @@ impl<B: ConversionBackend> Engine<B> {
         self.set_kernel_attrs(range, ConvertTo::Private)
             .map_err(|source| ConvertError::Kernel { range, source })?;
         // The kernel accepted: from here on the conversion commits.
-        let pages = self.lock_map().set(range, true);
+        let pages = self.attrs.set(range, true);
         let event = self
             .listeners
             .event(range, ConvertTo::Private, origin, runs);
@@ -520,10 +517,9 @@ impl<B: ConversionBackend> Engine<B> {
     /// adjacent slots.
     pub fn gmem_attributes(&self) -> Vec<Run> {
         let slots = self.slots();
-        let map = self.lock_map();
         let mut out: Vec<Run> = Vec::new();
         for s in slots.iter().filter(|s| s.gmem.is_some()) {
-            for run in map.runs(s.range) {
+            for run in self.attrs.runs(s.range) {
                 match out.last_mut() {
                     Some(last)
                         if last.private == run.private && last.range.end() == run.range.start() =>

@@ -3,6 +3,8 @@
 
 use std::sync::{Condvar, Mutex, PoisonError};
 
+use smallvec::SmallVec;
+
 use crate::types::GpaRange;
 
 /// A set of held ranges.
@@ -15,7 +17,9 @@ pub struct RangeLocks {
 /// The held ranges and how many lockers wait for one of them.
 #[derive(Debug, Default)]
 struct Held {
-    ranges: Vec<GpaRange>,
+    /// Inline: a heap buffer per lock table would let two tables' buffers
+    /// share a cache line (see `attrmap::striped`).
+    ranges: SmallVec<[GpaRange; 4]>,
     /// Lockers blocked in [`RangeLocks::lock`]: a release wakes them only if
     /// there are any, so an uncontended unlock makes no futex syscall.
     waiters: usize,

@@ -52,10 +52,10 @@ impl VmInner {
             return Err(Errno::EINVAL);
         }
         let private = attributes != 0;
-        let mut attrs = self.attrs.write().expect("attrs");
+        let mut attrs = self.attrs.lock_range_maps(range);
         // kvm_vm_set_mem_attributes: a range that already has `attributes`
         // everywhere returns 0 before anything is reserved.
-        if attrs.is_uniform(range, private) {
+        if attrs.is_uniform(private) {
             return Ok(());
         }
         // xa_reserve() is where the kernel can fail with ENOMEM, before
@@ -66,12 +66,12 @@ impl VmInner {
                 return Err(e);
             }
         }
-        attrs.set(range, private);
+        attrs.set(private);
         Ok(())
     }
 
     /// A copy of the kernel's attribute view.
     pub(crate) fn attributes(&self) -> AttrMap {
-        self.attrs.read().expect("attrs").clone()
+        self.attrs.snapshot()
     }
 }

@@ -99,9 +99,8 @@ fn resolve_fault(
     //    no-slot check, as in kvm_mmu_faultin_pfn).
     let mut len = want;
     let is_private = {
-        let attrs = vm.attrs.read().expect("attrs");
         let range = GpaRange::new(Gpa(gpa), want).expect("caller checked wrap");
-        let first = attrs.first_run(range);
+        let first = vm.attrs.first_run(range);
         let attr_private = first.private;
         len = len.min(first.range.end().raw() - gpa);
         let is_private = match vm.ty {

@@ -161,7 +161,7 @@ fn map_page(
         return Err(Errno::EOPNOTSUPP);
     }
     let stale = mmu_reload(vm, root);
-    let private = vm.ty.has_private_mem() && vm.attrs.read().expect("attrs").is_private(Gpa(gpa));
+    let private = vm.ty.has_private_mem() && vm.attrs.is_private(Gpa(gpa));
     // kvm_tdp_map_page's loop: a signal, then (7.3) a dead VM, then the
     // fault; RET_PF_RETRY goes round again only for an invalid memslot.
     if signal.pending() {

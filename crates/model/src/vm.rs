@@ -57,7 +57,7 @@ impl ModelVm {
 
     /// Introspection: is the page holding `gpa` private in the kernel's view?
     pub fn is_private(&self, gpa: Gpa) -> bool {
-        self.inner.attrs.read().expect("attrs").is_private(gpa)
+        self.inner.attrs.is_private(gpa)
     }
 
     /// Introspection: number of memslots (every address space).

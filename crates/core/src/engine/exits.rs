@@ -200,7 +200,7 @@ impl<B: ConversionBackend> Engine<B> {
         vcpu: Option<&mut dyn PreFault>,
     ) -> Result<Outcome, ConvertError> {
         let range = super::validate(gpa, len, self.config.gpa_limit)?;
-        let _guard = self.locks.lock(range);
+        let _guard = self.attrs.lock(range);
         let outcome = self.convert_locked(range, to, Origin::Explicit)?;
         let wanted = match self.config.prefault {
             PrefaultPolicy::Off => false,

@@ -143,7 +143,7 @@ impl<B: ConversionBackend> Engine<B> {
                 other_range: other.range,
             });
         }
-        let _range = self.locks.lock(desc.range);
+        let _range = self.attrs.lock(desc.range);
         self.backend
             .set_memslot(&desc)
             .map_err(|source| SlotError::Kernel {
@@ -172,7 +172,7 @@ impl<B: ConversionBackend> Engine<B> {
             .iter()
             .find(|s| s.id == id)
             .ok_or(SlotError::NoSuchSlot { id: id.0 })?;
-        let _range = self.locks.lock(slot.range);
+        let _range = self.attrs.lock(slot.range);
         self.settle_pending_strict(&current, slot.range)
             .map_err(|(range, source)| SlotError::PendingDiscard {
                 id: id.0,
@@ -214,7 +214,7 @@ where
         if slot.gmem.is_none() {
             return Ok(false);
         }
-        let _range = self.locks.lock(slot.range);
+        let _range = self.attrs.lock(slot.range);
         let without = Arc::new(SlotDesc {
             id: slot.id,
             range: slot.range,
