@@ -220,15 +220,20 @@ impl StripedMap {
         (chunk % self.stripes.len() as u64) as usize
     }
 
-    /// The stripes `range` touches, ascending, each once.
+    /// The stripes `range` touches, ascending, each once: a cyclic
+    /// interval of stripes, so at most two plain ranges.
     fn stripes_of(&self, range: GpaRange) -> impl Iterator<Item = usize> {
         let (first, last) = (self.chunk(range.start()), self.chunk(last_byte(range)));
         let n = self.stripes.len();
-        let all = last - first >= n as u64 - 1;
         let (a, b) = (self.stripe(first), self.stripe(last));
-        (0..n).filter(move |&i| {
-            all || (a <= b && (a..=b).contains(&i)) || (a > b && (i >= a || i <= b))
-        })
+        let (low, high) = if last - first >= n as u64 - 1 {
+            (0..n, 0..0)
+        } else if a <= b {
+            (a..b + 1, 0..0)
+        } else {
+            (0..b + 1, a..n)
+        };
+        low.chain(high)
     }
 
     /// `range` cut at chunk boundaries, in address order.
