@@ -31,6 +31,10 @@
 //! the row, whatever its target. Targets are goals a run may miss on a
 //! noisy machine; the guard checks only the sign of the comparison, with
 //! room for noise, so `bench --quick` in CI catches an engine that broke.
+//! A context row ([`Target::Context`], e.g. `kvm/prefault`'s, whose two
+//! sides are two settings of privmem) has no target: it is never met nor
+//! missed (`met` null, `-` in the table) and the guard only checks that it
+//! has a figure (`worse_than_baseline` null).
 //!
 //! Fault injection for tests of that contract, `PRIVMEM_BENCH_INJECT`:
 //! `error:NAME` makes benchmark NAME fail on entry; `no-kvm` makes every
@@ -301,16 +305,45 @@ fn guard_factor() -> f64 {
 
 fn guard_with(rows: &[Row], factor: f64) -> Vec<BenchError> {
     rows.iter()
-        .filter(|r| r.worse_than_baseline.is_nan() || r.worse_than_baseline > factor)
-        .map(|r| BenchError {
-            name: r.name.clone(),
-            error: format!(
-                "regression guard: privmem is {:.2}x worse than its same-run baseline \
-                 (ratio {:.3}, target {}); the guard allows {factor}x",
-                r.worse_than_baseline, r.ratio, r.target
-            ),
+        .filter_map(|r| {
+            Some(BenchError {
+                name: r.name.clone(),
+                error: guard_failure(r, factor)?,
+            })
         })
         .collect()
+}
+
+/// Why the guard fails `r`, if it does: privmem more than `factor` times
+/// worse than its baseline, or no figure at all. A context row
+/// ([`Target::Context`]) has no direction to be worse in: only a missing
+/// figure (a ratio that is not finite) fails it.
+fn guard_failure(r: &Row, factor: f64) -> Option<String> {
+    match r.worse_than_baseline {
+        Some(w) if w.is_nan() || w > factor => Some(format!(
+            "regression guard: privmem is {w:.2}x worse than its same-run baseline \
+             (ratio {:.3}, target {}); the guard allows {factor}x",
+            r.ratio, r.target
+        )),
+        None if !r.ratio.is_finite() => Some(format!(
+            "regression guard: the context row has no figure (ratio {}, baseline {}, privmem {})",
+            r.ratio, r.baseline, r.privmem
+        )),
+        _ => None,
+    }
+}
+
+/// "N/M targets met" over the rows that have a target, and how many are
+/// context only.
+fn targets_met(rows: &[Row]) -> String {
+    let targeted = rows.iter().filter(|r| r.met.is_some()).count();
+    let met = rows.iter().filter(|r| r.met == Some(true)).count();
+    let context = rows.len() - targeted;
+    match (targeted, context) {
+        (_, 0) => format!("{met}/{targeted} targets met"),
+        (0, c) => format!("{c} context (no target)"),
+        (t, c) => format!("{met}/{t} targets met, {c} context (no target)"),
+    }
 }
 
 /// The exit status for a run with these outcomes: 1 if anything failed.
@@ -426,8 +459,7 @@ pub fn main(args: &BenchArgs) -> i32 {
                 for row in &mut r {
                     row.context.insert("machine_load_others".into(), load);
                 }
-                let met = r.iter().filter(|r| r.met).count();
-                ctx.progress.end(&format!("{met}/{} targets met", r.len()));
+                ctx.progress.end(&targets_met(&r));
                 rows.extend(r);
             }
             Err(e) => {
@@ -500,7 +532,11 @@ fn print_table(machine: &str, rows: &[Row], errors: &[BenchError], skipped: &[Be
                 r.privmem_spread * 100.0
             ),
             r.target,
-            if r.met { "yes" } else { "NO" }
+            match r.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            }
         );
     }
     println!();
@@ -572,6 +608,45 @@ mod tests {
     }
 
     #[test]
+    fn a_context_row_is_never_missed_nor_guarded_but_needs_a_figure() {
+        // Either side may be the larger one: neither is a regression.
+        for privmem in [10.0, 0.1] {
+            let r = row(Target::Context, 1.0, privmem);
+            assert_eq!(r.met, None);
+            assert_eq!(r.worse_than_baseline, None);
+            assert_eq!(r.target, "none (context)");
+            assert!(guard(&[r]).is_empty());
+        }
+        // No figure at all (0 / 0) still fails the run.
+        let e = guard(&[row(Target::Context, 0.0, 0.0)]);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].error.contains("no figure"), "{}", e[0].error);
+        // The JSON says null for both, not a made-up verdict.
+        let json = serde_json::to_value(row(Target::Context, 1.0, 3.0)).unwrap();
+        assert!(json["met"].is_null() && json["worse_than_baseline"].is_null());
+        let json = serde_json::to_value(row(Target::RatioAtMost(1.0), 1.0, 3.0)).unwrap();
+        assert_eq!(json["met"], false);
+    }
+
+    #[test]
+    fn the_progress_line_counts_only_rows_with_a_target() {
+        let (hit, miss) = (
+            row(Target::RatioAtMost(2.0), 1.0, 1.0),
+            row(Target::RatioAtMost(2.0), 1.0, 3.0),
+        );
+        let ctx = row(Target::Context, 1.0, 3.0);
+        assert_eq!(targets_met(&[hit.clone(), miss]), "1/2 targets met");
+        assert_eq!(
+            targets_met(&[ctx.clone(), ctx.clone()]),
+            "2 context (no target)"
+        );
+        assert_eq!(
+            targets_met(&[hit, ctx]),
+            "1/1 targets met, 1 context (no target)"
+        );
+    }
+
+    #[test]
     fn a_normalized_target_leaves_the_guard_on_privmem_against_its_baseline() {
         // `parallel`: two vCPUs at 0.85x one vCPU's rate, 0.43 of the
         // machine's scaling. The target reads 0.43 and is missed; the guard
@@ -588,7 +663,7 @@ mod tests {
             note: None,
         };
         let r = spec("t").row_guarded_by(&s, 0.43, s.ratio());
-        assert!(!r.met);
+        assert_eq!(r.met, Some(false));
         assert!((r.ratio - 0.43).abs() < 1e-9);
         assert!(guard(&[r]).is_empty());
         // Below half its own baseline's rate, the guard fails it.
@@ -597,7 +672,7 @@ mod tests {
             privmem: vec![0.9],
         };
         let r = spec("t").row_guarded_by(&slow, 0.9, slow.ratio());
-        assert!(r.met);
+        assert_eq!(r.met, Some(true));
         assert_eq!(guard(&[r]).len(), 1);
     }
 }

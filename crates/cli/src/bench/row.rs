@@ -22,6 +22,12 @@ pub enum Target {
     PrivmemAtLeast(f64),
     /// The privmem figure itself `<= x` (an absolute target).
     PrivmemAtMost(f64),
+    /// No target: the row is context, a figure for the reader (e.g. what
+    /// an option trades, where either side may be the larger). It is
+    /// never met nor missed (`met` is null) and the regression guard does
+    /// not read it (`worse_than_baseline` is null), since "worse" has no
+    /// direction without a target.
+    Context,
 }
 
 /// How many times worse than its baseline a row may be before the
@@ -30,11 +36,15 @@ pub const GUARD_FACTOR: f64 = 2.0;
 
 impl Target {
     /// How many times worse than the baseline privmem did, by this
-    /// target's direction (lower is better for `<=`/`<`, higher for `>=`).
-    fn worse_by(self, ratio: f64) -> f64 {
+    /// target's direction (lower is better for `<=`/`<`, higher for `>=`);
+    /// `None` for [`Target::Context`], which has no direction.
+    fn worse_by(self, ratio: f64) -> Option<f64> {
         match self {
-            Target::RatioAtMost(_) | Target::RatioBelow(_) | Target::PrivmemAtMost(_) => ratio,
-            Target::RatioAtLeast(_) | Target::PrivmemAtLeast(_) => 1.0 / ratio,
+            Target::RatioAtMost(_) | Target::RatioBelow(_) | Target::PrivmemAtMost(_) => {
+                Some(ratio)
+            }
+            Target::RatioAtLeast(_) | Target::PrivmemAtLeast(_) => Some(1.0 / ratio),
+            Target::Context => None,
         }
     }
 
@@ -45,16 +55,20 @@ impl Target {
             Target::RatioBelow(x) => format!("< {x}"),
             Target::PrivmemAtLeast(x) => format!(">= {x} {unit}"),
             Target::PrivmemAtMost(x) => format!("<= {x} {unit}"),
+            Target::Context => "none (context)".to_string(),
         }
     }
 
-    fn met(self, privmem: f64, ratio: f64) -> bool {
+    /// Whether the figures meet the target; `None` for
+    /// [`Target::Context`].
+    fn met(self, privmem: f64, ratio: f64) -> Option<bool> {
         match self {
-            Target::RatioAtMost(x) => ratio <= x,
-            Target::RatioAtLeast(x) => ratio >= x,
-            Target::RatioBelow(x) => ratio < x,
-            Target::PrivmemAtLeast(x) => privmem >= x,
-            Target::PrivmemAtMost(x) => privmem <= x,
+            Target::RatioAtMost(x) => Some(ratio <= x),
+            Target::RatioAtLeast(x) => Some(ratio >= x),
+            Target::RatioBelow(x) => Some(ratio < x),
+            Target::PrivmemAtLeast(x) => Some(privmem >= x),
+            Target::PrivmemAtMost(x) => Some(privmem <= x),
+            Target::Context => None,
         }
     }
 }
@@ -77,10 +91,12 @@ pub struct Row {
     pub target: String,
     /// How many times worse than the baseline privmem did, in the
     /// target's direction (below 1 = better); the regression guard fails
-    /// the run above [`GUARD_FACTOR`].
-    pub worse_than_baseline: f64,
-    /// Whether the target is met.
-    pub met: bool,
+    /// the run above [`GUARD_FACTOR`]. `None` (null) for a context row
+    /// ([`Target::Context`]), which the guard does not read.
+    pub worse_than_baseline: Option<f64>,
+    /// Whether the target is met; `None` (null) for a context row, which
+    /// has no target.
+    pub met: Option<bool>,
     /// What the baseline is.
     pub baseline_is: String,
     /// Rounds measured.
@@ -197,7 +213,7 @@ impl RowSpec<'_> {
         let privmem = median(&s.privmem);
         let mut worse = self.target.worse_by(own);
         if injected(&format!("regress:{}", self.name)) {
-            worse *= 1000.0;
+            worse = worse.map(|w| w * 1000.0);
         }
         Row {
             name: self.name.to_string(),
