@@ -18,7 +18,7 @@
 //! | `scale` | [`scale`] |
 //! | `parallel` | [`parallel`] |
 //! | `embed` | [`embed`] |
-//! | `kvm/convert`, `kvm/exit`, `kvm/setup` | [`kvm`] |
+//! | `kvm/convert`, `kvm/exit`, `kvm/setup`, `kvm/prefault` | [`kvm`] |
 //!
 //! Exit status: 0 when every benchmark ran (or skipped visibly because the
 //! host lacks what it needs: /dev/kvm; a skip is an error under
@@ -67,7 +67,7 @@ pub use row::{median, Row, RowSpec, Samples, Side, Target, GUARD_FACTOR};
 static ALLOC: privmem_baseline::CountingAlloc = privmem_baseline::CountingAlloc;
 
 /// The benchmarks, in run order.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     "exit",
     "fault",
     "convert",
@@ -79,15 +79,16 @@ pub const ALL: [&str; 11] = [
     "kvm/convert",
     "kvm/exit",
     "kvm/setup",
+    "kvm/prefault",
 ];
 
 /// `privmem bench` arguments.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Benchmarks to run (default: all): exit, fault, convert, attrmap,
-    /// access, scale, parallel, embed, kvm/convert, kvm/exit, kvm/setup
-    /// (the last four need a sw-protected VM with guest_memfd, i.e. the rig;
-    /// elsewhere they skip).
+    /// access, scale, parallel, embed, kvm/convert, kvm/exit, kvm/setup,
+    /// kvm/prefault (the last five need a sw-protected VM with guest_memfd,
+    /// i.e. the rig; elsewhere they skip).
     pub names: Vec<String>,
     /// One JSON document on stdout.
     #[arg(long)]
@@ -133,15 +134,20 @@ impl Ctx {
                 anyhow::bail!("{what} needs /dev/kvm: {e} (and REQUIRE_KVM=1)")
             }
             Err(e) => {
-                let reason = format!("/dev/kvm unavailable: {e}");
-                eprintln!("bench {what}: SKIPPED: {reason}");
-                self.skipped.push(BenchSkip {
-                    name: what.to_string(),
-                    reason,
-                });
+                self.skip(what, format!("/dev/kvm unavailable: {e}"));
                 Ok(None)
             }
         }
+    }
+
+    /// Records that the benchmark (or part) `what` could not run on this
+    /// host, and why: a line on stderr and an entry in `skipped`.
+    pub fn skip(&mut self, what: &str, reason: String) {
+        eprintln!("bench {what}: SKIPPED: {reason}");
+        self.skipped.push(BenchSkip {
+            name: what.to_string(),
+            reason,
+        });
     }
 
     /// Rounds per benchmark: 7 normally, 3 with `--quick`.
@@ -413,6 +419,7 @@ fn run_one(name: &str, ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         "kvm/convert" => kvm::convert::run(ctx),
         "kvm/exit" => exit::run_private(ctx),
         "kvm/setup" => kvm::setup::run(ctx),
+        "kvm/prefault" => kvm::prefault::run(ctx),
         other => anyhow::bail!("unknown benchmark `{other}`"),
     }
 }
