@@ -143,7 +143,14 @@ fn a_row_twice_worse_than_its_baseline_fails_the_run_by_name() {
 
 #[test]
 fn private_memory_benchmarks_skip_visibly_without_it() {
-    let args = ["bench", "embed", "kvm/convert", "kvm/exit", "--json"];
+    let args = [
+        "bench",
+        "embed",
+        "kvm/convert",
+        "kvm/exit",
+        "kvm/prefault",
+        "--json",
+    ];
     let inject = ("PRIVMEM_BENCH_INJECT", "no-private-mem");
     let out = privmem_env(&args, &[inject]);
     assert_eq!(out.status.code(), Some(0));
@@ -154,7 +161,7 @@ fn private_memory_benchmarks_skip_visibly_without_it() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["embed", "kvm/convert", "kvm/exit"]);
+    assert_eq!(names, ["embed", "kvm/convert", "kvm/exit", "kvm/prefault"]);
     for s in skipped {
         let why = s["reason"].as_str().unwrap();
         assert!(
@@ -166,5 +173,5 @@ fn private_memory_benchmarks_skip_visibly_without_it() {
     let out = privmem_env(&args, &[inject, ("REQUIRE_PRIVATE_MEM", "1")]);
     assert_eq!(out.status.code(), Some(1));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["errors"].as_array().unwrap().len(), 3, "{doc}");
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 4, "{doc}");
 }

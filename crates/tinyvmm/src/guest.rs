@@ -1,6 +1,9 @@
 //! The guests: 16-bit real-mode code at [`CODE`](crate::CODE), built with a
 //! small encoder ([`RealMode`]) whose encodings are pinned by the example's
-//! hand-assembled bytes (see the tests).
+//! hand-assembled bytes (see the tests). Real mode reaches the first MiB;
+//! [`first_touch`] writes above it through `ds` with a 4 GiB limit
+//! ("unreal mode", [`TinyVcpu::start_flat`](crate::TinyVcpu::start_flat))
+//! and 32-bit addresses.
 //!
 //! Every program converts with `vmmcall` (`KVM_HC_MAP_GPA_RANGE`: `eax` =
 //! 12, `ebx` = GPA, `ecx` = pages, `edx` = attributes) and reports through
@@ -37,6 +40,16 @@ pub enum GuestError {
     /// A short jump reaches farther than -128..=127 bytes.
     #[error("short jump to label {0} out of range ({1} bytes)")]
     Range(usize, i64),
+    /// A range is empty, or not whole requests of whole pages.
+    #[error(
+        "{len:#x} bytes is not a nonzero multiple of {req:#x}-byte requests of whole 4 KiB pages"
+    )]
+    Uneven {
+        /// The range's length.
+        len: u64,
+        /// The request size.
+        req: u64,
+    },
     /// A conversion request does not fit the guest's 32-bit registers.
     #[error("{what} {value:#x} does not fit in 32 bits")]
     Wide {
@@ -99,6 +112,12 @@ impl RealMode {
     pub fn add_ebx(&mut self, imm: u32) {
         self.code.extend([0x66, 0x81, 0xc3]);
         self.code.extend(imm.to_le_bytes());
+    }
+
+    /// `mov dword [ebx], eax` (`ds`-relative, 32-bit address: reaches
+    /// past 64 KiB only under [`TinyVcpu::start_flat`](crate::TinyVcpu::start_flat)).
+    pub fn store_eax_at_ebx(&mut self) {
+        self.code.extend([0x67, 0x66, 0x89, 0x03]);
     }
 
     /// `dec esi`.
@@ -250,6 +269,49 @@ pub fn round_trips(rounds: u32) -> Result<Vec<u8>, GuestError> {
     a.finish()
 }
 
+/// A range in requests, as the guest's registers hold it.
+#[derive(Clone, Copy, Debug)]
+struct Requests {
+    base: u32,
+    count: u32,
+    pages: u32,
+    step: u32,
+}
+
+impl Requests {
+    /// `[base, base+len)` in `req`-byte requests; every value must fit in
+    /// 32 bits.
+    fn new(base: u64, len: u64, req: u64) -> Result<Requests, GuestError> {
+        let r = Requests {
+            count: wide("request count", len / req.max(1))?,
+            pages: wide("pages per request", req / PAGE_SIZE)?,
+            base: wide("base", base)?,
+            step: wide("request size", req)?,
+        };
+        wide("end", base + len)?;
+        Ok(r)
+    }
+}
+
+/// `r.count` `MAP_GPA_RANGE(attrs)` requests from `r.base` up; a nonzero
+/// return jumps to `fail`.
+fn map_loop(a: &mut RealMode, r: Requests, attrs: u32, fail: Label) {
+    let top = a.label();
+    a.mov(Reg::Esi, r.count);
+    a.mov(Reg::Ebx, r.base);
+    a.bind(top);
+    map_at_ebx(a, r.pages, attrs, fail);
+    a.add_ebx(r.step);
+    a.dec_esi();
+    a.jnz(top);
+}
+
+/// `out MARK, m`.
+fn mark(a: &mut RealMode, m: u8) {
+    a.mov_al(m);
+    a.out_al(ports::MARK);
+}
+
 /// Converts `[base, base+len)` in `req`-byte requests to private, marks
 /// phase 1 on [`ports::MARK`], then converts it back to shared in the same
 /// requests and halts: `2 * len / req` hypercall exits and one port exit.
@@ -257,25 +319,57 @@ pub fn round_trips(rounds: u32) -> Result<Vec<u8>, GuestError> {
 pub fn convert(base: u64, len: u64, req: u64) -> Result<Vec<u8>, GuestError> {
     let mut a = RealMode::new();
     let fail = a.label();
-    let count = wide("request count", len / req.max(1))?;
-    let pages = wide("pages per request", req / PAGE_SIZE)?;
-    let base = wide("base", base)?;
-    let step = wide("request size", req)?;
-    wide("end", u64::from(base) + len)?;
-    for (attrs, mark) in [(MAP_GPA_RANGE_ENCRYPTED as u32, Some(1)), (0, None)] {
-        let top = a.label();
-        a.mov(Reg::Esi, count);
-        a.mov(Reg::Ebx, base);
-        a.bind(top);
-        map_at_ebx(&mut a, pages, attrs, fail);
-        a.add_ebx(step);
-        a.dec_esi();
-        a.jnz(top);
-        if let Some(m) = mark {
-            a.mov_al(m);
-            a.out_al(ports::MARK);
-        }
+    let r = Requests::new(base, len, req)?;
+    map_loop(&mut a, r, MAP_GPA_RANGE_ENCRYPTED as u32, fail);
+    mark(&mut a, 1);
+    map_loop(&mut a, r, 0, fail);
+    a.hlt();
+    fail_tail(&mut a, fail);
+    a.finish()
+}
+
+/// The phases [`first_touch`] marks on [`ports::MARK`], in order.
+pub mod phase {
+    /// The guest is running; nothing converted yet.
+    pub const START: u8 = 1;
+    /// The range is private (every `MAP_GPA_RANGE` returned 0).
+    pub const CONVERTED: u8 = 2;
+    /// Every page of the range was written once.
+    pub const TOUCHED: u8 = 3;
+}
+
+/// The first touch of freshly converted private pages, for
+/// [`TinyVcpu::start_flat`](crate::TinyVcpu::start_flat): marks
+/// [`phase::START`], converts `[base, base+len)` to private in `req`-byte
+/// requests, marks [`phase::CONVERTED`], writes one dword (`eax`, 0) at the
+/// start of every 4 KiB page of the range in address order, marks
+/// [`phase::TOUCHED`], converts the range back to shared in the same
+/// requests (so the next run starts where this one did) and halts. A failed
+/// conversion reports its return value on [`ports::RET`] and halts.
+///
+/// # Errors
+/// `Uneven` unless `len` is a nonzero multiple of `req` and `req` of
+/// 4 KiB; `Wide` for a range that does not fit in 32 bits.
+pub fn first_touch(base: u64, len: u64, req: u64) -> Result<Vec<u8>, GuestError> {
+    if len == 0 || req == 0 || !len.is_multiple_of(req) || !req.is_multiple_of(PAGE_SIZE) {
+        return Err(GuestError::Uneven { len, req });
     }
+    let r = Requests::new(base, len, req)?;
+    let mut a = RealMode::new();
+    let fail = a.label();
+    mark(&mut a, phase::START);
+    map_loop(&mut a, r, MAP_GPA_RANGE_ENCRYPTED as u32, fail);
+    mark(&mut a, phase::CONVERTED);
+    let top = a.label();
+    a.mov(Reg::Esi, wide("pages", len / PAGE_SIZE)?);
+    a.mov(Reg::Ebx, r.base);
+    a.bind(top);
+    a.store_eax_at_ebx();
+    a.add_ebx(PAGE_SIZE as u32);
+    a.dec_esi();
+    a.jnz(top);
+    mark(&mut a, phase::TOUCHED);
+    map_loop(&mut a, r, 0, fail);
     a.hlt();
     fail_tail(&mut a, fail);
     a.finish()
@@ -358,6 +452,72 @@ mod tests {
         }
         a.bind(l);
         assert!(matches!(a.finish(), Err(GuestError::Range(0, 200))));
+    }
+
+    /// `first_touch(0x20_0000, 0x4000, 0x2000)` as GNU as assembles it
+    /// (`as --32 -msyntax=intel -mnaked-reg`, `.code16`).
+    #[rustfmt::skip]
+    const FIRST_TOUCH_GNU_AS: &[u8] = &[
+        0xb0, 0x01, 0xe6, 0xf3,                     // mov al,1; out 0xf3,al
+        0x66, 0xbe, 2, 0, 0, 0,                     // mov esi,2
+        0x66, 0xbb, 0, 0, 0x20, 0,                  // mov ebx,0x200000
+        0x66, 0xb8, 0x0c, 0, 0, 0,                  // t1: mov eax,12
+        0x66, 0xb9, 2, 0, 0, 0,                     // mov ecx,2
+        0x66, 0xba, 0x10, 0, 0, 0,                  // mov edx,0x10
+        0x0f, 0x01, 0xd9,                           // vmmcall
+        0x66, 0x85, 0xc0, 0x75, 0x60,               // test eax,eax; jnz fail
+        0x66, 0x81, 0xc3, 0, 0x20, 0, 0,            // add ebx,0x2000
+        0x66, 0x4e, 0x75, 0xdb,                     // dec esi; jnz t1
+        0xb0, 0x02, 0xe6, 0xf3,                     // mov al,2; out 0xf3,al
+        0x66, 0xbe, 4, 0, 0, 0,                     // mov esi,4
+        0x66, 0xbb, 0, 0, 0x20, 0,                  // mov ebx,0x200000
+        0x67, 0x66, 0x89, 0x03,                     // t2: mov [ebx],eax
+        0x66, 0x81, 0xc3, 0, 0x10, 0, 0,            // add ebx,0x1000
+        0x66, 0x4e, 0x75, 0xf1,                     // dec esi; jnz t2
+        0xb0, 0x03, 0xe6, 0xf3,                     // mov al,3; out 0xf3,al
+        0x66, 0xbe, 2, 0, 0, 0,                     // mov esi,2
+        0x66, 0xbb, 0, 0, 0x20, 0,                  // mov ebx,0x200000
+        0x66, 0xb8, 0x0c, 0, 0, 0,                  // t3: mov eax,12
+        0x66, 0xb9, 2, 0, 0, 0,                     // mov ecx,2
+        0x66, 0xba, 0, 0, 0, 0,                     // mov edx,0
+        0x0f, 0x01, 0xd9,                           // vmmcall
+        0x66, 0x85, 0xc0, 0x75, 0x0c,               // test eax,eax; jnz fail
+        0x66, 0x81, 0xc3, 0, 0x20, 0, 0,            // add ebx,0x2000
+        0x66, 0x4e, 0x75, 0xdb,                     // dec esi; jnz t3
+        0xf4,                                       // hlt
+        0xe6, 0xf0, 0xf4,                           // fail: out 0xf0,al; hlt
+    ];
+
+    #[test]
+    fn first_touch_is_what_gnu_as_assembles() {
+        assert_eq!(
+            first_touch(0x20_0000, 0x4000, 0x2000).unwrap(),
+            FIRST_TOUCH_GNU_AS
+        );
+        // The phases it marks are the ones the host waits for, in order.
+        assert_eq!(
+            (phase::START, phase::CONVERTED, phase::TOUCHED),
+            (
+                FIRST_TOUCH_GNU_AS[1],
+                FIRST_TOUCH_GNU_AS[0x36],
+                FIRST_TOUCH_GNU_AS[0x55]
+            )
+        );
+    }
+
+    #[test]
+    fn first_touch_refuses_uneven_or_wide_ranges() {
+        for (len, req) in [(0, 4096), (0x3000, 0x2000), (0x3000, 0x1800), (4096, 0)] {
+            assert_eq!(
+                first_touch(0x20_0000, len, req),
+                Err(GuestError::Uneven { len, req })
+            );
+        }
+        assert!(matches!(
+            first_touch(0xffff_f000, 0x2000, 0x1000),
+            Err(GuestError::Wide { what: "end", .. })
+        ));
+        assert!(first_touch(2 << 20, 64 << 20, 2 << 20).is_ok());
     }
 
     #[test]

@@ -176,15 +176,39 @@ pub struct TinyVcpu {
 
 impl TinyVcpu {
     /// Writes `code` at [`CODE`] and points the vCPU at it, in real mode with
-    /// `cs` = 0 and the general registers zeroed.
+    /// `cs` = `ds` = 0 (`ds` limit 64 KiB, as at reset) and the general
+    /// registers zeroed.
     ///
     /// # Errors
     /// `Memory` if the code does not fit, `Regs` if KVM refuses the state.
     pub fn start(&mut self, vmm: &TinyVmm, code: &[u8]) -> Result<(), VmmError> {
+        self.start_with_ds_limit(vmm, code, 0xffff)
+    }
+
+    /// [`start`](Self::start) with `ds` reaching 4 GiB ("unreal mode": a
+    /// 4 GiB limit in `ds`'s descriptor cache, which real mode keeps), so
+    /// code with 32-bit addresses (`0x67`) reaches all of guest memory, as
+    /// [`guest::first_touch`](crate::guest::first_touch) does.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_flat(&mut self, vmm: &TinyVmm, code: &[u8]) -> Result<(), VmmError> {
+        self.start_with_ds_limit(vmm, code, 0xffff_ffff)
+    }
+
+    /// Loads `code`, sets real mode with `cs` = `ds` = 0 and `ds`'s limit,
+    /// zeroes the general registers and points `rip` at the code.
+    fn start_with_ds_limit(
+        &mut self,
+        vmm: &TinyVmm,
+        code: &[u8],
+        ds_limit: u32,
+    ) -> Result<(), VmmError> {
         vmm.ram()?.write_slice(code, MemoryRegionAddress(CODE))?;
         let mut sregs = self.fd.get_sregs().map_err(VmmError::Regs)?;
         (sregs.cs.base, sregs.cs.selector) = (0, 0);
-        (sregs.ds.base, sregs.ds.selector) = (0, 0);
+        (sregs.ds.base, sregs.ds.selector, sregs.ds.limit) = (0, 0, ds_limit);
+        sregs.ds.g = u8::from(ds_limit > 0xf_ffff);
         self.fd.set_sregs(&sregs).map_err(VmmError::Regs)?;
         let regs = kvm_bindings::kvm_regs {
             rip: CODE,

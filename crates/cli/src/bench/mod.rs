@@ -18,7 +18,7 @@
 //! | `scale` | [`scale`] |
 //! | `parallel` | [`parallel`] |
 //! | `embed` | [`embed`] |
-//! | `kvm/convert`, `kvm/exit`, `kvm/setup` | [`kvm`] |
+//! | `kvm/convert`, `kvm/exit`, `kvm/setup`, `kvm/prefault` | [`kvm`] |
 //!
 //! Exit status: 0 when every benchmark ran (or skipped visibly because the
 //! host lacks what it needs: /dev/kvm; a skip is an error under
@@ -31,6 +31,10 @@
 //! the row, whatever its target. Targets are goals a run may miss on a
 //! noisy machine; the guard checks only the sign of the comparison, with
 //! room for noise, so `bench --quick` in CI catches an engine that broke.
+//! A context row ([`Target::Context`], e.g. `kvm/prefault`'s, whose two
+//! sides are two settings of privmem) has no target: it is never met nor
+//! missed (`met` null, `-` in the table) and the guard only checks that it
+//! has a figure (`worse_than_baseline` null).
 //!
 //! Fault injection for tests of that contract, `PRIVMEM_BENCH_INJECT`:
 //! `error:NAME` makes benchmark NAME fail on entry; `no-kvm` makes every
@@ -45,15 +49,17 @@ mod exit;
 mod fault;
 mod kvm;
 mod parallel;
+mod row;
 mod scale;
 mod scaling;
 mod util;
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use privmem_kvm::KvmHypervisor;
 use serde::Serialize;
+
+pub use row::{median, Row, RowSpec, Samples, Side, Target, GUARD_FACTOR};
 
 /// Counts heap bytes per thread (for the `attrmap` memory figure); plain
 /// `System` allocation otherwise.
@@ -61,7 +67,7 @@ use serde::Serialize;
 static ALLOC: privmem_baseline::CountingAlloc = privmem_baseline::CountingAlloc;
 
 /// The benchmarks, in run order.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     "exit",
     "fault",
     "convert",
@@ -73,15 +79,16 @@ pub const ALL: [&str; 11] = [
     "kvm/convert",
     "kvm/exit",
     "kvm/setup",
+    "kvm/prefault",
 ];
 
 /// `privmem bench` arguments.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Benchmarks to run (default: all): exit, fault, convert, attrmap,
-    /// access, scale, parallel, embed, kvm/convert, kvm/exit, kvm/setup
-    /// (the last four need a sw-protected VM with guest_memfd, i.e. the rig;
-    /// elsewhere they skip).
+    /// access, scale, parallel, embed, kvm/convert, kvm/exit, kvm/setup,
+    /// kvm/prefault (the last five need a sw-protected VM with guest_memfd,
+    /// i.e. the rig; elsewhere they skip).
     pub names: Vec<String>,
     /// One JSON document on stdout.
     #[arg(long)]
@@ -97,217 +104,6 @@ pub struct BenchArgs {
     /// slot of BYTES (see `bench::scaling`).
     #[arg(long, hide = true, value_name = "BYTES")]
     pub scaling_probe: Option<u64>,
-}
-
-/// What a row's target compares.
-#[derive(Clone, Copy, Debug)]
-pub enum Target {
-    /// `ratio <= x`.
-    RatioAtMost(f64),
-    /// `ratio >= x`.
-    RatioAtLeast(f64),
-    /// `ratio < x` (strictly faster than the baseline: x = 1).
-    RatioBelow(f64),
-    /// The privmem figure itself `>= x` (an absolute target).
-    PrivmemAtLeast(f64),
-    /// The privmem figure itself `<= x` (an absolute target).
-    PrivmemAtMost(f64),
-}
-
-/// How many times worse than its baseline a row may be before the
-/// regression guard fails the run.
-pub const GUARD_FACTOR: f64 = 2.0;
-
-impl Target {
-    /// How many times worse than the baseline privmem did, by this
-    /// target's direction (lower is better for `<=`/`<`, higher for `>=`).
-    fn worse_by(self, ratio: f64) -> f64 {
-        match self {
-            Target::RatioAtMost(_) | Target::RatioBelow(_) | Target::PrivmemAtMost(_) => ratio,
-            Target::RatioAtLeast(_) | Target::PrivmemAtLeast(_) => 1.0 / ratio,
-        }
-    }
-
-    fn text(self, unit: &str) -> String {
-        match self {
-            Target::RatioAtMost(x) => format!("<= {x}"),
-            Target::RatioAtLeast(x) => format!(">= {x}"),
-            Target::RatioBelow(x) => format!("< {x}"),
-            Target::PrivmemAtLeast(x) => format!(">= {x} {unit}"),
-            Target::PrivmemAtMost(x) => format!("<= {x} {unit}"),
-        }
-    }
-
-    fn met(self, privmem: f64, ratio: f64) -> bool {
-        match self {
-            Target::RatioAtMost(x) => ratio <= x,
-            Target::RatioAtLeast(x) => ratio >= x,
-            Target::RatioBelow(x) => ratio < x,
-            Target::PrivmemAtLeast(x) => privmem >= x,
-            Target::PrivmemAtMost(x) => privmem <= x,
-        }
-    }
-}
-
-/// One result line (workload.md "`privmem bench --json`").
-#[derive(Clone, Debug, Serialize)]
-pub struct Row {
-    /// `bench` or `bench/variant`.
-    pub name: String,
-    /// Unit of `baseline` and `privmem`.
-    pub unit: &'static str,
-    /// Median of the baseline.
-    pub baseline: f64,
-    /// Median of privmem.
-    pub privmem: f64,
-    /// Median of the per-round ratios (privmem / baseline, or
-    /// privmem's throughput / the baseline's for `parallel`).
-    pub ratio: f64,
-    /// The target, as text.
-    pub target: String,
-    /// How many times worse than the baseline privmem did, in the
-    /// target's direction (below 1 = better); the regression guard fails
-    /// the run above [`GUARD_FACTOR`].
-    pub worse_than_baseline: f64,
-    /// Whether the target is met.
-    pub met: bool,
-    /// What the baseline is.
-    pub baseline_is: String,
-    /// Rounds measured.
-    pub rounds: usize,
-    /// (max - min) / median of the baseline samples.
-    pub baseline_spread: f64,
-    /// (max - min) / median of the privmem samples.
-    pub privmem_spread: f64,
-    /// Every baseline sample, in round order.
-    pub baseline_samples: Vec<f64>,
-    /// Every privmem sample, in round order.
-    pub privmem_samples: Vec<f64>,
-    /// Further figures measured in the same rounds (e.g. a second baseline).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub context: BTreeMap<String, f64>,
-    /// Anything a reader needs to interpret the figures.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-/// Paired samples of the two sides.
-#[derive(Clone, Debug, Default)]
-pub struct Samples {
-    /// Baseline, one per round.
-    pub base: Vec<f64>,
-    /// privmem, one per round.
-    pub privmem: Vec<f64>,
-}
-
-impl Samples {
-    /// The median of the per-round ratios privmem / baseline.
-    pub fn ratio(&self) -> f64 {
-        let ratios: Vec<f64> = self
-            .base
-            .iter()
-            .zip(&self.privmem)
-            .map(|(&b, &p)| p / b)
-            .collect();
-        median(&ratios)
-    }
-}
-
-/// The median of `v` (mean of the middle two for an even count).
-pub fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-/// (max - min) / median.
-pub fn spread(v: &[f64]) -> f64 {
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        });
-    let m = median(v);
-    if m == 0.0 || v.is_empty() {
-        0.0
-    } else {
-        (hi - lo) / m
-    }
-}
-
-/// Which side a round step measures.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Side {
-    /// The baseline.
-    Baseline,
-    /// privmem.
-    Privmem,
-}
-
-/// Builder for a [`Row`] from samples.
-pub struct RowSpec<'a> {
-    /// Name.
-    pub name: &'a str,
-    /// Unit.
-    pub unit: &'static str,
-    /// Target.
-    pub target: Target,
-    /// What the baseline is.
-    pub baseline_is: &'a str,
-    /// Anything a reader needs to interpret the figures.
-    pub note: Option<String>,
-}
-
-impl RowSpec<'_> {
-    /// The row for `s`; `ratio` = median of per-round privmem / baseline.
-    pub fn row(self, s: &Samples) -> Row {
-        self.row_with_ratio(s, s.ratio())
-    }
-
-    /// The row for `s` with an explicitly computed ratio; the regression
-    /// guard reads the same ratio.
-    pub fn row_with_ratio(self, s: &Samples, ratio: f64) -> Row {
-        self.row_guarded_by(s, ratio, ratio)
-    }
-
-    /// The row for `s` whose target reads `ratio` (a figure normalized by
-    /// something else measured in the run, as `parallel`'s) while the
-    /// regression guard reads `own`, privmem against its own same-run
-    /// baseline: the guard asks whether privmem got slower than that
-    /// baseline, which a normalization must not change.
-    pub fn row_guarded_by(self, s: &Samples, ratio: f64, own: f64) -> Row {
-        let privmem = median(&s.privmem);
-        let mut worse = self.target.worse_by(own);
-        if injected(&format!("regress:{}", self.name)) {
-            worse *= 1000.0;
-        }
-        Row {
-            name: self.name.to_string(),
-            unit: self.unit,
-            baseline: median(&s.base),
-            privmem,
-            ratio,
-            target: self.target.text(self.unit),
-            worse_than_baseline: worse,
-            met: self.target.met(privmem, ratio),
-            baseline_is: self.baseline_is.to_string(),
-            rounds: s.base.len().min(s.privmem.len()),
-            baseline_spread: spread(&s.base),
-            privmem_spread: spread(&s.privmem),
-            baseline_samples: s.base.clone(),
-            privmem_samples: s.privmem.clone(),
-            context: BTreeMap::new(),
-            note: self.note,
-        }
-    }
 }
 
 /// Run-wide settings and the progress line.
@@ -338,15 +134,20 @@ impl Ctx {
                 anyhow::bail!("{what} needs /dev/kvm: {e} (and REQUIRE_KVM=1)")
             }
             Err(e) => {
-                let reason = format!("/dev/kvm unavailable: {e}");
-                eprintln!("bench {what}: SKIPPED: {reason}");
-                self.skipped.push(BenchSkip {
-                    name: what.to_string(),
-                    reason,
-                });
+                self.skip(what, format!("/dev/kvm unavailable: {e}"));
                 Ok(None)
             }
         }
+    }
+
+    /// Records that the benchmark (or part) `what` could not run on this
+    /// host, and why: a line on stderr and an entry in `skipped`.
+    pub fn skip(&mut self, what: &str, reason: String) {
+        eprintln!("bench {what}: SKIPPED: {reason}");
+        self.skipped.push(BenchSkip {
+            name: what.to_string(),
+            reason,
+        });
     }
 
     /// Rounds per benchmark: 7 normally, 3 with `--quick`.
@@ -510,16 +311,45 @@ fn guard_factor() -> f64 {
 
 fn guard_with(rows: &[Row], factor: f64) -> Vec<BenchError> {
     rows.iter()
-        .filter(|r| r.worse_than_baseline.is_nan() || r.worse_than_baseline > factor)
-        .map(|r| BenchError {
-            name: r.name.clone(),
-            error: format!(
-                "regression guard: privmem is {:.2}x worse than its same-run baseline \
-                 (ratio {:.3}, target {}); the guard allows {factor}x",
-                r.worse_than_baseline, r.ratio, r.target
-            ),
+        .filter_map(|r| {
+            Some(BenchError {
+                name: r.name.clone(),
+                error: guard_failure(r, factor)?,
+            })
         })
         .collect()
+}
+
+/// Why the guard fails `r`, if it does: privmem more than `factor` times
+/// worse than its baseline, or no figure at all. A context row
+/// ([`Target::Context`]) has no direction to be worse in: only a missing
+/// figure (a ratio that is not finite) fails it.
+fn guard_failure(r: &Row, factor: f64) -> Option<String> {
+    match r.worse_than_baseline {
+        Some(w) if w.is_nan() || w > factor => Some(format!(
+            "regression guard: privmem is {w:.2}x worse than its same-run baseline \
+             (ratio {:.3}, target {}); the guard allows {factor}x",
+            r.ratio, r.target
+        )),
+        None if !r.ratio.is_finite() => Some(format!(
+            "regression guard: the context row has no figure (ratio {}, baseline {}, privmem {})",
+            r.ratio, r.baseline, r.privmem
+        )),
+        _ => None,
+    }
+}
+
+/// "N/M targets met" over the rows that have a target, and how many are
+/// context only.
+fn targets_met(rows: &[Row]) -> String {
+    let targeted = rows.iter().filter(|r| r.met.is_some()).count();
+    let met = rows.iter().filter(|r| r.met == Some(true)).count();
+    let context = rows.len() - targeted;
+    match (targeted, context) {
+        (_, 0) => format!("{met}/{targeted} targets met"),
+        (0, c) => format!("{c} context (no target)"),
+        (t, c) => format!("{met}/{t} targets met, {c} context (no target)"),
+    }
 }
 
 /// The exit status for a run with these outcomes: 1 if anything failed.
@@ -589,6 +419,7 @@ fn run_one(name: &str, ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         "kvm/convert" => kvm::convert::run(ctx),
         "kvm/exit" => exit::run_private(ctx),
         "kvm/setup" => kvm::setup::run(ctx),
+        "kvm/prefault" => kvm::prefault::run(ctx),
         other => anyhow::bail!("unknown benchmark `{other}`"),
     }
 }
@@ -635,8 +466,7 @@ pub fn main(args: &BenchArgs) -> i32 {
                 for row in &mut r {
                     row.context.insert("machine_load_others".into(), load);
                 }
-                let met = r.iter().filter(|r| r.met).count();
-                ctx.progress.end(&format!("{met}/{} targets met", r.len()));
+                ctx.progress.end(&targets_met(&r));
                 rows.extend(r);
             }
             Err(e) => {
@@ -709,7 +539,11 @@ fn print_table(machine: &str, rows: &[Row], errors: &[BenchError], skipped: &[Be
                 r.privmem_spread * 100.0
             ),
             r.target,
-            if r.met { "yes" } else { "NO" }
+            match r.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            }
         );
     }
     println!();
@@ -781,6 +615,45 @@ mod tests {
     }
 
     #[test]
+    fn a_context_row_is_never_missed_nor_guarded_but_needs_a_figure() {
+        // Either side may be the larger one: neither is a regression.
+        for privmem in [10.0, 0.1] {
+            let r = row(Target::Context, 1.0, privmem);
+            assert_eq!(r.met, None);
+            assert_eq!(r.worse_than_baseline, None);
+            assert_eq!(r.target, "none (context)");
+            assert!(guard(&[r]).is_empty());
+        }
+        // No figure at all (0 / 0) still fails the run.
+        let e = guard(&[row(Target::Context, 0.0, 0.0)]);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].error.contains("no figure"), "{}", e[0].error);
+        // The JSON says null for both, not a made-up verdict.
+        let json = serde_json::to_value(row(Target::Context, 1.0, 3.0)).unwrap();
+        assert!(json["met"].is_null() && json["worse_than_baseline"].is_null());
+        let json = serde_json::to_value(row(Target::RatioAtMost(1.0), 1.0, 3.0)).unwrap();
+        assert_eq!(json["met"], false);
+    }
+
+    #[test]
+    fn the_progress_line_counts_only_rows_with_a_target() {
+        let (hit, miss) = (
+            row(Target::RatioAtMost(2.0), 1.0, 1.0),
+            row(Target::RatioAtMost(2.0), 1.0, 3.0),
+        );
+        let ctx = row(Target::Context, 1.0, 3.0);
+        assert_eq!(targets_met(&[hit.clone(), miss]), "1/2 targets met");
+        assert_eq!(
+            targets_met(&[ctx.clone(), ctx.clone()]),
+            "2 context (no target)"
+        );
+        assert_eq!(
+            targets_met(&[hit, ctx]),
+            "1/1 targets met, 1 context (no target)"
+        );
+    }
+
+    #[test]
     fn a_normalized_target_leaves_the_guard_on_privmem_against_its_baseline() {
         // `parallel`: two vCPUs at 0.85x one vCPU's rate, 0.43 of the
         // machine's scaling. The target reads 0.43 and is missed; the guard
@@ -797,7 +670,7 @@ mod tests {
             note: None,
         };
         let r = spec("t").row_guarded_by(&s, 0.43, s.ratio());
-        assert!(!r.met);
+        assert_eq!(r.met, Some(false));
         assert!((r.ratio - 0.43).abs() < 1e-9);
         assert!(guard(&[r]).is_empty());
         // Below half its own baseline's rate, the guard fails it.
@@ -806,7 +679,7 @@ mod tests {
             privmem: vec![0.9],
         };
         let r = spec("t").row_guarded_by(&slow, 0.9, slow.ratio());
-        assert!(r.met);
+        assert_eq!(r.met, Some(true));
         assert_eq!(guard(&[r]).len(), 1);
     }
 }

@@ -9,10 +9,12 @@
 //! |---|---|
 //! | `kvm/convert` | [`convert`] |
 //! | `kvm/setup` | [`setup`] |
+//! | `kvm/prefault` (context, no target) | [`prefault`] |
 //! | `kvm/exit` | `super::exit` ([`super::exit::run_private`]) on a sw-protected VM |
 
 pub mod alone;
 pub mod convert;
+pub mod prefault;
 pub mod setup;
 
 use std::collections::BTreeMap;
@@ -22,7 +24,7 @@ use kvm_ioctls::Kvm;
 use privmem_core::engine::{HypercallExit, MemoryFaultExit};
 use privmem_tinyvmm::{Conversions, Verdict};
 
-use super::{injected, median, BenchSkip, Ctx, Side};
+use super::{injected, median, Ctx, Side};
 
 /// `/dev/kvm` with everything a sw-protected VM with private memory needs
 /// (`privmem_tinyvmm::missing`), or `None` after recording a visible skip
@@ -54,11 +56,7 @@ pub fn private_mem_or_skip(ctx: &mut Ctx, what: &str) -> anyhow::Result<Option<K
     if std::env::var("REQUIRE_PRIVATE_MEM").as_deref() == Ok("1") {
         anyhow::bail!("{what} needs private memory: {reason} (and REQUIRE_PRIVATE_MEM=1)");
     }
-    eprintln!("bench {what}: SKIPPED: {reason}");
-    ctx.skipped.push(BenchSkip {
-        name: what.to_string(),
-        reason,
-    });
+    ctx.skip(what, reason);
     Ok(None)
 }
 
