@@ -38,8 +38,6 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use smallvec::SmallVec;
-
 use super::{AttrMap, Run};
 use crate::rangelock::{RangeGuard, RangeLocks};
 use crate::types::{Gpa, GpaRange, PAGE_SHIFT};
@@ -49,8 +47,8 @@ use crate::types::{Gpa, GpaRange, PAGE_SHIFT};
 /// that two RAM regions or two halves of one rarely share a stripe.
 pub const CHUNK_SHIFT: u32 = 26;
 
-/// Default number of stripes: more than the vCPUs that usually convert at
-/// once. Two conversions in one stripe are still correct, only not parallel.
+/// Default number of stripes (a power of two): more than the vCPUs that
+/// usually convert at once. Two conversions in one stripe are still correct, only not parallel.
 pub const STRIPES: usize = 16;
 
 /// One stripe, on its own cache lines (two: CPUs that prefetch pairs).
@@ -72,7 +70,7 @@ pub struct StripedMap {
 /// Holds a range (in every stripe it touches) until dropped.
 #[derive(Debug)]
 pub struct RangeHold<'a> {
-    _guards: SmallVec<[RangeGuard<'a>; 2]>,
+    _guards: Guards<RangeGuard<'a>>,
 }
 
 /// A piece of a range inside one chunk, and the stripe that owns it.
@@ -95,41 +93,44 @@ impl StripedMap {
     }
 
     /// All shared, with chunks of `2^chunk_shift` bytes (clamped to at
-    /// least one page, at most 2^63) in `stripes` stripes (at least 1).
+    /// least one page, at most 2^63) in `stripes` stripes (rounded up to a
+    /// power of two, at most 2^16).
     pub fn with_geometry(chunk_shift: u32, stripes: usize) -> StripedMap {
+        let stripes = stripes.clamp(1, 1 << 16).next_power_of_two();
         StripedMap {
-            stripes: (0..stripes.max(1)).map(|_| Stripe::default()).collect(),
+            stripes: (0..stripes).map(|_| Stripe::default()).collect(),
             chunk_shift: chunk_shift.clamp(PAGE_SHIFT, 63),
         }
     }
 
     /// Blocks until no held range overlaps `range`, then holds it.
+    #[inline]
     pub fn lock(&self, range: GpaRange) -> RangeHold<'_> {
         RangeHold {
-            _guards: self
-                .stripes_of(range)
-                .map(|i| self.stripes[i].locks.lock(range))
-                .collect(),
+            _guards: self.each_stripe_of(range, |i| self.stripes[i].locks.lock(range)),
         }
     }
 
     /// Sets every page of `range` (rounded out to pages) to `private`.
     /// Returns how many pages changed.
+    #[inline]
     pub fn set(&self, range: GpaRange, private: bool) -> u64 {
         self.lock_range_maps(range).set(private)
     }
 
     /// The maps of the stripes `range` touches, locked until dropped: a
     /// check and a `set` of the range through it are one atomic step.
+    #[inline]
     pub fn lock_range_maps(&self, range: GpaRange) -> LockedRange<'_> {
         LockedRange {
             striped: self,
             range,
-            maps: self.lock_maps(self.stripes_of(range)),
+            maps: self.each_stripe_of(range, |i| (i, self.lock_map(i))),
         }
     }
 
     /// Is the page holding `gpa` private?
+    #[inline]
     pub fn is_private(&self, gpa: Gpa) -> bool {
         let stripe = self.stripe(self.chunk(gpa));
         self.lock_map(stripe).is_private(gpa)
@@ -138,6 +139,7 @@ impl StripedMap {
     /// The maximal same-attribute run that starts at `range`'s first page,
     /// clipped to `range` (rounded out to pages): [`AttrMap::first_run`] on
     /// the true map. One lock and one lookup unless the run crosses a chunk.
+    #[inline]
     pub fn first_run(&self, range: GpaRange) -> Run {
         let mut open: Option<Run> = None;
         for p in self.pieces(range) {
@@ -164,6 +166,10 @@ impl StripedMap {
     /// [`StripedMap::lock`]), or runs may mix states before and after a
     /// concurrent `set`.
     pub fn for_each_run(&self, range: GpaRange, mut f: impl FnMut(Run)) {
+        if let Some(i) = self.only_stripe(range) {
+            self.lock_map(i).runs_iter(range).for_each(f);
+            return;
+        }
         let mut open: Option<Run> = None;
         for p in self.pieces(range) {
             let map = self.lock_map(p.stripe);
@@ -197,7 +203,9 @@ impl StripedMap {
     /// The true map, as one coalesced [`AttrMap`], consistent: no `set` is
     /// half applied in it.
     pub fn snapshot(&self) -> AttrMap {
-        let maps = self.lock_maps(0..self.stripes.len());
+        let maps: Vec<_> = (0..self.stripes.len())
+            .map(|i| (i, self.lock_map(i)))
+            .collect();
         let mut out = AttrMap::new();
         for (stripe, map) in &maps {
             for range in map.private_ranges() {
@@ -211,13 +219,24 @@ impl StripedMap {
         out
     }
 
+    /// The stripe of `range`'s one chunk, if it lies in one: the common
+    /// case (a page, a 2 MiB block), served without cutting it into pieces.
+    #[inline]
+    fn only_stripe(&self, range: GpaRange) -> Option<usize> {
+        let first = self.chunk(range.start());
+        (first == self.chunk(last_byte(range))).then(|| self.stripe(first))
+    }
+
+    #[inline]
     fn chunk(&self, gpa: Gpa) -> u64 {
         gpa.raw() >> self.chunk_shift
     }
 
+    #[inline]
     fn stripe(&self, chunk: u64) -> usize {
-        // The remainder is below `stripes.len()`, a usize.
-        (chunk % self.stripes.len() as u64) as usize
+        // `stripes.len()` is a power of two: the remainder is a mask, and
+        // below the length, a usize.
+        (chunk & (self.stripes.len() as u64 - 1)) as usize
     }
 
     /// The stripes `range` touches, ascending, each once: a cyclic
@@ -255,6 +274,7 @@ impl StripedMap {
         })
     }
 
+    #[inline]
     fn lock_map(&self, stripe: usize) -> MutexGuard<'_, AttrMap> {
         self.stripes[stripe]
             .map
@@ -262,12 +282,38 @@ impl StripedMap {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The maps of `stripes` (ascending), locked in that order.
-    fn lock_maps(
-        &self,
-        stripes: impl Iterator<Item = usize>,
-    ) -> SmallVec<[(usize, MutexGuard<'_, AttrMap>); 2]> {
-        stripes.map(|i| (i, self.lock_map(i))).collect()
+    /// `take(i)` for each stripe `i` that `range` touches, ascending (the
+    /// order locks are taken in).
+    fn each_stripe_of<T>(&self, range: GpaRange, mut take: impl FnMut(usize) -> T) -> Guards<T> {
+        match self.only_stripe(range) {
+            Some(i) => Guards::One(take(i)),
+            None => Guards::Many(self.stripes_of(range).map(take).collect()),
+        }
+    }
+}
+
+/// What is held in the stripes one range touches: one thing without an
+/// allocation (the common case: a range inside one chunk), or several.
+#[derive(Debug)]
+enum Guards<T> {
+    One(T),
+    /// Ascending by stripe.
+    Many(Vec<T>),
+}
+
+impl<T> Guards<T> {
+    fn as_slice(&self) -> &[T] {
+        match self {
+            Guards::One(t) => std::slice::from_ref(t),
+            Guards::Many(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        match self {
+            Guards::One(t) => std::slice::from_mut(t),
+            Guards::Many(v) => v,
+        }
     }
 }
 
@@ -278,17 +324,23 @@ pub struct LockedRange<'a> {
     striped: &'a StripedMap,
     range: GpaRange,
     /// Ascending by stripe.
-    maps: SmallVec<[(usize, MutexGuard<'a, AttrMap>); 2]>,
+    maps: Guards<(usize, MutexGuard<'a, AttrMap>)>,
 }
 
 impl LockedRange<'_> {
     /// The map that owns `piece`.
     fn owner(&self, piece: Piece) -> &AttrMap {
-        &self.maps[self.maps.partition_point(|(i, _)| *i < piece.stripe)].1
+        let maps = self.maps.as_slice();
+        &maps[maps.partition_point(|(i, _)| *i < piece.stripe)].1
     }
 
     /// True if every page of the range has attribute `private`.
+    #[inline]
     pub fn is_uniform(&self, private: bool) -> bool {
+        // One guard: the range lies in one chunk.
+        if let Guards::One((_, map)) = &self.maps {
+            return map.is_uniform(self.range, private);
+        }
         self.striped
             .pieces(self.range)
             .all(|p| self.owner(p).is_uniform(p.range, private))
@@ -296,12 +348,12 @@ impl LockedRange<'_> {
 
     /// Sets every page of the range to `private`; returns how many pages
     /// changed.
+    #[inline]
     pub fn set(&mut self, private: bool) -> u64 {
         let range = self.range;
-        if let [(_, map)] = self.maps.as_mut_slice() {
-            if self.striped.chunk(range.start()) == self.striped.chunk(last_byte(range)) {
-                return map.set(range, private);
-            }
+        // One guard: the range lies in one chunk.
+        if let Guards::One((_, map)) = &mut self.maps {
+            return map.set(range, private);
         }
         let changed = self
             .striped
@@ -315,7 +367,7 @@ impl LockedRange<'_> {
                 }
             })
             .sum();
-        for (_, map) in &mut self.maps {
+        for (_, map) in self.maps.as_mut_slice() {
             map.set(range, private);
         }
         changed

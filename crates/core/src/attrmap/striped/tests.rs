@@ -4,13 +4,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Pages in the tests' guest: 96, with chunks of 4 pages in 3 stripes, so
+/// Pages in the tests' guest: 96, with chunks of 4 pages in 4 stripes, so
 /// ranges cross chunk boundaries and stripes wrap.
 const PAGES: u64 = 96;
 const SHIFT: u32 = PAGE_SHIFT + 2;
 
 fn small() -> StripedMap {
-    StripedMap::with_geometry(SHIFT, 3)
+    StripedMap::with_geometry(SHIFT, 4)
 }
 
 fn r(start_page: u64, pages: u64) -> GpaRange {
@@ -103,6 +103,13 @@ fn a_range_over_every_chunk_stays_one_stored_range_per_stripe() {
 }
 
 #[test]
+fn stripes_are_a_power_of_two() {
+    assert_eq!(StripedMap::with_geometry(SHIFT, 3).stripes.len(), 4);
+    assert_eq!(StripedMap::with_geometry(SHIFT, 0).stripes.len(), 1);
+    assert_eq!(StripedMap::new().stripes.len(), STRIPES);
+}
+
+#[test]
 fn setting_again_changes_nothing() {
     let m = small();
     assert_eq!(m.set(r(3, 30), true), 30);
@@ -136,7 +143,7 @@ fn the_last_page_of_the_address_space_is_a_piece() {
 fn range_locks_exclude_exactly_the_overlapping_ranges() {
     let m = Arc::new(small());
     let held = m.lock(r(2, 8)); // chunks 0-2
-    let _disjoint = m.lock(r(12, 4)); // chunk 3: stripe 0 again
+    let _disjoint = m.lock(r(16, 4)); // chunk 4: stripe 0 again
     let acquired = Arc::new(AtomicBool::new(false));
     let (m2, a2) = (m.clone(), acquired.clone());
     let t = std::thread::spawn(move || {
