@@ -36,6 +36,7 @@
 //!    stripe, so they exclude each other there; a locker waits only on a
 //!    stripe above every one it holds, so no cycle, no deadlock.
 
+use std::ops::ControlFlow;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{AttrMap, Run};
@@ -138,26 +139,18 @@ impl StripedMap {
 
     /// The maximal same-attribute run that starts at `range`'s first page,
     /// clipped to `range` (rounded out to pages): [`AttrMap::first_run`] on
-    /// the true map. One lock and one lookup unless the run crosses a chunk.
+    /// the true map. One lock and one lookup unless `range` crosses a chunk.
     #[inline]
     pub fn first_run(&self, range: GpaRange) -> Run {
-        let mut open: Option<Run> = None;
-        for p in self.pieces(range) {
-            let run = self.lock_map(p.stripe).first_run(p.range);
-            open = match open {
-                None => Some(run),
-                Some(o) if o.private == run.private => Some(Run {
-                    range: GpaRange::from_bounds(o.range.start(), run.range.end())
-                        .unwrap_or(o.range),
-                    private: o.private,
-                }),
-                Some(_) => break,
-            };
-            if run.range.end() < p.range.end() {
-                break;
-            }
+        if let Some(i) = self.only_stripe(range) {
+            return self.lock_map(i).first_run(range);
         }
-        open.unwrap_or_else(|| AttrMap::new().first_run(range))
+        let mut first = None;
+        self.lock_range_maps(range).sweep(|run| {
+            first = Some(run);
+            ControlFlow::Break(())
+        });
+        first.unwrap_or_else(|| AttrMap::new().first_run(range))
     }
 
     /// Calls `f` with each maximal same-attribute run covering `range`
@@ -170,27 +163,10 @@ impl StripedMap {
             self.lock_map(i).runs_iter(range).for_each(f);
             return;
         }
-        let mut open: Option<Run> = None;
-        for p in self.pieces(range) {
-            let map = self.lock_map(p.stripe);
-            for run in map.runs_iter(p.range) {
-                open = match open {
-                    Some(o) if o.private == run.private => Some(Run {
-                        range: GpaRange::from_bounds(o.range.start(), run.range.end())
-                            .unwrap_or(o.range),
-                        private: o.private,
-                    }),
-                    Some(o) => {
-                        f(o);
-                        Some(run)
-                    }
-                    None => Some(run),
-                };
-            }
-        }
-        if let Some(o) = open {
-            f(o);
-        }
+        self.lock_range_maps(range).sweep(|run| {
+            f(run);
+            ControlFlow::Continue(())
+        });
     }
 
     /// [`StripedMap::for_each_run`], collected.
@@ -203,19 +179,24 @@ impl StripedMap {
     /// The true map, as one coalesced [`AttrMap`], consistent: no `set` is
     /// half applied in it.
     pub fn snapshot(&self) -> AttrMap {
-        let maps: Vec<_> = (0..self.stripes.len())
-            .map(|i| (i, self.lock_map(i)))
-            .collect();
+        let everything = GpaRange::from_bounds(Gpa(0), Gpa(u64::MAX))
+            .expect("the address space is a non-empty range");
+        let locked = LockedRange {
+            striped: self,
+            range: everything,
+            maps: Guards::Many(
+                (0..self.stripes.len())
+                    .map(|i| (i, self.lock_map(i)))
+                    .collect(),
+            ),
+        };
         let mut out = AttrMap::new();
-        for (stripe, map) in &maps {
-            for range in map.private_ranges() {
-                self.pieces(range)
-                    .filter(|p| p.stripe == *stripe)
-                    .for_each(|p| {
-                        out.set(p.range, true);
-                    });
+        locked.sweep(|run| {
+            if run.private {
+                out.set(run.range, true);
             }
-        }
+            ControlFlow::Continue(())
+        });
         out
     }
 
@@ -328,49 +309,54 @@ pub struct LockedRange<'a> {
 }
 
 impl LockedRange<'_> {
-    /// The map that owns `piece`.
-    fn owner(&self, piece: Piece) -> &AttrMap {
-        let maps = self.maps.as_slice();
-        &maps[maps.partition_point(|(i, _)| *i < piece.stripe)].1
-    }
-
     /// True if every page of the range has attribute `private`.
-    #[inline]
     pub fn is_uniform(&self, private: bool) -> bool {
         // One guard: the range lies in one chunk.
         if let Guards::One((_, map)) = &self.maps {
             return map.is_uniform(self.range, private);
         }
-        self.striped
-            .pieces(self.range)
-            .all(|p| self.owner(p).is_uniform(p.range, private))
+        let mut uniform = true;
+        self.sweep(|run| {
+            uniform = run.private == private;
+            if uniform {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        });
+        uniform
     }
 
     /// Sets every page of the range to `private`; returns how many pages
     /// changed.
-    #[inline]
     pub fn set(&mut self, private: bool) -> u64 {
         let range = self.range;
         // One guard: the range lies in one chunk.
         if let Guards::One((_, map)) = &mut self.maps {
             return map.set(range, private);
         }
-        let changed = self
-            .striped
-            .pieces(range)
-            .map(|p| {
-                let was_private = self.owner(p).private_pages_in(p.range);
-                if private {
-                    pages(p.range) - was_private
-                } else {
-                    was_private
-                }
-            })
-            .sum();
+        let mut changed = 0;
+        self.sweep(|run| {
+            if run.private != private {
+                changed += pages(run.range);
+            }
+            ControlFlow::Continue(())
+        });
         for (_, map) in self.maps.as_mut_slice() {
             map.set(range, private);
         }
         changed
+    }
+
+    /// [`sweep::sweep`] over the range.
+    fn sweep(&self, f: impl FnMut(Run) -> ControlFlow<()>) {
+        let maps: Vec<(usize, &AttrMap)> = self
+            .maps
+            .as_slice()
+            .iter()
+            .map(|(i, m)| (*i, &**m))
+            .collect();
+        sweep::sweep(self.striped, &maps, self.range, f);
     }
 }
 
@@ -386,5 +372,6 @@ fn pages(range: GpaRange) -> u64 {
     last - first + 1
 }
 
+mod sweep;
 #[cfg(test)]
 mod tests;

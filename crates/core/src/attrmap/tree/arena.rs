@@ -4,6 +4,10 @@
 pub(super) const NIL: u32 = u32::MAX;
 /// Nodes per arena chunk (16 KiB of leaves).
 const CHUNK: usize = 256;
+/// Nodes in the first chunk when it is first allocated: it doubles up to
+/// [`CHUNK`], so a map of a few ranges holds a few hundred bytes, not 16
+/// KiB (the engine and the model each keep one map per stripe).
+const FIRST: usize = 4;
 
 /// The id of the node at `index`: below [`NIL`], which means "no node".
 fn node_id(index: usize) -> u32 {
@@ -13,13 +17,16 @@ fn node_id(index: usize) -> u32 {
         .expect("fewer than 2^32 - 1 nodes")
 }
 
-/// A chunked arena of `T` with a free list. Growth allocates one more
-/// chunk and never moves nodes, so no insertion ever pays for copying the
-/// whole tree (a `Vec` arena would, on doubling: ~10 ms at a million
-/// ranges), and the slack is at most one partly used chunk.
+/// A chunked arena of `T` with a free list. Past the first chunk, growth
+/// allocates one more chunk and never moves nodes, so no insertion ever
+/// pays for copying the whole tree (a `Vec` arena would, on doubling: ~10
+/// ms at a million ranges), and the slack is at most one partly used
+/// chunk. The first chunk starts at [`FIRST`] nodes and doubles to
+/// [`CHUNK`] (copying at most 8 KiB).
 #[derive(Clone, Debug)]
 pub(super) struct Arena<T: Copy> {
-    chunks: Vec<Box<[T; CHUNK]>>,
+    /// Every chunk but a growing first one holds [`CHUNK`] nodes.
+    chunks: Vec<Box<[T]>>,
     used: usize,
     free: Vec<u32>,
     empty: T,
@@ -41,11 +48,34 @@ impl<T: Copy> Arena<T> {
             *self.get_mut(id) = self.empty;
             return id;
         }
-        if self.used == self.chunks.len() * CHUNK {
-            self.chunks.push(Box::new([self.empty; CHUNK]));
+        if self.used == self.capacity() {
+            self.grow();
         }
         self.used += 1;
         node_id(self.used - 1)
+    }
+
+    /// Nodes the chunks hold: a first chunk may be short.
+    fn capacity(&self) -> usize {
+        match self.chunks.as_slice() {
+            [first] => first.len(),
+            chunks => chunks.len() * CHUNK,
+        }
+    }
+
+    /// Room for one more node: a first chunk, a doubled first chunk, or
+    /// one more full chunk.
+    fn grow(&mut self) {
+        let empty = self.empty;
+        match self.chunks.as_mut_slice() {
+            [] => self.chunks.push(vec![empty; FIRST].into_boxed_slice()),
+            [first] if first.len() < CHUNK => {
+                let mut grown = vec![empty; first.len() * 2];
+                grown[..first.len()].copy_from_slice(first);
+                *first = grown.into_boxed_slice();
+            }
+            _ => self.chunks.push(vec![empty; CHUNK].into_boxed_slice()),
+        }
     }
 
     pub(super) fn release(&mut self, id: u32) {
@@ -65,8 +95,8 @@ impl<T: Copy> Arena<T> {
     }
 
     pub(super) fn heap_bytes(&self) -> usize {
-        self.chunks.len() * CHUNK * std::mem::size_of::<T>()
-            + self.chunks.capacity() * std::mem::size_of::<Box<[T; CHUNK]>>()
+        self.chunks.iter().map(|c| c.len()).sum::<usize>() * std::mem::size_of::<T>()
+            + self.chunks.capacity() * std::mem::size_of::<Box<[T]>>()
             + self.free.capacity() * 4
     }
 }
