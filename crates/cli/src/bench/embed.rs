@@ -83,8 +83,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let mut bare = vmm.minimal_handler()?;
     let code = guest::round_trips(rounds)?;
     let all = GpaRange::new(Gpa(0), 2 * MIB)?;
-    let mut split = Split::default();
-    let s = ctx.alternate("embed", ctx.rounds(), |side| {
+    let (s, runs) = ctx.alternate_with("embed", ctx.rounds(), |side| {
         let run = match side {
             Side::Baseline => once(&mut vcpu, &vmm, &code, rounds, &mut bare)?,
             Side::Privmem => {
@@ -95,9 +94,10 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
                 r
             }
         };
-        split.push(side, &run);
-        Ok(run.secs * 1e6 / f64::from(rounds))
+        Ok((run.secs * 1e6 / f64::from(rounds), run))
     })?;
+    let mut split = Split::default();
+    runs.iter().for_each(|(side, run)| split.push(*side, run));
     let mut row = RowSpec {
         name: "embed",
         unit: "us/round",

@@ -173,10 +173,25 @@ impl Ctx {
         rounds: usize,
         mut f: impl FnMut(Side) -> anyhow::Result<f64>,
     ) -> anyhow::Result<Samples> {
+        let (s, _) = self.alternate_with(label, rounds, |side| Ok((f(side)?, ())))?;
+        Ok(s)
+    }
+
+    /// [`Ctx::alternate`] where each run also gives figures measured
+    /// beside the main one (`T`): returned with their side, in run order,
+    /// for the measured rounds only, so they come from the same runs as
+    /// the samples and never from the warm-up.
+    pub fn alternate_with<T>(
+        &mut self,
+        label: &str,
+        rounds: usize,
+        mut f: impl FnMut(Side) -> anyhow::Result<(f64, T)>,
+    ) -> anyhow::Result<(Samples, Vec<(Side, T)>)> {
         self.status(&format!("{label}: warm-up"));
         f(Side::Baseline)?;
         f(Side::Privmem)?;
         let mut s = Samples::default();
+        let mut beside = Vec::with_capacity(2 * rounds);
         for r in 0..rounds {
             self.status(&format!("{label}: round {}/{rounds}", r + 1));
             let order = if r % 2 == 0 {
@@ -185,14 +200,15 @@ impl Ctx {
                 [Side::Privmem, Side::Baseline]
             };
             for side in order {
-                let v = f(side)?;
+                let (v, extra) = f(side)?;
                 match side {
                     Side::Baseline => s.base.push(v),
                     Side::Privmem => s.privmem.push(v),
                 }
+                beside.push((side, extra));
             }
         }
-        Ok(s)
+        Ok((s, beside))
     }
 }
 
@@ -568,6 +584,37 @@ fn print_table(machine: &str, rows: &[Row], errors: &[BenchError], skipped: &[Be
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The figures measured beside the main one come from the measured
+    /// rounds only (never each side's warm-up), paired with their side.
+    #[test]
+    fn alternate_with_leaves_the_warm_up_out_of_both_lists() {
+        let mut ctx = Ctx {
+            quick: true,
+            progress: Progress::new(1),
+            skipped: Vec::new(),
+        };
+        let mut n = 0.0;
+        let (s, beside) = ctx
+            .alternate_with("t", 2, |side| {
+                n += 1.0;
+                Ok((n, (side, n * 10.0)))
+            })
+            .unwrap();
+        // Runs 1 and 2 are the warm-up (B, P); round 1 is B, P; round 2 P, B.
+        assert_eq!(s.base, [3.0, 6.0]);
+        assert_eq!(s.privmem, [4.0, 5.0]);
+        let got: Vec<_> = beside.iter().map(|(side, extra)| (*side, *extra)).collect();
+        assert_eq!(
+            got,
+            [
+                (Side::Baseline, (Side::Baseline, 30.0)),
+                (Side::Privmem, (Side::Privmem, 40.0)),
+                (Side::Privmem, (Side::Privmem, 50.0)),
+                (Side::Baseline, (Side::Baseline, 60.0)),
+            ]
+        );
+    }
 
     #[test]
     fn any_error_fails_the_run() {

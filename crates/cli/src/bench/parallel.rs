@@ -79,14 +79,14 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     // Cheap rounds; more of them make the median robust to the rounds where
     // another process held a core.
     let rounds = ctx.rounds() * 3 / 2;
-    let mut busy: [Vec<f64>; 2] = Default::default();
     let mut probe = ScalingProbe::spawn(size)?;
-    let mut machine = Vec::new();
-    let s = ctx.alternate("parallel", rounds, |side| {
-        // Next to the two-vCPU run, the one that load disturbs.
-        if side == Side::Privmem {
-            machine.push(probe.measure()?.speedup());
-        }
+    // Beside each run: its cores busy, and next to each two-vCPU run (the
+    // one that load disturbs) the machine's own scaling.
+    let (s, beside) = ctx.alternate_with("parallel", rounds, |side| {
+        let machine = match side {
+            Side::Privmem => Some(probe.measure()?.speedup()),
+            Side::Baseline => None,
+        };
         let w = match side {
             Side::Baseline => &one,
             Side::Privmem => &two,
@@ -94,17 +94,22 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         let m = Machine::new(hv.clone(), w).context("model setup")?;
         let cpu0 = process_cpu_time();
         let (t, states) = timed(|| m.run(RunOptions::default()));
-        let cpu = (process_cpu_time() - cpu0).as_secs_f64();
-        busy[usize::from(side == Side::Privmem)].push(cpu / t);
+        let busy = (process_cpu_time() - cpu0).as_secs_f64() / t;
         let exits: u64 = states.iter().map(|s| s.exits.hypercall).sum();
         if states.iter().any(|s| s.state != RunState::Halted) || exits as f64 != conversions {
             bail!("a vCPU did not finish its conversions: {states:?}");
         }
-        Ok(conversions / t / 1e3)
+        Ok((conversions / t / 1e3, (busy, machine)))
     })?;
     drop(probe);
-    // The first figure of each list is the warm-up's.
-    let machine = &machine[1..];
+    let machine: Vec<f64> = beside.iter().filter_map(|(_, (_, m))| *m).collect();
+    let busy = |want: Side| -> Vec<f64> {
+        beside
+            .iter()
+            .filter(|(side, _)| *side == want)
+            .map(|(_, (b, _))| *b)
+            .collect()
+    };
     let mut row = RowSpec {
         name: "parallel",
         unit: "kconv/s",
@@ -117,12 +122,18 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             conversions
         )),
     }
-    .row_guarded_by(&s, normalized(&s, machine), s.ratio());
+    .row_guarded_by(&s, normalized(&s, &machine), s.ratio());
     row.context = BTreeMap::from([
         ("raw_speedup".to_string(), s.ratio()),
-        ("machine_scaling".to_string(), median(machine)),
-        ("baseline_cores_busy".to_string(), median(&busy[0][1..])),
-        ("privmem_cores_busy".to_string(), median(&busy[1][1..])),
+        ("machine_scaling".to_string(), median(&machine)),
+        (
+            "baseline_cores_busy".to_string(),
+            median(&busy(Side::Baseline)),
+        ),
+        (
+            "privmem_cores_busy".to_string(),
+            median(&busy(Side::Privmem)),
+        ),
     ]);
     Ok(vec![row])
 }

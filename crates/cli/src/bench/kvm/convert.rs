@@ -83,8 +83,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         let code = guest::convert(BASE, size, req)?;
         let label = format!("kvm/convert/{}", size_name(req));
         let conversions = 2 * size / req;
-        let mut split = Split::default();
-        let s = ctx.alternate(&label, ctx.rounds(), |side| {
+        let (s, runs) = ctx.alternate_with(&label, ctx.rounds(), |side| {
             let run = match side {
                 Side::Baseline => once(&mut vcpu, &vmm, &code, &mut bare)?,
                 Side::Privmem => {
@@ -101,9 +100,10 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
                     r
                 }
             };
-            split.push(side, &run);
-            Ok(run.secs / (2.0 * size as f64 / GIB as f64))
+            Ok((run.secs / (2.0 * size as f64 / GIB as f64), run))
         })?;
+        let mut split = Split::default();
+        runs.iter().for_each(|(side, run)| split.push(*side, run));
         let mut row = RowSpec {
                 name: &label,
                 unit: "s/GiB",

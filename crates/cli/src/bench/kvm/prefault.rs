@@ -185,12 +185,11 @@ impl Vm {
     }
 }
 
-/// The figures measured beside the one `Ctx::alternate` collects (the
-/// touch): each side's conversion and total per page, and the pre-faults.
+/// The figures measured beside the one `Ctx::alternate_with` collects
+/// (the touch): each side's conversion and total per page, and the
+/// pre-faults.
 #[derive(Debug, Default)]
 struct Beside {
-    /// Runs seen per side (baseline, privmem).
-    seen: [usize; 2],
     convert: Samples,
     total: Samples,
     prefault_calls: Vec<f64>,
@@ -198,14 +197,8 @@ struct Beside {
 }
 
 impl Beside {
-    /// Records `side`'s run over `pages` pages, except each side's first:
-    /// the warm-up that `Ctx::alternate` runs and does not measure.
+    /// Records `side`'s measured run over `pages` pages.
     fn push(&mut self, side: Side, run: &RunFigures, pages: f64) {
-        let i = usize::from(side == Side::Privmem);
-        self.seen[i] += 1;
-        if self.seen[i] == 1 {
-            return;
-        }
         let us = |secs: f64| secs * 1e6 / pages;
         let p = run.phases;
         for (s, v) in [
@@ -263,17 +256,18 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let mut off = Vm::new(&kvm, size, PrefaultPolicy::Off)?;
     let code = guest::first_touch(BASE, size, REQ)?;
     let pages = (size / PAGE_SIZE) as f64;
-    let mut beside = Beside::default();
-    let touch = ctx.alternate(NAME, ctx.rounds(), |side| {
+    let (touch, runs) = ctx.alternate_with(NAME, ctx.rounds(), |side| {
         let vm = match side {
             Side::Baseline => &mut off,
             Side::Privmem => &mut on,
         };
         let run = vm.run(&code)?;
         check_prefaults(side, &run)?;
-        beside.push(side, &run, pages);
-        Ok(run.phases.touch * 1e6 / pages)
+        Ok((run.phases.touch * 1e6 / pages, run))
     })?;
+    let mut beside = Beside::default();
+    runs.iter()
+        .for_each(|(side, run)| beside.push(*side, run, pages));
     Ok(rows(ctx.quick, size, &touch, &beside))
 }
 
@@ -355,11 +349,9 @@ mod tests {
     }
 
     #[test]
-    fn beside_skips_each_sides_warm_up_and_keeps_rounds_paired() {
+    fn beside_keeps_rounds_paired() {
         let mut b = Beside::default();
-        // Ctx::alternate's order: warm-up B, P; round 1 B, P; round 2 P, B.
-        b.push(Side::Baseline, &run(9.0, 9.0, 0), 1e6);
-        b.push(Side::Privmem, &run(9.0, 9.0, 99), 1e6);
+        // Ctx::alternate_with's measured order: round 1 B, P; round 2 P, B.
         b.push(Side::Baseline, &run(1.0, 4.0, 0), 1e6);
         b.push(Side::Privmem, &run(3.0, 1.0, 32), 1e6);
         b.push(Side::Privmem, &run(3.5, 1.0, 32), 1e6);
@@ -390,7 +382,6 @@ mod tests {
             total: s.clone(),
             prefault_calls: vec![8.0],
             prefault_errors: vec![0.0],
-            ..Beside::default()
         };
         let rows = rows(true, 16 * MIB, &s, &b);
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
