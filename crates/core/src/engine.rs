@@ -34,10 +34,13 @@ mod discard;
 mod exits;
 mod notify;
 mod slots;
+mod stats;
 
 pub use exits::{HypercallExit, MemoryFaultExit, StopReason, VcpuAction};
+pub use stats::Stats;
+use stats::{Stat, StatCells};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -45,7 +48,6 @@ use arc_swap::ArcSwap;
 use crate::attrmap::striped::StripedMap;
 use crate::attrmap::{AttrMap, Run};
 use crate::contract::{ConversionBackend, VmSupport};
-use crate::counter::Counter;
 use crate::decide::{DiscardPolicy, FaultPolicy, RepeatGuard};
 use crate::error::BackendError;
 use crate::listener::{ConversionListener, ListenerPanic};
@@ -190,33 +192,6 @@ pub struct EngineConfig {
     pub prefault: PrefaultPolicy,
 }
 
-/// Conversion and discard counters, read with `load(Ordering::Relaxed)`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Pages converted to private.
-    pub to_private_pages: Counter,
-    /// Pages converted to shared.
-    pub to_shared_pages: Counter,
-    /// Explicit conversions that changed something.
-    pub explicit: Counter,
-    /// Implicit conversions that changed something.
-    pub implicit: Counter,
-    /// guest_memfd pages punched.
-    pub discarded_gmem: Counter,
-    /// Shared pages discarded.
-    pub discarded_shared: Counter,
-    /// Discards that failed after the attributes changed and were deferred.
-    pub deferred_discards: Counter,
-    /// Conversions to shared a listener refused.
-    pub listener_refusals: Counter,
-    /// Listener calls that panicked (caught).
-    pub listener_panics: Counter,
-    /// `KVM_PRE_FAULT_MEMORY` calls made.
-    pub prefault_calls: Counter,
-    /// `KVM_PRE_FAULT_MEMORY` calls that failed (ignored).
-    pub prefault_errors: Counter,
-}
-
 /// The engine's slots, sorted by address.
 type SlotList<B> =
     Vec<Arc<SlotDesc<<B as ConversionBackend>::Gmem, <B as ConversionBackend>::Shared>>>;
@@ -244,8 +219,8 @@ pub struct Engine<B: ConversionBackend> {
     /// through the range lock.
     has_pending: AtomicBool,
     listeners: notify::Listeners,
-    /// Counters.
-    pub stats: Stats,
+    /// Counters ([`Engine::stats`]).
+    stats: StatCells,
     /// Where conversions are reported, if tracing (set once).
     trace: OnceLock<Arc<dyn TraceSink>>,
 }
@@ -317,7 +292,7 @@ impl<B: ConversionBackend> Engine<B> {
             pending: Mutex::new(Vec::new()),
             has_pending: AtomicBool::new(false),
             listeners: notify::Listeners::default(),
-            stats: Stats::default(),
+            stats: StatCells::default(),
             trace: OnceLock::new(),
         }
     }
@@ -487,17 +462,40 @@ impl<B: ConversionBackend> Engine<B> {
     }
 
     fn count(&self, pages: u64, to: ConvertTo, origin: Origin) {
-        let s = &self.stats;
-        let dir = match to {
-            ConvertTo::Private => &s.to_private_pages,
-            ConvertTo::Shared => &s.to_shared_pages,
-        };
-        dir.fetch_add(pages, Ordering::Relaxed);
-        let o = match origin {
-            Origin::Explicit => &s.explicit,
-            Origin::Implicit => &s.implicit,
-        };
-        o.fetch_add(1, Ordering::Relaxed);
+        self.stats.add(
+            match to {
+                ConvertTo::Private => Stat::ToPrivatePages,
+                ConvertTo::Shared => Stat::ToSharedPages,
+            },
+            pages,
+        );
+        self.stats.add(
+            match origin {
+                Origin::Explicit => Stat::Explicit,
+                Origin::Implicit => Stat::Implicit,
+            },
+            1,
+        );
+    }
+
+    /// The engine's counters now: conversions, discards, listener refusals
+    /// and panics, pre-faults, all threads together.
+    ///
+    /// ```
+    /// # use privmem_core::engine::{Engine, EngineConfig};
+    /// # use privmem_model::{KernelProfile, ModelHypervisor};
+    /// # use privmem_core::contract::HvBackend;
+    /// # use privmem_core::backend::Hypervisor;
+    /// # use privmem_core::VmType;
+    /// # use std::sync::Arc;
+    /// # let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
+    /// # let vm = Arc::new(hv.create_vm(VmType::SwProtected).unwrap());
+    /// let engine = Engine::new(HvBackend::new(hv, vm), EngineConfig::default());
+    /// let s = engine.stats();
+    /// assert_eq!((s.to_private_pages, s.discarded_gmem), (0, 0));
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.stats.snapshot()
     }
 
     fn set_kernel_attrs(&self, range: GpaRange, to: ConvertTo) -> Result<(), BackendError> {

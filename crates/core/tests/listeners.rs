@@ -193,7 +193,7 @@ fn a_refusal_rolls_back_cancels_in_reverse_and_the_guest_gets_an_error() {
     assert!(gmem_bytes(&hv, &e, 0, 0x2000, 0x1000)
         .iter()
         .all(|&b| b == 0x33));
-    assert_eq!(e.stats.listener_refusals.load(Ordering::Relaxed), 1);
+    assert_eq!(e.stats().listener_refusals, 1);
     let err = e
         .convert(Gpa(0x2000), 0x1000, ConvertTo::Shared, Origin::Explicit)
         .unwrap_err();
@@ -355,7 +355,7 @@ fn a_panicking_listener_is_contained() {
         ]
     );
     assert_eq!(panics[0].message, "bad broke in prepare");
-    assert_eq!(e.stats.listener_panics.load(Ordering::Relaxed), 3);
+    assert_eq!(e.stats().listener_panics, 3);
 }
 
 /// Counts `committed` calls and the pages they report.

@@ -1,6 +1,5 @@
 //! The `privmem run --json` report.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -106,8 +105,7 @@ impl Report {
         states: Vec<VcpuState>,
         elapsed: Duration,
     ) -> Report {
-        let s = &engine.stats;
-        let ld = |a: &privmem_core::counter::Counter| a.load(Ordering::Relaxed);
+        let s = engine.stats();
         let vcpus: Vec<VcpuReport> = states
             .into_iter()
             .map(|v| VcpuReport {
@@ -130,14 +128,14 @@ impl Report {
             ok,
             vcpus,
             conversions: Conversions {
-                to_private_pages: ld(&s.to_private_pages),
-                to_shared_pages: ld(&s.to_shared_pages),
-                explicit: ld(&s.explicit),
-                implicit: ld(&s.implicit),
+                to_private_pages: s.to_private_pages,
+                to_shared_pages: s.to_shared_pages,
+                explicit: s.explicit,
+                implicit: s.implicit,
             },
             discarded_pages: Discarded {
-                guest_memfd: ld(&s.discarded_gmem),
-                shared: ld(&s.discarded_shared),
+                guest_memfd: s.discarded_gmem,
+                shared: s.discarded_shared,
             },
             attributes: engine
                 .gmem_attributes()

@@ -2,7 +2,6 @@
 //! committed (the engine keeps up to two runs inline and spills the rest).
 
 mod common;
-use std::sync::atomic::Ordering;
 
 use common::machine;
 use privmem_core::engine::{ConvertTo, Origin, Outcome};
@@ -26,14 +25,14 @@ ops = [ { op = "halt" } ]
         e.convert(Gpa(p * 4096), 4096, ConvertTo::Shared, Origin::Explicit)
             .unwrap();
     }
-    let before = e.stats.discarded_gmem.load(Ordering::Relaxed);
+    let before = e.stats().discarded_gmem;
 
     let out = e
         .convert(Gpa(0), 16 * 4096, ConvertTo::Shared, Origin::Explicit)
         .unwrap();
 
     assert_eq!(out, Outcome::Converted { pages: 8 });
-    assert_eq!(e.stats.discarded_gmem.load(Ordering::Relaxed) - before, 8);
+    assert_eq!(e.stats().discarded_gmem - before, 8);
     let map = e.attr_map();
     let first16 = GpaRange::new(Gpa(0), 16 * 4096).unwrap();
     assert!(map.is_uniform(first16, false));

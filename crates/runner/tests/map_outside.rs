@@ -50,9 +50,7 @@ fn run_all_shared(header: &str, ops: &[String]) {
     let all = GpaRange::new(Gpa(0), 1 << 30).unwrap();
     assert_eq!(map.private_pages_in(all), 0, "nothing may become private");
     assert_eq!(map, engine.vm().attributes());
-    let s = &engine.stats;
-    use std::sync::atomic::Ordering::Relaxed;
-    assert_eq!(s.explicit.load(Relaxed), 0, "no conversion happened");
+    assert_eq!(engine.stats().explicit, 0, "no conversion happened");
 }
 
 #[test]

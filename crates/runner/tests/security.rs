@@ -106,13 +106,7 @@ ops = [
     // The shared copy was discarded too: the host can't read the old 0x11.
     let host = host_shared(&engine, 0x2000, 4096);
     assert!(host.iter().all(|&b| b == 0));
-    assert_eq!(
-        engine
-            .stats
-            .discarded_shared
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(engine.stats().discarded_shared, 1);
 }
 
 #[test]
@@ -215,13 +209,7 @@ fn later_discard_failure_rolls_forward_and_retries_before_reuse() {
     all_halted(&states);
     assert_eq!(kernel_attrs(&engine), engine.attr_map());
     assert!(engine.pending_discards().is_empty());
-    assert_eq!(
-        engine
-            .stats
-            .deferred_discards
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(engine.stats().deferred_discards, 1);
 }
 
 #[test]

@@ -16,7 +16,6 @@
 //! `rig/run --example vmm` runs it on real KVM inside the rig.
 
 use std::process::ExitCode;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use kvm_ioctls::Kvm;
@@ -164,11 +163,8 @@ fn run() -> Result<Option<String>, Error> {
             if run.private { "private" } else { "shared" }
         );
     }
-    let stats = &engine.stats;
-    let (calls, errors) = (
-        stats.prefault_calls.load(Relaxed),
-        stats.prefault_errors.load(Relaxed),
-    );
+    let stats = engine.stats();
+    let (calls, errors) = (stats.prefault_calls, stats.prefault_errors);
     println!("vmm: OK (KVM_PRE_FAULT_MEMORY calls: {calls}, errors ignored: {errors})");
     Ok(None)
 }

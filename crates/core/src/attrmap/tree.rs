@@ -110,6 +110,9 @@ struct Path {
 pub(super) struct Tree {
     leaves: Leaves,
     inners: Flat<Inner>,
+    /// [`NIL`] until the first insert: a new tree allocates nothing (the
+    /// engine and the model make one per stripe of their striped maps, most
+    /// of which a VM never converts in). Once allocated, the root stays.
     root: u32,
     /// Inner levels above the leaves (0: the root is a leaf).
     height: usize,
@@ -132,12 +135,10 @@ impl Eq for Tree {}
 
 impl Tree {
     pub(super) fn new() -> Tree {
-        let mut leaves = Leaves::new();
-        let root = leaves.alloc();
         Tree {
-            leaves,
+            leaves: Leaves::new(),
             inners: Flat::new(EMPTY_INNER),
-            root,
+            root: NIL,
             height: 0,
             len: 0,
         }
@@ -182,6 +183,9 @@ impl Tree {
     /// The entry with the largest key `<= x`.
     #[inline]
     pub(super) fn pred_le(&self, x: u64) -> Option<(u64, u64)> {
+        if self.root == NIL {
+            return None;
+        }
         // Keys are at most MAX_KEY, separator padding above.
         let x = x.min(MAX_KEY);
         let id = self.find_leaf(x);
@@ -201,7 +205,7 @@ impl Tree {
 
     /// A cursor at the first entry with key `>= x`.
     fn seek(&self, x: u64) -> (u32, usize) {
-        if x > MAX_KEY {
+        if x > MAX_KEY || self.root == NIL {
             return (NIL, 0);
         }
         let id = self.find_leaf(x);
@@ -277,6 +281,9 @@ impl Tree {
     pub(super) fn insert(&mut self, key: u64, val: u64) {
         assert!(key <= MAX_KEY, "tree keys are gfns, below 2^52");
         self.len += 1;
+        if self.root == NIL {
+            self.root = self.leaves.alloc();
+        }
         let id = self.find_leaf(key);
         let j = self.leaves.rank(id, key);
         debug_assert!(
@@ -287,6 +294,15 @@ impl Tree {
             self.leaves.insert(id, j, (key, val));
             return;
         }
+        self.insert_overflowing(id, j, key, val);
+    }
+
+    /// [`insert`](Self::insert) into full leaf `id` at rank `j`. Out of
+    /// line: its buffers (the overflowing entries, the path) stay off the
+    /// stack of the common insert, which then touches fewer stack pages.
+    #[cold]
+    #[inline(never)]
+    fn insert_overflowing(&mut self, id: u32, j: usize, key: u64, val: u64) {
         let mut e = self.leaves.read(id);
         e.insert(j, (key, val));
         // Overflow: only now is the path needed. Share with a sibling that
@@ -394,11 +410,19 @@ impl Tree {
         let (_, val) = self.leaves.remove(id, j);
         self.len -= 1;
         if self.height > 0 && self.leaves.len(id) < LEAF_MIN {
-            // Only an underflow needs the path.
-            let p = self.find_path(key);
-            self.fix_leaf(&p);
+            self.fix_underflow(key);
         }
         val
+    }
+
+    /// Restores the minimum fill of the leaf of `key` after a remove: only
+    /// an underflow needs the path. Out of line, as
+    /// [`insert_overflowing`](Self::insert_overflowing).
+    #[cold]
+    #[inline(never)]
+    fn fix_underflow(&mut self, key: u64) {
+        let p = self.find_path(key);
+        self.fix_leaf(&p);
     }
 
     /// Restores the minimum fill of the path's leaf: merge with a sibling

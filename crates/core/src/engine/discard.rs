@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
 use super::slots::{pieces, Piece};
-use super::{ConvertError, ConvertTo, Engine};
+use super::{ConvertError, ConvertTo, Engine, Stat};
 use crate::attrmap::Run;
 use crate::contract::ConversionBackend;
 use crate::error::BackendError;
@@ -55,9 +55,7 @@ impl<B: ConversionBackend> Engine<B> {
                     .checked_add(p.slot_offset())
                     .ok_or_else(|| overflow("punch"))?;
                 self.backend.punch_gmem(&g.file, off, p.range.len())?;
-                self.stats
-                    .discarded_gmem
-                    .fetch_add(pages, Ordering::Relaxed);
+                self.stats.add(Stat::DiscardedGmem, pages);
             }
             ConvertTo::Private => {
                 let Some(s) = &p.slot.shared else {
@@ -68,9 +66,7 @@ impl<B: ConversionBackend> Engine<B> {
                     .checked_add(p.slot_offset())
                     .ok_or_else(|| overflow("discard"))?;
                 self.backend.discard_shared(&s.mem, off, p.range.len())?;
-                self.stats
-                    .discarded_shared
-                    .fetch_add(pages, Ordering::Relaxed);
+                self.stats.add(Stat::DiscardedShared, pages);
             }
         }
         Ok(())
@@ -82,9 +78,7 @@ impl<B: ConversionBackend> Engine<B> {
         pending.extend(rest.iter().map(|&r| (r, to)));
         self.has_pending
             .store(!pending.is_empty(), Ordering::Release);
-        self.stats
-            .deferred_discards
-            .fetch_add(rest.len() as u64, Ordering::Relaxed);
+        self.stats.add(Stat::DeferredDiscards, rest.len() as u64);
     }
 
     /// Retries deferred discards overlapping `range`; refuses the conversion

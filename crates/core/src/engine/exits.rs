@@ -5,9 +5,8 @@
 //! [`Engine::repeat_guard`]); everything else is the engine's.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
 
-use super::{ConvertError, ConvertTo, Engine, Origin, Outcome, PrefaultPolicy};
+use super::{ConvertError, ConvertTo, Engine, Origin, Outcome, PrefaultPolicy, Stat};
 use crate::abi::{EFAULT, EHWPOISON};
 use crate::contract::{ConversionBackend, PreFault};
 use crate::decide::RepeatGuard;
@@ -220,9 +219,9 @@ impl<B: ConversionBackend> Engine<B> {
         let (mut gpa, mut size) = (range.start(), range.len());
         while size > 0 {
             let before = size;
-            self.stats.prefault_calls.fetch_add(1, Ordering::Relaxed);
+            self.stats.add(Stat::PrefaultCalls, 1);
             if vcpu.pre_fault(&mut gpa, &mut size).is_err() {
-                self.stats.prefault_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.add(Stat::PrefaultErrors, 1);
                 return;
             }
             if size >= before {

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use super::{ConvertError, ConvertTo, Engine, Origin};
+use super::{ConvertError, ConvertTo, Engine, Origin, Stat};
 use crate::attrmap::Run;
 use crate::contract::ConversionBackend;
 use crate::listener::{contained, Conversion, ConversionListener, ListenerPanic};
@@ -114,7 +114,7 @@ impl<B: ConversionBackend> Engine<B> {
                     format!("panicked: {msg}")
                 }
             };
-            self.stats.listener_refusals.fetch_add(1, Ordering::Relaxed);
+            self.stats.add(Stat::ListenerRefusals, 1);
             self.cancel_shared(ev, i);
             return Err(ConvertError::ListenerRefused {
                 range: ev.range,
@@ -148,7 +148,7 @@ impl<B: ConversionBackend> Engine<B> {
     }
 
     fn panicked(&self, l: &dyn ConversionListener, call: &'static str, ev: &Event, msg: String) {
-        self.stats.listener_panics.fetch_add(1, Ordering::Relaxed);
+        self.stats.add(Stat::ListenerPanics, 1);
         self.listeners.record(l, call, ev, msg);
     }
 }

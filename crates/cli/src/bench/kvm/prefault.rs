@@ -36,7 +36,6 @@
 //! `KVM_CAP_PRE_FAULT_MEMORY` skips the benchmark visibly, naming it
 //! (`PRIVMEM_BENCH_INJECT=no-prefault` fakes that).
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -148,11 +147,8 @@ impl Vm {
 
     /// The engine's (pre-fault calls, failed ones) so far.
     fn prefault_stats(&self) -> (u64, u64) {
-        let s = &self.vmm.engine().stats;
-        (
-            s.prefault_calls.load(Ordering::Relaxed),
-            s.prefault_errors.load(Ordering::Relaxed),
-        )
+        let s = self.vmm.engine().stats();
+        (s.prefault_calls, s.prefault_errors)
     }
 
     /// Runs `code` (`guest::first_touch`) once; checks that it halted after

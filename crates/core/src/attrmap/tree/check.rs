@@ -8,6 +8,12 @@ impl Tree {
     /// leaf links in key order, one extension block per extended leaf, and
     /// the entry count.
     pub(in crate::attrmap) fn check(&self) -> Result<(), String> {
+        if self.root == NIL {
+            return match self.len {
+                0 => Ok(()),
+                n => Err(format!("no root but {n} entries")),
+            };
+        }
         let mut leaves = Vec::new();
         self.check_node(self.root, self.height, 0, PAD, true, &mut leaves)?;
         let mut id = leaves.first().copied().unwrap_or(NIL);

@@ -8,6 +8,25 @@ fn inner_is_whole_cache_lines() {
 }
 
 #[test]
+fn a_new_tree_allocates_nothing_and_reads_empty_until_its_first_insert() {
+    let mut t = Tree::new();
+    assert_eq!((t.root, t.heap_bytes(), t.len()), (NIL, 0, 0));
+    assert_eq!(t.pred_le(MAX_KEY), None);
+    assert_eq!(t.pred_lt(5), None);
+    assert_eq!(t.first_ge(0), None);
+    assert_eq!(t.iter().count(), 0);
+    t.check().unwrap();
+    assert_eq!(t, Tree::new());
+    t.insert(7, 9);
+    assert!(t.heap_bytes() > 0);
+    assert_eq!((t.pred_le(8), t.first_ge(0)), (Some((7, 9)), Some((7, 9))));
+    assert_eq!(t.remove(7), 9);
+    t.check().unwrap();
+    assert_eq!((t.first_ge(0), t.len()), (None, 0));
+    assert_eq!(t, Tree::new());
+}
+
+#[test]
 fn ascending_inserts_then_removals_keep_structure() {
     let mut t = Tree::new();
     for k in 0..5000u64 {
