@@ -1,18 +1,24 @@
 //! privmem's own CPU work per conversion with no kernel under it: the
-//! engine over a backend whose calls do nothing, fed the same
-//! `MAP_GPA_RANGE` requests as a `kvm/convert` guest makes. A `context`
-//! figure: set beside the handler overhead measured in the exit loop, it
-//! shows how much of that overhead is the engine's work itself and how much
-//! the cost of running it right after an exit (under TCG, the nested VM's
+//! engine over a backend whose calls do nothing ([`NullHandler`]), fed the
+//! same `MAP_GPA_RANGE` requests as a `kvm/convert` guest makes, twice:
+//! - alone, in a loop with nothing in between ([`us_per_request`]);
+//! - in the exit loop, answering the guest's real exits ([`NullHandler`] as
+//!   the handler of a run).
+//!
+//! Both are `context` figures. Set beside the handler overhead measured in
+//! the exit loop, they split it into the engine's work itself and the cost
+//! of running that work right after an exit (under TCG, the nested VM's
 //! exit flushes the emulated TLB, so every page the handler touches costs a
 //! page walk).
 
 use privmem_core::contract::{Backing, ConversionBackend, VmSupport};
 use privmem_core::decide::DiscardPolicy;
-use privmem_core::engine::{Engine, EngineConfig, HypercallExit};
+use privmem_core::decide::RepeatGuard;
+use privmem_core::engine::{Engine, EngineConfig, HypercallExit, MemoryFaultExit, VcpuAction};
 use privmem_core::exit::{KVM_HC_MAP_GPA_RANGE, MAP_GPA_RANGE_ENCRYPTED};
 use privmem_core::slot::{GmemBinding, SharedBinding, SlotDesc};
 use privmem_core::{Attrs, BackendError, Gpa, GpaRange, SlotId, VmType, PAGE_SIZE};
+use privmem_tinyvmm::{Conversions, Verdict};
 
 use super::super::util::timed;
 
@@ -54,15 +60,14 @@ impl ConversionBackend for Null {
     }
 }
 
-/// µs per request of the engine alone converting `[base, base+len)` to
-/// private and back in `req`-byte requests (median of `passes` passes,
-/// after one warm-up).
-pub fn us_per_request(base: u64, len: u64, req: u64, passes: usize) -> anyhow::Result<f64> {
+/// The engine over [`Null`] with one slot `[0, end)` (guest_memfd and
+/// shared backing, all shared), discard on: every call it makes succeeds
+/// and does nothing, so what it costs is its own work.
+fn null_engine(end: u64) -> anyhow::Result<Engine<Null>> {
     let config = EngineConfig {
         discard: DiscardPolicy::Discard,
         ..EngineConfig::default()
     };
-    let end = base + len;
     let e = Engine::new(Null, config);
     e.add_slot(SlotDesc {
         id: SlotId(0),
@@ -76,6 +81,15 @@ pub fn us_per_request(base: u64, len: u64, req: u64, passes: usize) -> anyhow::R
             offset: 0,
         }),
     })?;
+    Ok(e)
+}
+
+/// µs per request of the engine alone converting `[base, base+len)` to
+/// private and back in `req`-byte requests (median of `passes` passes,
+/// after one warm-up).
+pub fn us_per_request(base: u64, len: u64, req: u64, passes: usize) -> anyhow::Result<f64> {
+    let end = base + len;
+    let e = null_engine(end)?;
     let mut guard = e.repeat_guard();
     let mut pass = || -> anyhow::Result<f64> {
         let (t, r) = timed(|| {
@@ -102,6 +116,51 @@ pub fn us_per_request(base: u64, len: u64, req: u64, passes: usize) -> anyhow::R
     Ok(super::super::median(&v))
 }
 
+/// An exit-loop handler whose engine's kernel calls do nothing: privmem's
+/// per-exit calls (`Engine::handle_hypercall` / `handle_memory_fault`,
+/// repeat guard) over [`Null`]. The kernel's attributes and memory never
+/// change, so it only suits guests that never touch what they convert
+/// (the `kvm/convert` guest).
+pub struct NullHandler {
+    engine: Engine<Null>,
+    guard: RepeatGuard,
+}
+
+impl NullHandler {
+    /// For guest memory `[0, end)`, all shared.
+    ///
+    /// # Errors
+    /// `end` is 0 or not page-aligned.
+    pub fn new(end: u64) -> anyhow::Result<NullHandler> {
+        let engine = null_engine(end)?;
+        let guard = engine.repeat_guard();
+        Ok(NullHandler { engine, guard })
+    }
+}
+
+impl Conversions for NullHandler {
+    fn hypercall(&mut self, exit: HypercallExit) -> i64 {
+        self.engine.handle_hypercall(&mut self.guard, exit, None)
+    }
+
+    fn memory_fault(&mut self, exit: MemoryFaultExit, errno: i32) -> Verdict {
+        match self
+            .engine
+            .handle_memory_fault(&mut self.guard, exit, errno)
+        {
+            VcpuAction::Resume => Verdict::Resume,
+            VcpuAction::Stop(why) => Verdict::Stop(why.to_string()),
+            VcpuAction::Poisoned { gpa, .. } => {
+                Verdict::Poisoned(format!("poisoned page at {gpa}"))
+            }
+        }
+    }
+
+    fn other_exit(&mut self) {
+        self.guard.reset();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +169,39 @@ mod tests {
     fn the_engine_alone_converts_every_request() {
         let us = us_per_request(2 << 20, 1 << 20, 4096, 1).unwrap();
         assert!(us > 0.0 && us.is_finite());
+    }
+
+    fn map(gpa: u64, pages: u64, private: bool) -> HypercallExit {
+        HypercallExit {
+            nr: KVM_HC_MAP_GPA_RANGE,
+            args: [
+                gpa,
+                pages,
+                if private { MAP_GPA_RANGE_ENCRYPTED } else { 0 },
+                0,
+                0,
+                0,
+            ],
+        }
+    }
+
+    #[test]
+    fn the_null_handler_answers_as_the_engine_does() {
+        let mut h = NullHandler::new(4 << 20).unwrap();
+        assert_eq!(h.hypercall(map(1 << 20, 2, true)), 0);
+        assert!(h.engine.attr_map().is_private(Gpa(1 << 20)));
+        // Past the slot: refused, as the real engine refuses it.
+        assert_ne!(h.hypercall(map(4 << 20, 1, true)), 0);
+        let fault = MemoryFaultExit {
+            flags: 0,
+            gpa: 1 << 20,
+            size: PAGE_SIZE,
+        };
+        assert_eq!(
+            h.memory_fault(fault, privmem_core::abi::EFAULT),
+            Verdict::Resume
+        );
+        assert!(!h.engine.attr_map().is_private(Gpa(1 << 20)));
+        assert!(matches!(h.memory_fault(fault, 5), Verdict::Stop(_)));
     }
 }

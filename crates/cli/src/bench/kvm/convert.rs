@@ -56,6 +56,17 @@ fn once(
     })
 }
 
+/// Median µs per handler call over `rounds` runs of `run` (after one
+/// warm-up): with a [`NullHandler`](super::alone::NullHandler), the
+/// engine's own work right after each real exit.
+fn after_exit(rounds: usize, mut run: impl FnMut() -> anyhow::Result<Run>) -> anyhow::Result<f64> {
+    run()?;
+    let per_call = (0..rounds)
+        .map(|_| run().map(|r| r.handler_secs * 1e6 / r.calls.max(1) as f64))
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    Ok(super::super::median(&per_call))
+}
+
 /// Runs the benchmark.
 pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let Some(kvm) = super::private_mem_or_skip(ctx, "kvm/convert")? else {
@@ -77,6 +88,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let mut vcpu = vmm.create_vcpu()?;
     let mut privmem = vmm.privmem_handler(&vcpu)?;
     let mut bare = vmm.minimal_handler()?;
+    let mut null = super::alone::NullHandler::new(BASE + size)?;
     let range = GpaRange::new(Gpa(BASE), size)?;
     let mut rows = Vec::new();
     for req in [2 * MIB, 4096] {
@@ -121,6 +133,9 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         let alone = super::alone::us_per_request(BASE, size, req, 3)?;
         row.context
             .insert("engine_alone_us_per_call".to_string(), alone);
+        let after = after_exit(ctx.rounds(), || once(&mut vcpu, &vmm, &code, &mut null))?;
+        row.context
+            .insert("engine_after_exit_us_per_call".to_string(), after);
         rows.push(row);
     }
     Ok(rows)
