@@ -41,9 +41,11 @@ pub enum SetupError {
     Slot(#[from] SlotError),
 }
 
-fn setup<T>(what: impl Into<String>, r: Result<T, BackendError>) -> Result<T, SetupError> {
+/// Names the setup step `r` came from if it failed; the name is built only
+/// then (a setup makes several steps, and `kvm/setup` times them).
+fn setup<T>(what: impl FnOnce() -> String, r: Result<T, BackendError>) -> Result<T, SetupError> {
     r.map_err(|source| SetupError::Backend {
-        what: what.into(),
+        what: what(),
         source,
     })
 }
@@ -96,7 +98,7 @@ fn describe_slot<V: Vm>(
             GmemFlags::MMAP.union(GmemFlags::INIT_SHARED)
         };
         let file = setup(
-            format!("guest_memfd for slot {id}"),
+            || format!("guest_memfd for slot {id}"),
             vm.create_guest_memfd(size, flags),
         )?;
         Some(GmemBinding { file, offset: 0 })
@@ -109,7 +111,7 @@ fn describe_slot<V: Vm>(
         None
     } else {
         let mem = setup(
-            format!("shared memory for slot {id}"),
+            || format!("shared memory for slot {id}"),
             vm.create_shared(size, SharedKind::Memfd),
         )?;
         Some(SharedBinding { mem, offset: 0 })
@@ -126,7 +128,7 @@ impl<H: Hypervisor> Machine<H> {
     /// Creates the VM, its memory, its vCPUs and loads their programs.
     pub fn new(hv: Arc<H>, w: &Workload) -> Result<Machine<H>, SetupError> {
         let vm = Arc::new(setup(
-            format!("create {} vm", w.vm_type.name()),
+            || format!("create {} vm", w.vm_type.name()),
             hv.create_vm(w.vm_type),
         )?);
         // Not every VM can forward MAP_GPA_RANGE; the guest then sees -1000,
@@ -162,13 +164,16 @@ impl<H: Hypervisor> Machine<H> {
             engine.init_private(&gmem)?;
         }
         for gpa in &w.poison {
-            setup(format!("poison {gpa}"), vm.poison_page(*gpa))?;
+            setup(|| format!("poison {gpa}"), vm.poison_page(*gpa))?;
         }
         let mut vcpus = Vec::with_capacity(w.vcpus.len());
         for (i, ops) in w.vcpus.iter().enumerate() {
             let idx = u32::try_from(i).unwrap_or(u32::MAX);
-            let mut vcpu = setup(format!("vcpu {i}"), vm.create_vcpu(idx))?;
-            setup(format!("load program of vcpu {i}"), vcpu.load_program(ops))?;
+            let mut vcpu = setup(|| format!("vcpu {i}"), vm.create_vcpu(idx))?;
+            setup(
+                || format!("load program of vcpu {i}"),
+                vcpu.load_program(ops),
+            )?;
             vcpus.push(vcpu);
         }
         Ok(Machine { engine, vcpus })

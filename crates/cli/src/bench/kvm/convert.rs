@@ -10,6 +10,12 @@
 //! The guest converts memory it never wrote (real mode reaches only the
 //! first MiB): the punches free nothing, so the figure is the exits, the
 //! attribute changes and the handlers' own work.
+//!
+//! Context: the handlers' time per call (`Split`), the engine alone
+//! (`engine_alone_us_per_call`: the same requests in a loop, no exits), and
+//! the engine over a do-nothing backend answering the same real exits
+//! (`engine_after_exit_us_per_call`): its own work right after each exit,
+//! without the kernel's.
 
 use anyhow::{bail, Context};
 use privmem_core::decide::DiscardPolicy;
@@ -54,17 +60,6 @@ fn once(
         handler_secs: conv.spent.as_secs_f64(),
         calls: conv.calls,
     })
-}
-
-/// Median µs per handler call over `rounds` runs of `run` (after one
-/// warm-up): with a [`NullHandler`](super::alone::NullHandler), the
-/// engine's own work right after each real exit.
-fn after_exit(rounds: usize, mut run: impl FnMut() -> anyhow::Result<Run>) -> anyhow::Result<f64> {
-    run()?;
-    let per_call = (0..rounds)
-        .map(|_| run().map(|r| r.handler_secs * 1e6 / r.calls.max(1) as f64))
-        .collect::<anyhow::Result<Vec<f64>>>()?;
-    Ok(super::super::median(&per_call))
 }
 
 /// Runs the benchmark.
@@ -133,7 +128,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         let alone = super::alone::us_per_request(BASE, size, req, 3)?;
         row.context
             .insert("engine_alone_us_per_call".to_string(), alone);
-        let after = after_exit(ctx.rounds(), || once(&mut vcpu, &vmm, &code, &mut null))?;
+        let after = super::after_exit(ctx.rounds(), || once(&mut vcpu, &vmm, &code, &mut null))?;
         row.context
             .insert("engine_after_exit_us_per_call".to_string(), after);
         rows.push(row);

@@ -106,6 +106,23 @@ impl<C: Conversions> Conversions for Timed<'_, C> {
     }
 }
 
+/// Median µs per handler call over `rounds` runs of `run` (after one
+/// warm-up): with an [`alone::NullHandler`], the engine's own work right
+/// after each real exit.
+///
+/// # Errors
+/// The first run that failed.
+pub fn after_exit(
+    rounds: usize,
+    mut run: impl FnMut() -> anyhow::Result<Run>,
+) -> anyhow::Result<f64> {
+    run()?;
+    let per_call = (0..rounds)
+        .map(|_| run().map(|r| r.handler_secs * 1e6 / r.calls.max(1) as f64))
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    Ok(median(&per_call))
+}
+
 /// One run of a guest: its wall time and the part spent in the handler.
 #[derive(Clone, Copy, Debug)]
 pub struct Run {
