@@ -27,7 +27,6 @@
 //! instead of an `EHWPOISON` exit, which would kill the VMM: refused.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
 
 use privmem_core::backend::unsupported;
 use privmem_core::{BackendError, Errno, GmemFlags, HostMemory, Quirks, PAGE_SIZE};
@@ -80,12 +79,18 @@ impl SlotGmem {
     }
 }
 
-/// `(st_dev, st_ino)` of an open file.
+/// `(st_dev, st_ino)` of an open file: one `fstat`, no duplicate (every
+/// memslot with a guest_memfd records it).
 fn identity(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
-    let md = std::fs::File::from(fd.try_clone_to_owned().ok()?)
-        .metadata()
-        .ok()?;
-    Some((md.dev(), md.ino()))
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `fd` is a live descriptor for the call; `st` is a writable
+    // `struct stat` the kernel fills on success and leaves alone on failure.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } < 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Some((st.st_dev, st.st_ino))
 }
 
 /// Refuses injection where a poisoned guest_memfd page would be reached
