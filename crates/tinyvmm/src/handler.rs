@@ -28,6 +28,19 @@ pub enum Verdict {
     Poisoned(String),
 }
 
+/// The engine's answer to a memory-fault exit, as the exit loop acts on it.
+impl From<VcpuAction> for Verdict {
+    fn from(action: VcpuAction) -> Verdict {
+        match action {
+            VcpuAction::Resume => Verdict::Resume,
+            VcpuAction::Stop(why) => Verdict::Stop(why.to_string()),
+            VcpuAction::Poisoned { gpa, .. } => {
+                Verdict::Poisoned(format!("poisoned page at {gpa}"))
+            }
+        }
+    }
+}
+
 /// The conversion exits of a vCPU, answered by one handler per vCPU.
 pub trait Conversions {
     /// `KVM_EXIT_HYPERCALL`: the value for `hypercall.ret`.
@@ -67,16 +80,9 @@ impl Conversions for PrivmemHandler {
     }
 
     fn memory_fault(&mut self, exit: MemoryFaultExit, errno: i32) -> Verdict {
-        match self
-            .engine
+        self.engine
             .handle_memory_fault(&mut self.guard, exit, errno)
-        {
-            VcpuAction::Resume => Verdict::Resume,
-            VcpuAction::Stop(why) => Verdict::Stop(why.to_string()),
-            VcpuAction::Poisoned { gpa, .. } => {
-                Verdict::Poisoned(format!("poisoned page at {gpa}"))
-            }
-        }
+            .into()
     }
 
     fn other_exit(&mut self) {

@@ -14,7 +14,7 @@
 use privmem_core::contract::{Backing, ConversionBackend, VmSupport};
 use privmem_core::decide::DiscardPolicy;
 use privmem_core::decide::RepeatGuard;
-use privmem_core::engine::{Engine, EngineConfig, HypercallExit, MemoryFaultExit, VcpuAction};
+use privmem_core::engine::{Engine, EngineConfig, HypercallExit, MemoryFaultExit};
 use privmem_core::exit::{KVM_HC_MAP_GPA_RANGE, MAP_GPA_RANGE_ENCRYPTED};
 use privmem_core::slot::{GmemBinding, SharedBinding, SlotDesc};
 use privmem_core::{Attrs, BackendError, Gpa, GpaRange, SlotId, VmType, PAGE_SIZE};
@@ -119,8 +119,9 @@ pub fn us_per_request(base: u64, len: u64, req: u64, passes: usize) -> anyhow::R
 /// An exit-loop handler whose engine's kernel calls do nothing: privmem's
 /// per-exit calls (`Engine::handle_hypercall` / `handle_memory_fault`,
 /// repeat guard) over [`Null`]. The kernel's attributes and memory never
-/// change, so it only suits guests that never touch what they convert
-/// (the `kvm/convert` guest).
+/// change, so it only suits guests that never touch what they convert (the
+/// `kvm/convert` guest) or whose reads go unchecked (`embed`'s run with
+/// it).
 pub struct NullHandler {
     engine: Engine<Null>,
     guard: RepeatGuard,
@@ -144,16 +145,9 @@ impl Conversions for NullHandler {
     }
 
     fn memory_fault(&mut self, exit: MemoryFaultExit, errno: i32) -> Verdict {
-        match self
-            .engine
+        self.engine
             .handle_memory_fault(&mut self.guard, exit, errno)
-        {
-            VcpuAction::Resume => Verdict::Resume,
-            VcpuAction::Stop(why) => Verdict::Stop(why.to_string()),
-            VcpuAction::Poisoned { gpa, .. } => {
-                Verdict::Poisoned(format!("poisoned page at {gpa}"))
-            }
-        }
+            .into()
     }
 
     fn other_exit(&mut self) {
