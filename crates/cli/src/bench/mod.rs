@@ -150,10 +150,12 @@ impl Ctx {
         });
     }
 
-    /// Rounds per benchmark: 7 normally, 3 with `--quick`.
+    /// Rounds per benchmark: 7 normally, 5 with `--quick` (its sizes are
+    /// small, so rounds are short and noisy; the regression guard reads
+    /// the median, which one wild round of five cannot move).
     pub fn rounds(&self) -> usize {
         if self.quick {
-            3
+            5
         } else {
             7
         }
