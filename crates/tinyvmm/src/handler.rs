@@ -8,6 +8,7 @@ use std::sync::Arc;
 use kvm_bindings::{kvm_memory_attributes, KVM_MEMORY_ATTRIBUTE_PRIVATE};
 use kvm_ioctls::VmFd;
 use privmem_core::abi::EFAULT;
+use privmem_core::contract::{ConversionBackend, PreFault};
 use privmem_core::decide::RepeatGuard;
 use privmem_core::engine::{Engine, HypercallExit, MemoryFaultExit, VcpuAction};
 use privmem_core::exit::{
@@ -52,18 +53,20 @@ pub trait Conversions {
 }
 
 /// privmem's per-exit calls: `Engine::handle_hypercall` (pre-faulting on
-/// this vCPU per the engine's configuration) and
-/// `Engine::handle_memory_fault`, with the vCPU's repeat guard.
+/// this vCPU per the engine's configuration, when it has the vCPU's
+/// pre-fault handle) and `Engine::handle_memory_fault`, with the vCPU's
+/// repeat guard. Generic over the engine's backend: the VMM's is
+/// [`VmFdBackend`]; a benchmark may put the same calls over another.
 #[derive(Debug)]
-pub struct PrivmemHandler {
-    engine: Arc<Engine<VmFdBackend>>,
+pub struct PrivmemHandler<B: ConversionBackend = VmFdBackend> {
+    engine: Arc<Engine<B>>,
     guard: RepeatGuard,
-    prefault: VcpuPreFault,
+    prefault: Option<VcpuPreFault>,
 }
 
-impl PrivmemHandler {
-    /// For one vCPU (`prefault` is that vCPU's).
-    pub fn new(engine: Arc<Engine<VmFdBackend>>, prefault: VcpuPreFault) -> PrivmemHandler {
+impl<B: ConversionBackend> PrivmemHandler<B> {
+    /// For one vCPU (`prefault` is that vCPU's; `None`: never pre-fault).
+    pub fn new(engine: Arc<Engine<B>>, prefault: Option<VcpuPreFault>) -> PrivmemHandler<B> {
         let guard = engine.repeat_guard();
         PrivmemHandler {
             engine,
@@ -73,10 +76,11 @@ impl PrivmemHandler {
     }
 }
 
-impl Conversions for PrivmemHandler {
+impl<B: ConversionBackend> Conversions for PrivmemHandler<B> {
     fn hypercall(&mut self, exit: HypercallExit) -> i64 {
+        let prefault = self.prefault.as_mut().map(|p| p as &mut dyn PreFault);
         self.engine
-            .handle_hypercall(&mut self.guard, exit, Some(&mut self.prefault))
+            .handle_hypercall(&mut self.guard, exit, prefault)
     }
 
     fn memory_fault(&mut self, exit: MemoryFaultExit, errno: i32) -> Verdict {

@@ -129,7 +129,7 @@ impl TinyVmm {
     /// `Backend` if the vCPU fd cannot be duplicated for pre-faults.
     pub fn privmem_handler(&self, vcpu: &TinyVcpu) -> Result<PrivmemHandler, VmmError> {
         let prefault = VcpuPreFault::new(&vcpu.fd)?;
-        Ok(PrivmemHandler::new(self.engine.clone(), prefault))
+        Ok(PrivmemHandler::new(self.engine.clone(), Some(prefault)))
     }
 
     /// The hand-written minimal handler over the same VM and files (it

@@ -26,7 +26,7 @@ use privmem_core::{Gpa, GpaRange};
 use privmem_tinyvmm::guest::{self, ports};
 use privmem_tinyvmm::{Conversions, Ended, Flow, TinyVcpu, TinyVmm, VmmConfig};
 
-use super::kvm::alone::NullHandler;
+use super::kvm::alone::null_handler;
 use super::kvm::{after_exit, Run, Split, Timed};
 use super::util::{timed, MIB};
 use super::{Ctx, Row, RowSpec, Side, Target};
@@ -134,7 +134,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     }
     .row(&s);
     row.context = split.context();
-    let mut null = NullHandler::new(2 * MIB)?;
+    let (mut null, _) = null_handler(2 * MIB)?;
     let after = after_exit(ctx.rounds(), || {
         once(&mut vcpu, &vmm, &code, rounds, &mut null, Reads::Unchecked)
     })?;

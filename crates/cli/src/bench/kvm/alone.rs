@@ -13,17 +13,18 @@
 
 use privmem_core::contract::{Backing, ConversionBackend, VmSupport};
 use privmem_core::decide::DiscardPolicy;
-use privmem_core::decide::RepeatGuard;
-use privmem_core::engine::{Engine, EngineConfig, HypercallExit, MemoryFaultExit};
+use privmem_core::engine::{Engine, EngineConfig, HypercallExit};
 use privmem_core::exit::{KVM_HC_MAP_GPA_RANGE, MAP_GPA_RANGE_ENCRYPTED};
 use privmem_core::slot::{GmemBinding, SharedBinding, SlotDesc};
 use privmem_core::{Attrs, BackendError, Gpa, GpaRange, SlotId, VmType, PAGE_SIZE};
-use privmem_tinyvmm::{Conversions, Verdict};
+use privmem_tinyvmm::PrivmemHandler;
+use std::sync::Arc;
 
 use super::super::util::timed;
 
 /// A backing of a size and nothing else.
-struct Size(u64);
+#[derive(Debug)]
+pub struct Size(u64);
 
 impl Backing for Size {
     fn size(&self) -> u64 {
@@ -32,7 +33,8 @@ impl Backing for Size {
 }
 
 /// A sw-protected VM whose every call succeeds and does nothing.
-struct Null;
+#[derive(Debug)]
+pub struct Null;
 
 impl ConversionBackend for Null {
     type Gmem = Size;
@@ -117,47 +119,28 @@ pub fn us_per_request(base: u64, len: u64, req: u64, passes: usize) -> anyhow::R
 }
 
 /// An exit-loop handler whose engine's kernel calls do nothing: privmem's
-/// per-exit calls (`Engine::handle_hypercall` / `handle_memory_fault`,
-/// repeat guard) over [`Null`]. The kernel's attributes and memory never
-/// change, so it only suits guests that never touch what they convert (the
-/// `kvm/convert` guest) or whose reads go unchecked (`embed`'s run with
-/// it).
-pub struct NullHandler {
-    engine: Engine<Null>,
-    guard: RepeatGuard,
-}
+/// per-exit calls ([`PrivmemHandler`]: `Engine::handle_hypercall` /
+/// `handle_memory_fault`, repeat guard, no pre-fault) over [`Null`]. The
+/// kernel's attributes and memory never change, so it only suits guests
+/// that never touch what they convert (the `kvm/convert` guest) or whose
+/// reads go unchecked (`embed`'s run with it).
+pub type NullHandler = PrivmemHandler<Null>;
 
-impl NullHandler {
-    /// For guest memory `[0, end)`, all shared.
-    ///
-    /// # Errors
-    /// `end` is 0 or not page-aligned.
-    pub fn new(end: u64) -> anyhow::Result<NullHandler> {
-        let engine = null_engine(end)?;
-        let guard = engine.repeat_guard();
-        Ok(NullHandler { engine, guard })
-    }
-}
-
-impl Conversions for NullHandler {
-    fn hypercall(&mut self, exit: HypercallExit) -> i64 {
-        self.engine.handle_hypercall(&mut self.guard, exit, None)
-    }
-
-    fn memory_fault(&mut self, exit: MemoryFaultExit, errno: i32) -> Verdict {
-        self.engine
-            .handle_memory_fault(&mut self.guard, exit, errno)
-            .into()
-    }
-
-    fn other_exit(&mut self) {
-        self.guard.reset();
-    }
+/// A [`NullHandler`] for guest memory `[0, end)`, all shared, and its
+/// engine (to read its map).
+///
+/// # Errors
+/// `end` is 0 or not page-aligned.
+pub fn null_handler(end: u64) -> anyhow::Result<(NullHandler, Arc<Engine<Null>>)> {
+    let engine = Arc::new(null_engine(end)?);
+    Ok((PrivmemHandler::new(engine.clone(), None), engine))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use privmem_core::engine::MemoryFaultExit;
+    use privmem_tinyvmm::{Conversions, Verdict};
 
     #[test]
     fn the_engine_alone_converts_every_request() {
@@ -181,9 +164,9 @@ mod tests {
 
     #[test]
     fn the_null_handler_answers_as_the_engine_does() {
-        let mut h = NullHandler::new(4 << 20).unwrap();
+        let (mut h, engine) = null_handler(4 << 20).unwrap();
         assert_eq!(h.hypercall(map(1 << 20, 2, true)), 0);
-        assert!(h.engine.attr_map().is_private(Gpa(1 << 20)));
+        assert!(engine.attr_map().is_private(Gpa(1 << 20)));
         // Past the slot: refused, as the real engine refuses it.
         assert_ne!(h.hypercall(map(4 << 20, 1, true)), 0);
         let fault = MemoryFaultExit {
@@ -195,7 +178,7 @@ mod tests {
             h.memory_fault(fault, privmem_core::abi::EFAULT),
             Verdict::Resume
         );
-        assert!(!h.engine.attr_map().is_private(Gpa(1 << 20)));
+        assert!(!engine.attr_map().is_private(Gpa(1 << 20)));
         assert!(matches!(h.memory_fault(fault, 5), Verdict::Stop(_)));
     }
 }
