@@ -64,6 +64,18 @@ impl<const N: usize> Counters<N> {
         self.shards[shard()].0[i].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Adds each `(i, n)` of `adds`, finding the calling thread's shard
+    /// once (a conversion bumps several counters).
+    ///
+    /// # Panics
+    /// If an `i >= N`.
+    pub fn add_each<const K: usize>(&self, adds: [(usize, u64); K]) {
+        let shard = &self.shards[shard()].0;
+        for (i, n) in adds {
+            shard[i].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// The total of counter `i`. Adds racing with the read may or may not
     /// be counted, as with any statistics counter read while it moves.
     ///
@@ -116,6 +128,8 @@ mod tests {
         c.add(2, 1);
         assert_eq!(c.snapshot(), [3, 0, 5]);
         assert_eq!(c.load(2), 5);
+        c.add_each([(1, 2), (2, 10), (1, 1)]);
+        assert_eq!(c.snapshot(), [3, 3, 15]);
     }
 
     #[test]

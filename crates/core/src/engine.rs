@@ -462,37 +462,33 @@ impl<B: ConversionBackend> Engine<B> {
     }
 
     fn count(&self, pages: u64, to: ConvertTo, origin: Origin) {
-        self.stats.add(
-            match to {
-                ConvertTo::Private => Stat::ToPrivatePages,
-                ConvertTo::Shared => Stat::ToSharedPages,
-            },
-            pages,
-        );
-        self.stats.add(
-            match origin {
-                Origin::Explicit => Stat::Explicit,
-                Origin::Implicit => Stat::Implicit,
-            },
-            1,
-        );
+        let dir = match to {
+            ConvertTo::Private => Stat::ToPrivatePages,
+            ConvertTo::Shared => Stat::ToSharedPages,
+        };
+        let by = match origin {
+            Origin::Explicit => Stat::Explicit,
+            Origin::Implicit => Stat::Implicit,
+        };
+        self.stats.add_each([(dir, pages), (by, 1)]);
     }
 
     /// The engine's counters now: conversions, discards, listener refusals
     /// and panics, pre-faults, all threads together.
     ///
     /// ```
-    /// # use privmem_core::engine::{Engine, EngineConfig};
-    /// # use privmem_model::{KernelProfile, ModelHypervisor};
-    /// # use privmem_core::contract::HvBackend;
-    /// # use privmem_core::backend::Hypervisor;
-    /// # use privmem_core::VmType;
-    /// # use std::sync::Arc;
-    /// # let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
-    /// # let vm = Arc::new(hv.create_vm(VmType::SwProtected).unwrap());
-    /// let engine = Engine::new(HvBackend::new(hv, vm), EngineConfig::default());
+    /// use std::sync::Arc;
+    /// use privmem_core::engine::{ConvertTo, EngineConfig, Origin};
+    /// use privmem_core::{Gpa, GpaRange, VmType};
+    /// use privmem_model::{embed, KernelProfile, ModelHypervisor};
+    ///
+    /// let hv = Arc::new(ModelHypervisor::new(KernelProfile::V7_3));
+    /// let engine = embed::engine(&hv, VmType::SwProtected, EngineConfig::default())?;
+    /// engine.add_slot(embed::slot(engine.vm(), 0, GpaRange::new(Gpa(0), 1 << 20)?)?)?;
+    /// engine.convert(Gpa(0x4000), 0x2000, ConvertTo::Private, Origin::Explicit)?;
     /// let s = engine.stats();
-    /// assert_eq!((s.to_private_pages, s.discarded_gmem), (0, 0));
+    /// assert_eq!((s.to_private_pages, s.explicit, s.implicit), (2, 1, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stats(&self) -> Stats {
         self.stats.snapshot()

@@ -134,7 +134,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     }
     .row(&s);
     row.context = split.context();
-    let (mut null, _) = null_handler(2 * MIB)?;
+    let mut null = null_handler(2 * MIB)?;
     let after = after_exit(ctx.rounds(), || {
         once(&mut vcpu, &vmm, &code, rounds, &mut null, Reads::Unchecked)
     })?;

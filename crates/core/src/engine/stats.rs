@@ -34,6 +34,11 @@ impl StatCells {
         self.0.add(stat as usize, n);
     }
 
+    /// Adds each `(stat, n)`, with one shard lookup.
+    pub(crate) fn add_each<const K: usize>(&self, adds: [(Stat, u64); K]) {
+        self.0.add_each(adds.map(|(s, n)| (s as usize, n)));
+    }
+
     /// Every counter's total.
     pub(crate) fn snapshot(&self) -> Stats {
         let c = self.0.snapshot();

@@ -83,7 +83,7 @@ pub fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let mut vcpu = vmm.create_vcpu()?;
     let mut privmem = vmm.privmem_handler(&vcpu)?;
     let mut bare = vmm.minimal_handler()?;
-    let (mut null, _) = super::alone::null_handler(BASE + size)?;
+    let mut null = super::alone::null_handler(BASE + size)?;
     let range = GpaRange::new(Gpa(BASE), size)?;
     let mut rows = Vec::new();
     for req in [2 * MIB, 4096] {
