@@ -86,15 +86,20 @@ impl Slot {
 pub(crate) struct Slots {
     by_id: BTreeMap<u32, Slot>,
     by_gfn: BTreeMap<(u16, u64), u32>,
+    /// Address space 0's slots as `(base_gfn, end_gfn, id)`, sorted by base:
+    /// the fault path's lookup ([`Slots::find`]) is one binary search of a
+    /// few contiguous entries, not a `BTreeMap` range walk (two lookups a
+    /// fault, on the path every implicit conversion takes).
+    space0: Vec<(u64, u64, u32)>,
 }
 
 impl Slots {
     /// The slot of address space 0 containing `gfn` (guests never run in
     /// SMM here, so their faults see address space 0 only).
     pub(crate) fn find(&self, gfn: u64) -> Option<&Slot> {
-        let (_, id) = self.by_gfn.range((0, 0)..=(0, gfn)).next_back()?;
-        let s = &self.by_id[id];
-        (gfn < s.end_gfn()).then_some(s)
+        let i = self.space0.partition_point(|&(base, _, _)| base <= gfn);
+        let &(_, end, id) = self.space0.get(i.checked_sub(1)?)?;
+        (gfn < end).then(|| &self.by_id[&id])
     }
 
     /// The slot numbered `id` (address space in the high 16 bits).
@@ -124,12 +129,18 @@ impl Slots {
 
     pub(crate) fn insert(&mut self, slot: Slot) {
         self.by_gfn.insert((as_id(slot.id), slot.base_gfn), slot.id);
+        if as_id(slot.id) == 0 {
+            let i = self.space0.partition_point(|e| e.0 < slot.base_gfn);
+            self.space0
+                .insert(i, (slot.base_gfn, slot.end_gfn(), slot.id));
+        }
         self.by_id.insert(slot.id, slot);
     }
 
     pub(crate) fn remove(&mut self, id: u32) -> Option<Slot> {
         let s = self.by_id.remove(&id)?;
         self.by_gfn.remove(&(as_id(id), s.base_gfn));
+        self.space0.retain(|e| e.2 != id);
         Some(s)
     }
 }
@@ -163,6 +174,24 @@ mod tests {
         assert!(s.find(15).is_none());
         assert!(s.find(9).is_none());
         assert_eq!(s.find(20).map(|x| x.id), Some(2));
+    }
+
+    #[test]
+    fn slots_find_follows_inserts_and_removals_and_ignores_other_spaces() {
+        let mut s = Slots::default();
+        s.insert(slot(3, 30, 5));
+        s.insert(slot(1, 10, 5));
+        s.insert(slot(1 << 16 | 2, 20, 5)); // address space 1 (SMM)
+        assert!(s.find(20).is_none());
+        assert_eq!(s.find(31).map(|x| x.id), Some(3));
+        s.remove(3);
+        assert!(s.find(31).is_none());
+        assert_eq!(s.find(10).map(|x| x.id), Some(1));
+        // MODIFY re-inserts the same slot (remove, then insert).
+        let one = s.remove(1).unwrap();
+        s.insert(one);
+        assert_eq!(s.find(14).map(|x| x.id), Some(1));
+        assert_eq!(s.space0.len(), 1);
     }
 
     #[test]
