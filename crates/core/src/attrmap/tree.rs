@@ -37,7 +37,7 @@ mod leaves;
 #[cfg(test)]
 mod tests;
 
-use arena::{Flat, NIL};
+use arena::{Flat, Node, NIL};
 use ents::Ents;
 use leaf::{CAP as LEAF_CAP, MAX_KEY};
 use leaves::Leaves;
@@ -67,6 +67,10 @@ const EMPTY_INNER: Inner = Inner {
     keys: [PAD; CAP],
     kids: [NIL; CAP],
 };
+
+impl Node for Inner {
+    const EMPTY: Inner = EMPTY_INNER;
+}
 
 impl Inner {
     /// Used child slots (key padding sorts last; `keys[0]` is always used).
@@ -137,7 +141,7 @@ impl Tree {
     pub(super) fn new() -> Tree {
         Tree {
             leaves: Leaves::new(),
-            inners: Flat::new(EMPTY_INNER),
+            inners: Flat::new(),
             root: NIL,
             height: 0,
             len: 0,

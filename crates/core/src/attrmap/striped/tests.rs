@@ -183,3 +183,16 @@ fn crossing_range_locks_do_not_deadlock() {
     }
     threads.into_iter().for_each(|t| t.join().unwrap());
 }
+
+/// Every engine and every model VM builds 16 stripes up front (64 MiB
+/// chunks): a stripe stays three 128-byte blocks (its map's arenas keep no
+/// node templates inline; they were 1 KiB a stripe, 16 KiB a map, written
+/// at every VM's setup).
+#[test]
+fn a_stripe_is_at_most_three_padded_blocks() {
+    assert!(
+        std::mem::size_of::<Stripe>() <= 3 * 128,
+        "{} bytes",
+        std::mem::size_of::<Stripe>()
+    );
+}

@@ -9,6 +9,15 @@ const CHUNK: usize = 256;
 /// KiB (the engine and the model each keep one map per stripe).
 const FIRST: usize = 4;
 
+/// A node type, with the value a fresh node holds. A constant, not a field
+/// of each arena: the tree's three arenas would otherwise carry 512 bytes
+/// of templates (a leaf line, an extension block, an inner node) in every
+/// map, and the engine and the model keep one map per stripe (16 each).
+pub(super) trait Node: Copy {
+    /// What [`Arena::alloc`] and [`Flat::alloc`] hand out.
+    const EMPTY: Self;
+}
+
 /// The id of the node at `index`: below [`NIL`], which means "no node".
 fn node_id(index: usize) -> u32 {
     u32::try_from(index)
@@ -24,28 +33,26 @@ fn node_id(index: usize) -> u32 {
 /// chunk. The first chunk starts at [`FIRST`] nodes and doubles to
 /// [`CHUNK`] (copying at most 8 KiB).
 #[derive(Clone, Debug)]
-pub(super) struct Arena<T: Copy> {
+pub(super) struct Arena<T: Node> {
     /// Every chunk but a growing first one holds [`CHUNK`] nodes.
     chunks: Vec<Box<[T]>>,
     used: usize,
     free: Vec<u32>,
-    empty: T,
 }
 
-impl<T: Copy> Arena<T> {
-    pub(super) fn new(empty: T) -> Arena<T> {
+impl<T: Node> Arena<T> {
+    pub(super) fn new() -> Arena<T> {
         Arena {
             chunks: Vec::new(),
             used: 0,
             free: Vec::new(),
-            empty,
         }
     }
 
     /// A node holding the empty value.
     pub(super) fn alloc(&mut self) -> u32 {
         if let Some(id) = self.free.pop() {
-            *self.get_mut(id) = self.empty;
+            *self.get_mut(id) = T::EMPTY;
             return id;
         }
         if self.used == self.capacity() {
@@ -66,7 +73,7 @@ impl<T: Copy> Arena<T> {
     /// Room for one more node: a first chunk, a doubled first chunk, or
     /// one more full chunk.
     fn grow(&mut self) {
-        let empty = self.empty;
+        let empty = T::EMPTY;
         match self.chunks.as_mut_slice() {
             [] => self.chunks.push(vec![empty; FIRST].into_boxed_slice()),
             [first] if first.len() < CHUNK => {
@@ -106,28 +113,26 @@ impl<T: Copy> Arena<T> {
 /// whose chain of dependent loads every lookup walks; there is one per ~11
 /// leaves, so a growth copy stays small (~1 MiB at a million ranges).
 #[derive(Clone, Debug)]
-pub(super) struct Flat<T: Copy> {
+pub(super) struct Flat<T: Node> {
     nodes: Vec<T>,
     free: Vec<u32>,
-    empty: T,
 }
 
-impl<T: Copy> Flat<T> {
-    pub(super) fn new(empty: T) -> Flat<T> {
+impl<T: Node> Flat<T> {
+    pub(super) fn new() -> Flat<T> {
         Flat {
             nodes: Vec::new(),
             free: Vec::new(),
-            empty,
         }
     }
 
     /// A node holding the empty value.
     pub(super) fn alloc(&mut self) -> u32 {
         if let Some(id) = self.free.pop() {
-            *self.get_mut(id) = self.empty;
+            *self.get_mut(id) = T::EMPTY;
             return id;
         }
-        self.nodes.push(self.empty);
+        self.nodes.push(T::EMPTY);
         node_id(self.nodes.len() - 1)
     }
 

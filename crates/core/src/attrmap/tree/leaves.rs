@@ -9,7 +9,7 @@
 //! through in-place edits, and is re-encoded (into a line, if its entries
 //! fit one) by the next edit that decodes it.
 
-use super::arena::{Arena, Flat, NIL};
+use super::arena::{Arena, Flat, Node, NIL};
 use super::ents::Ents;
 use super::leaf::{fits_narrow, Form, Leaf, CAP, EMPTY_LEAF, INLINE_CAP, MAX_KEY, PAD};
 
@@ -24,6 +24,14 @@ struct Block {
 const EMPTY_BLOCK: Block = Block {
     ents: [(PAD, PAD); 16],
 };
+
+impl Node for Block {
+    const EMPTY: Block = EMPTY_BLOCK;
+}
+
+impl Node for Leaf {
+    const EMPTY: Leaf = EMPTY_LEAF;
+}
 
 impl Block {
     /// Entries with key <= x (a branch-free binary search).
@@ -59,8 +67,8 @@ pub(super) struct Leaves {
 impl Leaves {
     pub(super) fn new() -> Leaves {
         Leaves {
-            lines: Arena::new(EMPTY_LEAF),
-            blocks: Flat::new(EMPTY_BLOCK),
+            lines: Arena::new(),
+            blocks: Flat::new(),
             links: Vec::new(),
         }
     }
