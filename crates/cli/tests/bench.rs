@@ -127,17 +127,20 @@ fn a_row_twice_worse_than_its_baseline_fails_the_run_by_name() {
     let errors = doc["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{doc}");
     assert_eq!(errors[0]["name"], "convert/4KiB");
-    assert!(errors[0]["error"]
-        .as_str()
-        .unwrap()
-        .contains("regression guard"));
-    // Without the injection the same run passes the guard.
+    let error = errors[0]["error"].as_str().unwrap();
+    assert!(error.contains("regression guard"), "{error}");
+    // The trip was confirmed by a second run of the benchmark.
+    assert!(error.contains("confirmed by a second run"), "{error}");
+    // Without the injection the same run passes the guard: every row is
+    // within it, or was in its confirming run.
     let out = privmem_env(&args, &[]);
     assert_eq!(out.status.code(), Some(0));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for b in doc["benches"].as_array().unwrap() {
         let limit: f64 = GUARD.1.parse().unwrap();
-        assert!(b["worse_than_baseline"].as_f64().unwrap() <= limit, "{b}");
+        let first = b["worse_than_baseline"].as_f64().unwrap();
+        let rerun = b["context"]["guard_rerun_worse_than_baseline"].as_f64();
+        assert!(first <= limit || rerun.is_some_and(|w| w <= limit), "{b}");
     }
 }
 
