@@ -224,7 +224,20 @@ impl AttrMap {
     }
 
     /// [`AttrMap::runs`] as an iterator (no allocation).
+    ///
+    /// The first run costs one descent ([`AttrMap::first_run`]) and is
+    /// usually the only one (a conversion changes one run); only a range
+    /// that holds more walks the stored ranges from where it ends. The
+    /// first run is maximal, so the next one has the other attribute.
     pub fn runs_iter(&self, range: GpaRange) -> impl Iterator<Item = Run> + '_ {
+        let first = self.first_run(range);
+        let rest = GpaRange::from_bounds(first.range.end(), range.end());
+        std::iter::once(first).chain(rest.into_iter().flat_map(|r| self.walk_runs(r)))
+    }
+
+    /// [`AttrMap::runs_iter`] by walking the stored ranges that overlap
+    /// `range`.
+    fn walk_runs(&self, range: GpaRange) -> impl Iterator<Item = Run> + '_ {
         let (start, end) = gfn_span(range);
         let mut stored = self.overlapping(start, end).peekable();
         let mut cursor = start;

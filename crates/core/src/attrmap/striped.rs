@@ -160,17 +160,7 @@ impl StripedMap {
     /// concurrent `set`.
     pub fn for_each_run(&self, range: GpaRange, mut f: impl FnMut(Run)) {
         if let Some(i) = self.only_stripe(range) {
-            let map = self.lock_map(i);
-            // The usual conversion changes one run: its first run, one
-            // descent, often covers the whole range (a run ends on a page
-            // boundary, so reaching `range.end()` means reaching its
-            // rounded-up end); otherwise the rest follows from its end.
-            let first = map.first_run(range);
-            let rest = GpaRange::from_bounds(first.range.end(), range.end());
-            f(first);
-            if let Some(rest) = rest {
-                map.runs_iter(rest).for_each(f);
-            }
+            self.lock_map(i).runs_iter(range).for_each(f);
             return;
         }
         self.lock_range_maps(range).sweep(|run| {
