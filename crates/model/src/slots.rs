@@ -85,20 +85,21 @@ impl Slot {
 #[derive(Debug, Default)]
 pub(crate) struct Slots {
     by_id: BTreeMap<u32, Slot>,
-    by_gfn: BTreeMap<(u16, u64), u32>,
-    /// Address space 0's slots as `(base_gfn, end_gfn, id)`, sorted by base:
+    /// Per address space (index `as_id`: at most 2, checked by the ioctl),
+    /// its slots as `(base_gfn, end_gfn, id)`, sorted by base and disjoint:
     /// the fault path's lookup ([`Slots::find`]) is one binary search of a
-    /// few contiguous entries, not a `BTreeMap` range walk (two lookups a
-    /// fault, on the path every implicit conversion takes).
-    space0: Vec<(u64, u64, u32)>,
+    /// few contiguous entries (two lookups a fault, on the path every
+    /// implicit conversion takes).
+    by_gfn: Vec<Vec<(u64, u64, u32)>>,
 }
 
 impl Slots {
     /// The slot of address space 0 containing `gfn` (guests never run in
     /// SMM here, so their faults see address space 0 only).
     pub(crate) fn find(&self, gfn: u64) -> Option<&Slot> {
-        let i = self.space0.partition_point(|&(base, _, _)| base <= gfn);
-        let &(_, end, id) = self.space0.get(i.checked_sub(1)?)?;
+        let space = self.by_gfn.first()?;
+        let i = space.partition_point(|&(base, _, _)| base <= gfn);
+        let &(_, end, id) = space.get(i.checked_sub(1)?)?;
         (gfn < end).then(|| &self.by_id[&id])
     }
 
@@ -115,32 +116,36 @@ impl Slots {
     /// `kvm_check_memslot_overlap`: another slot of `id`'s address space
     /// intersects `[base, base+n)`.
     pub(crate) fn overlaps(&self, id: u32, base: u64, npages: u64) -> bool {
-        let space = as_id(id);
+        let Some(space) = self.by_gfn.get(usize::from(as_id(id))) else {
+            return false;
+        };
         let end = base + npages;
         // Slots are disjoint: only the other slot with the highest base
         // below `end` can reach into the range.
-        self.by_gfn
-            .range((space, 0)..(space, end))
+        let below = space.partition_point(|&(b, _, _)| b < end);
+        space[..below]
+            .iter()
             .rev()
-            .map(|(_, i)| &self.by_id[i])
-            .find(|s| s.id != id)
-            .is_some_and(|s| s.end_gfn() > base)
+            .find(|&&(_, _, other)| other != id)
+            .is_some_and(|&(_, e, _)| e > base)
     }
 
     pub(crate) fn insert(&mut self, slot: Slot) {
-        self.by_gfn.insert((as_id(slot.id), slot.base_gfn), slot.id);
-        if as_id(slot.id) == 0 {
-            let i = self.space0.partition_point(|e| e.0 < slot.base_gfn);
-            self.space0
-                .insert(i, (slot.base_gfn, slot.end_gfn(), slot.id));
+        let space = usize::from(as_id(slot.id));
+        if self.by_gfn.len() <= space {
+            self.by_gfn.resize_with(space + 1, Vec::new);
         }
+        let list = &mut self.by_gfn[space];
+        let i = list.partition_point(|e| e.0 < slot.base_gfn);
+        list.insert(i, (slot.base_gfn, slot.end_gfn(), slot.id));
         self.by_id.insert(slot.id, slot);
     }
 
     pub(crate) fn remove(&mut self, id: u32) -> Option<Slot> {
         let s = self.by_id.remove(&id)?;
-        self.by_gfn.remove(&(as_id(id), s.base_gfn));
-        self.space0.retain(|e| e.2 != id);
+        if let Some(list) = self.by_gfn.get_mut(usize::from(as_id(id))) {
+            list.retain(|e| e.2 != id);
+        }
         Some(s)
     }
 }
@@ -191,7 +196,7 @@ mod tests {
         let one = s.remove(1).unwrap();
         s.insert(one);
         assert_eq!(s.find(14).map(|x| x.id), Some(1));
-        assert_eq!(s.space0.len(), 1);
+        assert_eq!(s.by_gfn[0].len(), 1);
     }
 
     #[test]
